@@ -1,0 +1,98 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from sqlmodel import select
+
+from app.auth import service
+from app.auth.deps import CurrentPrincipal, SettingsDep
+from app.auth.models import Device, Role, User
+from app.auth.schemas import DevicePublic, MePublic, TokenResponse, UserCreate, UserPublic
+from app.db import SessionDep
+from app.errors import NotFound, Unauthorized
+from app.org.models import OrgUnit
+from app.org.service import require_unit
+
+router = APIRouter(prefix="/api/v1", tags=["auth"])
+
+
+@router.post("/auth/token", response_model=TokenResponse)
+def issue_token(
+    request: Request,
+    session: SessionDep,
+    settings: SettingsDep,
+    username: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=200)],
+    device_id: Annotated[str | None, Form(max_length=128)] = None,
+    device_name: Annotated[str | None, Form(max_length=100)] = None,
+):
+    address = request.client.host if request.client else "unknown"
+    try:
+        issued = service.login(session, settings, username=username, password=password, address=address,
+                               device_key=device_id, device_name=device_name)
+    except Unauthorized:
+        session.commit()  # the failure must count toward the rate limit even though the request fails
+        raise
+    return TokenResponse(access_token=issued.token, expires_in=issued.expires_in, device_id=issued.device.id)
+
+
+@router.post("/auth/logout", status_code=204)
+def logout(p: CurrentPrincipal, session: SessionDep):
+    service.revoke_token(session, p.token)
+
+
+@router.get("/me", response_model=MePublic)
+def me(p: CurrentPrincipal, session: SessionDep):
+    unit = session.get(OrgUnit, p.user.org_unit_id)
+    scope = p.scope
+    return MePublic(
+        id=p.user.id, username=p.user.username, display_name=p.user.display_name, role=p.user.role,
+        org_unit_id=unit.id, org_unit_name=unit.name, org_unit_kind=unit.kind, town_id=unit.town_id,
+        county_id=unit.county_id if unit.county_id else (unit.id if unit.kind == "county" else None),
+        grid_ids=sorted(scope.grid_ids) if scope.grid_ids is not None else None, device_id=p.device.id,
+    )
+
+
+def _visible_user(session, p, user_id: str) -> User:
+    user = session.get(User, user_id)
+    if user is None or not p.scope.sees_unit(require_unit(session, user.org_unit_id)):
+        raise NotFound(f"user {user_id} not found")
+    return user
+
+
+@router.get("/devices", response_model=list[DevicePublic])
+def list_devices(p: CurrentPrincipal, session: SessionDep):
+    """Your own devices; a town office or admin sees the devices of users in its scope."""
+    q = select(Device).join(User, User.id == Device.user_id)
+    if p.user.role in (Role.admin, Role.town_office):
+        q = q.join(OrgUnit, OrgUnit.id == User.org_unit_id).where(p.scope.unit_clause())
+    else:
+        q = q.where(Device.user_id == p.user.id)
+    return session.exec(q.order_by(Device.created_at)).all()
+
+
+@router.post("/devices/{device_id}/revoke", response_model=DevicePublic)
+def revoke_device(device_id: str, p: CurrentPrincipal, session: SessionDep):
+    device = session.get(Device, device_id)
+    if device is None:
+        raise NotFound(f"device {device_id} not found")
+    if device.user_id != p.user.id:
+        _visible_user(session, p, device.user_id)  # 404 outside scope
+        p.require_role(Role.admin, Role.town_office)
+    service.revoke_device(session, device)
+    return device
+
+
+@router.post("/users", response_model=UserPublic, status_code=201)
+def create_user(body: UserCreate, p: CurrentPrincipal, session: SessionDep):
+    p.require_role(Role.admin)
+    unit = require_unit(session, body.org_unit_id)
+    return service.create_user(session, username=body.username, password=body.password, role=body.role, unit=unit,
+                               display_name=body.display_name)
+
+
+@router.post("/users/{user_id}/deactivate", response_model=UserPublic)
+def deactivate_user(user_id: str, p: CurrentPrincipal, session: SessionDep):
+    user = _visible_user(session, p, user_id)
+    p.require_role(Role.admin)
+    service.deactivate_user(session, user)
+    return user

@@ -1,0 +1,53 @@
+from datetime import datetime
+
+from sqlmodel import Field, SQLModel
+
+from app.auth.models import Role
+
+
+class TokenResponse(SQLModel):
+    access_token: str
+    token_type: str = "bearer"
+    expires_in: int
+    device_id: str
+
+
+class MePublic(SQLModel):
+    id: str
+    username: str
+    display_name: str
+    role: Role
+    org_unit_id: str
+    org_unit_name: str
+    org_unit_kind: str
+    town_id: str | None
+    county_id: str | None
+    grid_ids: list[str] | None
+    device_id: str
+
+
+class UserCreate(SQLModel):
+    username: str = Field(min_length=2, max_length=64, regex=r"^[A-Za-z0-9_.\-]+$")
+    password: str = Field(min_length=8, max_length=200)
+    role: Role
+    org_unit_id: str = Field(max_length=36)
+    display_name: str = Field(default="", max_length=100)
+
+
+class UserPublic(SQLModel):
+    id: str
+    username: str
+    display_name: str
+    role: Role
+    org_unit_id: str
+    is_active: bool
+
+
+class DevicePublic(SQLModel):
+    id: str
+    user_id: str
+    device_key: str
+    name: str
+    created_at: datetime
+    revoked_at: datetime | None
+    last_seen_at: datetime | None

@@ -1,0 +1,103 @@
+"""Jurisdiction scope: the one place that answers "which units, grids and premises may this user see and act on".
+
+Every query for scoped data goes through a Scope. Outside the scope a resource does not exist for
+the caller (404); inside it, an action the role may not take is a 403.
+"""
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from app.auth.models import Role, User
+from app.errors import Forbidden, NotFound
+from app.org.models import OrgUnit, UnitKind
+from app.places.models import Place
+
+PLACE_EDITORS = frozenset({Role.grid_worker, Role.town_office, Role.admin})
+
+
+@dataclass(frozen=True)
+class Scope:
+    user_id: str
+    role: Role
+    unit_id: str
+    county_id: str | None
+    # None means "no limit at this level"; an empty set means "nothing".
+    town_ids: frozenset[str] | None
+    grid_ids: frozenset[str] | None
+
+    @property
+    def everything(self) -> bool:
+        return self.town_ids is None and self.grid_ids is None
+
+    # premises -----------------------------------------------------------------------------
+    def place_clause(self, place=Place) -> sa.ColumnElement[bool]:
+        if self.grid_ids is not None:
+            return place.grid_id.in_(self.grid_ids)
+        if self.town_ids is not None:
+            return place.town_id.in_(self.town_ids)
+        return sa.true()
+
+    def sees_place(self, place: Place) -> bool:
+        if self.grid_ids is not None:
+            return place.grid_id in self.grid_ids
+        return self.town_ids is None or place.town_id in self.town_ids
+
+    def require_place_editor(self) -> None:
+        if self.role not in PLACE_EDITORS:
+            raise Forbidden(f"role {self.role.value} may view premises but not change them")
+
+    def sees_grid(self, grid: OrgUnit) -> bool:
+        if grid.kind != UnitKind.grid:
+            return False
+        if self.grid_ids is not None:
+            return grid.id in self.grid_ids
+        return self.town_ids is None or grid.town_id in self.town_ids
+
+    # units -------------------------------------------------------------------------------
+    def unit_clause(self) -> sa.ColumnElement[bool]:
+        if self.everything:
+            return sa.true()
+        own_county = (OrgUnit.county_id == self.county_id) & OrgUnit.town_id.is_(None)
+        if self.town_ids is not None:
+            return own_county | OrgUnit.town_id.in_(self.town_ids) | OrgUnit.id.in_(self.town_ids) | (OrgUnit.id == self.county_id)
+        return own_county | (OrgUnit.id == self.county_id)
+
+    def sees_unit(self, unit: OrgUnit) -> bool:
+        if self.everything:
+            return True
+        if unit.id == self.county_id or (unit.county_id == self.county_id and unit.town_id is None):
+            return True
+        return self.town_ids is not None and (unit.town_id in self.town_ids or unit.id in self.town_ids)
+
+
+def scope_for(session: Session, user: User) -> Scope:
+    unit = session.get(OrgUnit, user.org_unit_id)
+    if unit is None:  # foreign key makes this impossible short of manual tampering
+        raise Forbidden("user has no unit")
+    base = dict(user_id=user.id, role=user.role, unit_id=unit.id)
+    if user.role == Role.admin:
+        return Scope(**base, county_id=None, town_ids=None, grid_ids=None)
+    if user.role == Role.brigade:
+        towns = session.exec(
+            select(OrgUnit.id).where(OrgUnit.county_id == unit.county_id, OrgUnit.kind == UnitKind.town)
+        ).all()
+        return Scope(**base, county_id=unit.county_id, town_ids=frozenset(towns), grid_ids=None)
+    if user.role in (Role.town_office, Role.police_station):
+        return Scope(**base, county_id=unit.county_id, town_ids=frozenset({unit.town_id}), grid_ids=None)
+    # grid worker: their grid, or every grid of their community
+    if unit.kind == UnitKind.grid:
+        grids = frozenset({unit.id})
+    else:
+        grids = frozenset(
+            session.exec(select(OrgUnit.id).where(OrgUnit.parent_id == unit.id, OrgUnit.kind == UnitKind.grid)).all()
+        )
+    return Scope(**base, county_id=unit.county_id, town_ids=frozenset({unit.town_id}), grid_ids=grids)
+
+
+def visible_place(session: Session, scope: Scope, place_id: str) -> Place:
+    place = session.get(Place, place_id)
+    if place is None or not scope.sees_place(place):
+        raise NotFound(f"place {place_id} not found")
+    return place

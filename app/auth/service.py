@@ -1,0 +1,165 @@
+"""Passwords, login with rate limits, opaque device-bound tokens, revocation."""
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from sqlmodel import Session, select
+
+from app.auth.models import ROLE_UNIT_KINDS, AuthToken, Device, LoginFailure, Role, User
+from app.config import Settings
+from app.db import utcnow
+from app.errors import Conflict, Forbidden, Invalid, TooManyRequests, Unauthorized
+from app.org.models import OrgUnit
+
+_hasher = PasswordHasher()
+# Verified against when the username does not exist, so both paths cost the same (no user enumeration).
+_DUMMY_HASH = _hasher.hash("firegrid-no-such-user")
+MIN_PASSWORD_LENGTH = 8
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(stored_hash: str, password: str) -> bool:
+    try:
+        return _hasher.verify(stored_hash, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+def token_digest(token: str, secret: str) -> str:
+    return hmac.new(secret.encode(), token.encode(), hashlib.sha256).hexdigest()
+
+
+def create_user(
+    session: Session, *, username: str, password: str, role: Role, unit: OrgUnit, display_name: str = "",
+    is_demo: bool = False,
+) -> User:
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise Invalid(f"password must be at least {MIN_PASSWORD_LENGTH} characters", code="weak_password")
+    if unit.kind not in ROLE_UNIT_KINDS[role]:
+        raise Invalid(
+            f"a {role.value} must belong to a unit of kind {' or '.join(ROLE_UNIT_KINDS[role])}, not {unit.kind}",
+            code="bad_unit",
+        )
+    if session.exec(select(User.id).where(User.username == username)).first():
+        raise Conflict(f"username {username!r} is taken", code="username_taken")
+    user = User(username=username, password_hash=hash_password(password), role=role, org_unit_id=unit.id,
+                display_name=display_name, is_demo=is_demo)
+    session.add(user)
+    session.flush()
+    return user
+
+
+@dataclass
+class IssuedToken:
+    token: str
+    expires_in: int
+    user: User
+    device: Device
+
+
+def _check_rate_limit(session: Session, settings: Settings, username: str, address: str, now: datetime) -> None:
+    since = now - timedelta(minutes=settings.login_window_minutes)
+    by_user, by_addr = session.exec(
+        select(
+            sa.func.count().filter(LoginFailure.username == username),
+            sa.func.count().filter(LoginFailure.address == address),
+        ).where(LoginFailure.at >= since, (LoginFailure.username == username) | (LoginFailure.address == address))
+    ).one()
+    retry = str(settings.login_window_minutes * 60)
+    if by_user >= settings.login_max_failures_per_user:
+        raise TooManyRequests(
+            f"too many failed logins for this user; try again in {settings.login_window_minutes} minutes",
+            headers={"Retry-After": retry},
+        )
+    if by_addr >= settings.login_max_failures_per_address:
+        raise TooManyRequests(
+            f"too many failed logins from this address; try again in {settings.login_window_minutes} minutes",
+            headers={"Retry-After": retry},
+        )
+
+
+def record_failure(session: Session, username: str, address: str, now: datetime) -> None:
+    session.add(LoginFailure(username=username[:64], address=address[:64], at=now))
+
+
+def login(
+    session: Session, settings: Settings, *, username: str, password: str, address: str,
+    device_key: str | None, device_name: str | None,
+) -> IssuedToken:
+    """Raises Unauthorized after recording the failure; the caller must commit it (see router)."""
+    now = utcnow()
+    _check_rate_limit(session, settings, username, address, now)
+    user = session.exec(select(User).where(User.username == username)).first()
+    ok = verify_password(user.password_hash if user else _DUMMY_HASH, password)
+    if not ok or user is None or not user.is_active:
+        record_failure(session, username, address, now)
+        raise Unauthorized("wrong username or password", code="bad_credentials")
+    session.execute(sa.delete(LoginFailure).where(LoginFailure.username == username))
+    device_key = device_key or f"anon-{secrets.token_hex(8)}"
+    device = session.exec(select(Device).where(Device.user_id == user.id, Device.device_key == device_key)).first()
+    if device is None:
+        device = Device(user_id=user.id, device_key=device_key, name=(device_name or "")[:100])
+        session.add(device)
+        session.flush()
+    elif device.revoked_at is not None:
+        raise Forbidden("this device was revoked; ask your town office to register a new one", code="device_revoked")
+    elif device_name:
+        device.name = device_name[:100]
+    device.last_seen_at = now
+    token = secrets.token_urlsafe(32)
+    ttl = timedelta(hours=settings.token_ttl_hours)
+    session.add(AuthToken(token_hash=token_digest(token, settings.secret_key), user_id=user.id, device_id=device.id,
+                          created_at=now, expires_at=now + ttl))
+    return IssuedToken(token=token, expires_in=int(ttl.total_seconds()), user=user, device=device)
+
+
+def authenticate(session: Session, settings: Settings, token: str) -> tuple[User, Device, AuthToken]:
+    row = session.exec(
+        select(AuthToken, User, Device)
+        .join(User, User.id == AuthToken.user_id)
+        .join(Device, Device.id == AuthToken.device_id)
+        .where(AuthToken.token_hash == token_digest(token, settings.secret_key))
+    ).first()
+    if row is None:
+        raise Unauthorized("invalid token", headers={"WWW-Authenticate": "Bearer"})
+    tok, user, device = row
+    now = utcnow()
+    if tok.revoked_at is not None or tok.expires_at <= now:
+        raise Unauthorized("token expired or revoked", headers={"WWW-Authenticate": "Bearer"})
+    if device.revoked_at is not None:
+        raise Unauthorized("device revoked", code="device_revoked", headers={"WWW-Authenticate": "Bearer"})
+    if not user.is_active:
+        raise Unauthorized("user deactivated", code="user_inactive", headers={"WWW-Authenticate": "Bearer"})
+    return user, device, tok
+
+
+def revoke_token(session: Session, tok: AuthToken) -> None:
+    tok.revoked_at = utcnow()
+    session.add(tok)
+
+
+def revoke_device(session: Session, device: Device) -> None:
+    now = utcnow()
+    device.revoked_at = now
+    session.add(device)
+    session.execute(
+        sa.update(AuthToken).where(AuthToken.device_id == device.id, AuthToken.revoked_at.is_(None)).values(revoked_at=now)
+    )
+
+
+def deactivate_user(session: Session, user: User) -> None:
+    now = utcnow()
+    user.is_active = False
+    session.add(user)
+    session.execute(
+        sa.update(AuthToken).where(AuthToken.user_id == user.id, AuthToken.revoked_at.is_(None)).values(revoked_at=now)
+    )

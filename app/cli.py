@@ -1,0 +1,115 @@
+"""The `firegrid` console script."""
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from app.config import get_settings
+
+cli = typer.Typer(help="Firegrid: fire-hazard inspection and referral service.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+user_cli = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
+cli.add_typer(user_cli, name="user")
+
+
+def _db():
+    from app.db import Database
+
+    return Database.from_settings(get_settings())
+
+
+@cli.command()
+def migrate(revision: str = "head") -> None:
+    """Bring the database schema up to date (Alembic)."""
+    from app import migrate as m
+
+    m.upgrade(get_settings().database_url, revision=revision)
+    typer.echo(f"database at {revision}")
+
+
+@cli.command("seed-demo")
+def seed_demo() -> None:
+    """Create the demo county, towns, units, accounts and premises (dev only; idempotent)."""
+    from app.demo import seed_demo as run
+
+    if get_settings().env == "prod":
+        typer.echo("refusing: FIREGRID_ENV=prod never gets demo data", err=True)
+        raise typer.Exit(2)
+    db = _db()
+    with db.session(write=True) as session:
+        result = run(session)
+        session.commit()
+    typer.echo(f"demo data ready ({result['places_created']} premises created); password for every account: firegrid-demo")
+
+
+@cli.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    reload: bool = False,
+) -> None:
+    """Serve the API and the PWA with uvicorn."""
+    import uvicorn
+
+    uvicorn.run("app.asgi:app", host=host, port=port, workers=workers, reload=reload, proxy_headers=True)
+
+
+@user_cli.command("create")
+def user_create(
+    username: str,
+    role: Annotated[str, typer.Option(help="grid_worker, town_office, police_station, brigade or admin")],
+    unit: Annotated[str, typer.Option(help="code or id of the user's org unit")],
+    password: Annotated[Optional[str], typer.Option(help="prompted for when omitted")] = None,
+    display_name: str = "",
+) -> None:
+    """Create a user in a unit."""
+    from sqlmodel import select
+
+    from app.auth.models import Role
+    from app.auth.service import create_user
+    from app.errors import DomainError
+    from app.org.models import OrgUnit
+
+    try:
+        role_value = Role(role)
+    except ValueError:
+        typer.echo(f"unknown role {role!r}; choose one of {', '.join(r.value for r in Role)}", err=True)
+        raise typer.Exit(2)
+    if password is None:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    db = _db()
+    with db.session(write=True) as session:
+        org = session.exec(select(OrgUnit).where((OrgUnit.code == unit) | (OrgUnit.id == unit))).first()
+        if org is None:
+            typer.echo(f"no org unit with code or id {unit!r}", err=True)
+            raise typer.Exit(2)
+        try:
+            user = create_user(session, username=username, password=password, role=role_value, unit=org,
+                               display_name=display_name)
+        except DomainError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(2)
+        session.commit()
+    typer.echo(f"created {user.username} ({user.role.value}) in {org.name}: {user.id}")
+
+
+@cli.command("import-places")
+def import_places(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
+    """Import premises from a UTF-8 CSV; good rows are imported, each bad row is reported and skipped."""
+    from app.places.service import import_places_csv
+
+    db = _db()
+    with db.session(write=True) as session:
+        report = import_places_csv(session, file)
+        session.commit()
+    for e in report.errors:
+        typer.echo(f"{file}:{e.row}: column {e.column}: {e.reason}", err=True)
+    typer.echo(f"imported: {report.created} created, {report.updated} updated, {report.rejected_rows} rows rejected")
+    if report.errors:
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,55 @@
+"""One Settings object, read from FIREGRID_* environment variables (and an optional .env)."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_SECRET = "dev-insecure-change-me"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="FIREGRID_", env_file=".env", extra="ignore")
+
+    env: Literal["dev", "prod"] = "dev"
+    database_url: str = "sqlite:///./data/firegrid.db"
+    storage_dir: Path = Path("./data/blobs")
+    policy_file: Path | None = None
+    # Pepper mixed into token hashes: a stolen database alone cannot be replayed as tokens.
+    secret_key: str = DEFAULT_SECRET
+    token_ttl_hours: int = Field(default=24 * 30, ge=1)  # phones stay offline for weeks
+    login_max_failures_per_user: int = 5
+    login_max_failures_per_address: int = 30
+    login_window_minutes: int = 15
+    max_photo_bytes: int = 15 * 1024 * 1024
+    sweep_interval_seconds: int = 300  # 0 disables the in-process sweep
+    sql_echo: bool = False
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
+
+
+class UnsafeConfiguration(RuntimeError):
+    pass
+
+
+def check_production_safety(settings: Settings, demo_accounts_present: bool) -> None:
+    """Production must not run with the shipped secret or the public demo accounts."""
+    if settings.env != "prod":
+        return
+    if settings.secret_key == DEFAULT_SECRET or len(settings.secret_key) < 32:
+        raise UnsafeConfiguration(
+            "FIREGRID_ENV=prod needs FIREGRID_SECRET_KEY set to a random value of at least 32 characters"
+        )
+    if demo_accounts_present:
+        raise UnsafeConfiguration(
+            "FIREGRID_ENV=prod refuses to start: demo accounts (password 'firegrid-demo') exist in the database"
+        )

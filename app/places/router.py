@@ -1,0 +1,49 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from app.auth.deps import CurrentPrincipal
+from app.auth.scope import visible_place
+from app.db import SessionDep
+from app.places import service
+from app.places.models import PLACE_CLASS_NAMES, PlaceClass, PlaceCreate, PlacePage, PlacePublic, PlaceUpdate
+
+router = APIRouter(prefix="/api/v1", tags=["places"])
+
+
+@router.get("/place-classes")
+def place_classes():
+    return [{"code": c.value, "name_zh": zh, "name_en": en} for c, (zh, en) in PLACE_CLASS_NAMES.items()]
+
+
+@router.get("/places", response_model=PlacePage)
+def list_places(
+    p: CurrentPrincipal,
+    session: SessionDep,
+    q: Annotated[str | None, Query(max_length=100)] = None,
+    grid_id: str | None = None,
+    place_class: PlaceClass | None = None,
+    cursor: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=service.MAX_PAGE)] = 50,
+):
+    rows, next_cursor = service.list_places(session, p.scope, q=q, grid_id=grid_id, place_class=place_class,
+                                            cursor=cursor, limit=limit)
+    return PlacePage(items=[PlacePublic.of(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.post("/places", response_model=PlacePublic, status_code=201)
+def create_place(body: PlaceCreate, p: CurrentPrincipal, session: SessionDep):
+    p.scope.require_place_editor()
+    return PlacePublic.of(service.create_place(session, p.scope, body))
+
+
+@router.get("/places/{place_id}", response_model=PlacePublic)
+def get_place(place_id: str, p: CurrentPrincipal, session: SessionDep):
+    return PlacePublic.of(visible_place(session, p.scope, place_id))
+
+
+@router.patch("/places/{place_id}", response_model=PlacePublic)
+def update_place(place_id: str, body: PlaceUpdate, p: CurrentPrincipal, session: SessionDep):
+    place = visible_place(session, p.scope, place_id)
+    p.scope.require_place_editor()
+    return PlacePublic.of(service.update_place(session, p.scope, place, body))

@@ -1,0 +1,196 @@
+"""Premises use cases: list/search, create, update, CSV import."""
+
+import base64
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sqlalchemy as sa
+from pydantic import ValidationError
+from sqlmodel import Session, select
+
+from app.auth.scope import Scope, visible_place
+from app.db import utcnow
+from app.errors import Conflict, Invalid
+from app.org.models import OrgUnit, UnitKind
+from app.places.models import Place, PlaceCreate, PlaceUpdate
+
+MAX_PAGE = 200
+
+
+def _resolve_grid(session: Session, scope: Scope | None, grid_id: str) -> OrgUnit:
+    grid = session.get(OrgUnit, grid_id)
+    if grid is None or grid.kind != UnitKind.grid or (scope is not None and not scope.sees_grid(grid)):
+        raise Invalid(f"grid_id: no grid {grid_id!r} in your jurisdiction", code="unknown_grid", field="grid_id")
+    return grid
+
+
+def _resolve_regulator(session: Session, regulator_id: str | None) -> None:
+    if regulator_id is None:
+        return
+    unit = session.get(OrgUnit, regulator_id)
+    if unit is None or unit.kind != UnitKind.sector_regulator:
+        raise Invalid(f"sector_regulator_id: no sector regulator {regulator_id!r}", code="unknown_regulator",
+                      field="sector_regulator_id")
+
+
+def create_place(session: Session, scope: Scope | None, data: PlaceCreate) -> Place:
+    grid = _resolve_grid(session, scope, data.grid_id)
+    _resolve_regulator(session, data.sector_regulator_id)
+    values = data.model_dump(exclude_none=True)
+    if data.id and session.get(Place, data.id) is not None:
+        raise Conflict(f"place {data.id} already exists", code="place_exists")
+    place = Place(**values, town_id=grid.town_id, community_id=grid.community_id)
+    session.add(place)
+    session.flush()
+    return place
+
+
+def update_place(session: Session, scope: Scope | None, place: Place, data: PlaceUpdate) -> Place:
+    changes = data.model_dump(exclude_unset=True)
+    if "name" in changes and (changes["name"] is None or not changes["name"].strip()):
+        raise Invalid("name: must not be blank", code="validation_error", field="name")
+    if "grid_id" in changes:
+        if changes["grid_id"] is None:
+            raise Invalid("grid_id: a place must stay in a grid", code="validation_error", field="grid_id")
+        grid = _resolve_grid(session, scope, changes["grid_id"])
+        place.town_id, place.community_id = grid.town_id, grid.community_id
+    if "place_class" in changes and changes["place_class"] is None:
+        raise Invalid("place_class: required", code="validation_error", field="place_class")
+    _resolve_regulator(session, changes.get("sector_regulator_id"))
+    for key, value in changes.items():
+        setattr(place, key, value)
+    place.updated_at = utcnow()
+    session.add(place)
+    session.flush()
+    return place
+
+
+def _encode_cursor(values: list) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values, ensure_ascii=False).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> list:
+    try:
+        values = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not isinstance(values, list) or len(values) != 2:
+            raise ValueError
+        return values
+    except ValueError:
+        raise Invalid("cursor: not a cursor this server issued", code="bad_cursor", field="cursor") from None
+
+
+def list_places(
+    session: Session, scope: Scope, *, q: str | None = None, grid_id: str | None = None,
+    place_class: str | None = None, cursor: str | None = None, limit: int = 50,
+) -> tuple[list[Place], str | None]:
+    """Keyset pagination on (name, id): deep pages cost the same as the first."""
+    stmt = select(Place).where(scope.place_clause())
+    if q:
+        pattern = "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        stmt = stmt.where(Place.name.like(pattern, escape="\\") | Place.address.like(pattern, escape="\\"))
+    if grid_id:
+        stmt = stmt.where(Place.grid_id == grid_id)
+    if place_class:
+        stmt = stmt.where(Place.place_class == place_class)
+    if cursor:
+        name, pid = _decode_cursor(cursor)
+        stmt = stmt.where(sa.tuple_(Place.name, Place.id) > sa.tuple_(sa.literal(name), sa.literal(pid)))
+    limit = max(1, min(limit, MAX_PAGE))
+    rows = session.exec(stmt.order_by(Place.name, Place.id).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return rows, (_encode_cursor([rows[-1].name, rows[-1].id]) if more and rows else None)
+
+
+# CSV import ------------------------------------------------------------------------------
+
+CSV_COLUMNS = ("name", "address", "grid", "place_class", "lat", "lon", "owner_name", "owner_phone", "sector_regulator")
+
+
+@dataclass
+class RowError:
+    row: int  # 1-based line number in the file, header = 1
+    column: str
+    reason: str
+
+
+@dataclass
+class ImportReport:
+    created: int = 0
+    updated: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+    @property
+    def rejected_rows(self) -> int:
+        return len({e.row for e in self.errors})
+
+
+def _unit_by_code_or_id(session: Session, value: str, kind: UnitKind) -> OrgUnit | None:
+    return session.exec(
+        select(OrgUnit).where(OrgUnit.kind == kind, (OrgUnit.code == value) | (OrgUnit.id == value))
+    ).first()
+
+
+def import_places_csv(session: Session, path: Path) -> ImportReport:
+    """Import good rows, none of the bad; every bad row is reported with its line, column and reason.
+
+    Re-importing the same file updates rather than duplicates: a row matches an existing place by
+    its `id` column when given, else by (grid, name, address).
+    """
+    report = ImportReport()
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # Excel writes a BOM
+    except UnicodeDecodeError:
+        report.errors.append(RowError(1, "*", "file is not UTF-8 text (save the sheet as CSV UTF-8)"))
+        return report
+    reader = csv.DictReader(text.splitlines())
+    header = [h.strip() for h in (reader.fieldnames or [])]
+    missing = [c for c in ("name", "grid", "place_class") if c not in header]
+    unknown = [c for c in header if c not in CSV_COLUMNS and c != "id"]
+    if missing or unknown:
+        for c in missing:
+            report.errors.append(RowError(1, c, "required column is missing from the header"))
+        for c in unknown:
+            report.errors.append(RowError(1, c, f"unknown column (expected: id, {', '.join(CSV_COLUMNS)})"))
+        return report
+    for line_no, raw in enumerate(reader, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+        if None in raw:
+            report.errors.append(RowError(line_no, "*", "more fields than columns in the header"))
+            continue
+        errors_before = len(report.errors)
+        grid = _unit_by_code_or_id(session, row.get("grid", ""), UnitKind.grid) if row.get("grid") else None
+        if grid is None:
+            report.errors.append(RowError(line_no, "grid", f"no grid with code or id {row.get('grid')!r}"))
+        regulator_id = None
+        if row.get("sector_regulator"):
+            reg = _unit_by_code_or_id(session, row["sector_regulator"], UnitKind.sector_regulator)
+            if reg is None:
+                report.errors.append(RowError(line_no, "sector_regulator", f"no sector regulator {row['sector_regulator']!r}"))
+            else:
+                regulator_id = reg.id
+        values = {k: row.get(k) or None for k in ("name", "address", "place_class", "lat", "lon", "owner_name", "owner_phone")}
+        values = {k: v for k, v in values.items() if v is not None}
+        try:
+            data = PlaceCreate.model_validate(
+                {**values, "grid_id": grid.id if grid else "-", "sector_regulator_id": regulator_id, "id": row.get("id") or None}
+            )
+        except ValidationError as exc:
+            for e in exc.errors():
+                col = str(e["loc"][0]) if e["loc"] else "*"
+                report.errors.append(RowError(line_no, col if col != "grid_id" else "grid", e["msg"]))
+            continue
+        if len(report.errors) > errors_before:
+            continue
+        existing = session.get(Place, data.id) if data.id else session.exec(
+            select(Place).where(Place.grid_id == data.grid_id, Place.name == data.name, Place.address == data.address)
+        ).first()
+        if existing is not None:
+            update_place(session, None, existing, PlaceUpdate(**data.model_dump(exclude={"id"})))
+            report.updated += 1
+        else:
+            create_place(session, None, data)
+            report.created += 1
+    return report
