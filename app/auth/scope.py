@@ -59,7 +59,8 @@ class Scope:
     def unit_clause(self) -> sa.ColumnElement[bool]:
         if self.everything:
             return sa.true()
-        own_county = (OrgUnit.county_id == self.county_id) & OrgUnit.town_id.is_(None)
+        # county-level units (brigade, regulators) are everyone's to see; towns only one's own
+        own_county = (OrgUnit.county_id == self.county_id) & OrgUnit.town_id.is_(None) & (OrgUnit.kind != UnitKind.town)
         if self.town_ids is not None:
             return own_county | OrgUnit.town_id.in_(self.town_ids) | OrgUnit.id.in_(self.town_ids) | (OrgUnit.id == self.county_id)
         return own_county | (OrgUnit.id == self.county_id)
@@ -67,7 +68,9 @@ class Scope:
     def sees_unit(self, unit: OrgUnit) -> bool:
         if self.everything:
             return True
-        if unit.id == self.county_id or (unit.county_id == self.county_id and unit.town_id is None):
+        if unit.id == self.county_id or (
+            unit.county_id == self.county_id and unit.town_id is None and unit.kind != UnitKind.town
+        ):
             return True
         return self.town_ids is not None and (unit.town_id in self.town_ids or unit.id in self.town_ids)
 
@@ -76,7 +79,7 @@ def scope_for(session: Session, user: User) -> Scope:
     unit = session.get(OrgUnit, user.org_unit_id)
     if unit is None:  # foreign key makes this impossible short of manual tampering
         raise Forbidden("user has no unit")
-    base = dict(user_id=user.id, role=user.role, unit_id=unit.id)
+    base = dict(user_id=user.id, role=Role(user.role), unit_id=unit.id)
     if user.role == Role.admin:
         return Scope(**base, county_id=None, town_ids=None, grid_ids=None)
     if user.role == Role.brigade:

@@ -1,0 +1,72 @@
+"""Health, error shape, production safety."""
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.config import Settings, UnsafeConfiguration
+from app.main import create_app
+from tests.conftest import login
+
+
+def test_healthz(client, backend):
+    r = client.get("/healthz")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    assert r.json()["database"] == backend
+
+
+def test_unknown_api_path_is_json_404(client):
+    r = client.get("/api/v1/no-such-thing", headers=login(client, "admin"))
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+
+
+def test_validation_error_names_the_field(client, units):
+    r = client.post("/api/v1/places", json={"name": "x", "grid_id": units["grid-a-1-1"].id, "place_class": "nine_small",
+                                            "lon": 300}, headers=login(client, "office-a"))
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "validation_error" and [f["field"] for f in err["fields"]] == ["lon"]
+
+
+def test_unexpected_error_leaks_no_stack_trace(db, settings):
+    app = create_app(settings, db)
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret internals at /etc/passwd")
+
+    app.router.routes.insert(0, app.router.routes.pop())  # before the PWA mount
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.get("/boom")
+    assert r.status_code == 500
+    assert r.json() == {"error": {"code": "internal_error", "message": "internal server error"}}
+
+
+def test_prod_refuses_default_secret(db):
+    app = create_app(Settings(env="prod", database_url="sqlite:///unused"), db)
+    with pytest.raises(UnsafeConfiguration, match="SECRET_KEY"):
+        with TestClient(app):
+            pass
+
+
+def test_prod_refuses_demo_accounts(db):
+    app = create_app(Settings(env="prod", database_url="sqlite:///unused", secret_key="s" * 40), db)
+    with pytest.raises(UnsafeConfiguration, match="demo accounts"):
+        with TestClient(app):
+            pass
+
+
+def test_prod_starts_without_demo_accounts(db, session):
+    from sqlalchemy import update
+
+    from app.auth.models import User
+
+    session.execute(update(User).values(is_demo=False))
+    session.commit()
+    app = create_app(Settings(env="prod", database_url="sqlite:///unused", secret_key="s" * 40), db)
+    with TestClient(app) as c:
+        assert c.get("/healthz").status_code == 200
+
+
+def test_pwa_served_at_root(client):
+    r = client.get("/")
+    assert r.status_code == 200 and "Firegrid" in r.text
