@@ -1,0 +1,140 @@
+"""Working-day arithmetic on the Chinese calendar (工作日, 含调休).
+
+PURE: no database, no web framework. Every legal time limit in the referral chain
+("within 3 working days", 复查 "within 3 working days after the deadline") counts
+Chinese working days: public holidays are off and the adjusted weekend workdays
+(调休上班) count.
+
+Sources of truth, in order:
+
+1. ``overrides`` — a table ``date -> is_workday`` kept by admins, so a year the
+   ``chinese_calendar`` package does not know yet (the State Council publishes the
+   next year's schedule each November) can be entered without a code change.
+   Overrides always win, also for years the package knows (a local extra day off).
+2. ``chinese_calendar.is_workday``.
+3. For a year the package does not know and no override covers: Monday–Friday.
+   The year is recorded in ``unknown_years`` so callers can warn ("holiday table
+   missing for 2027") instead of silently drifting (FixMyStreet Zurich's trap).
+
+All instants are aware datetimes; the local day is the day in Asia/Shanghai.
+Deadlines are returned as aware UTC datetimes.
+
+Midnight convention: for the arithmetic, an instant exactly at local midnight
+(00:00:00.000000) belongs to the day it ENDS, not the day it starts. Deadlines
+are such instants ("end of Monday" is Tuesday 00:00), so counting from a
+deadline composes: ``add_workdays(add_workdays(t, a), b) == add_workdays(t, a + b)``
+and 复查 "3 working days after a deadline ending Monday" ends on Thursday, not
+Friday. ``local_date`` (for display) is the plain calendar date.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, date, datetime, time, timedelta
+from zoneinfo import ZoneInfo
+
+import chinese_calendar
+
+__all__ = ["LOCAL_TZ", "WorkCalendar"]
+
+LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+
+_ONE_DAY = timedelta(days=1)
+
+
+def _require_aware(value: datetime, name: str) -> None:
+    if not isinstance(value, datetime):
+        raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ValueError(f"{name} must be an aware datetime (with a time zone), got naive {value!r}")
+
+
+class WorkCalendar:
+    """Chinese working days with an admin-maintained override table."""
+
+    def __init__(self, overrides: Mapping[date, bool] | None = None, tz: ZoneInfo = LOCAL_TZ) -> None:
+        table: dict[date, bool] = {}
+        for day, is_work in (overrides or {}).items():
+            if isinstance(day, datetime) or not isinstance(day, date):
+                raise TypeError(f"override keys must be dates, got {day!r}")
+            table[day] = bool(is_work)
+        self.overrides: dict[date, bool] = table
+        self.tz = tz
+        # Years for which neither the package nor the overrides had data and the
+        # Monday–Friday fallback was used. Grows as queries touch such years.
+        self.unknown_years: set[int] = set()
+
+    # -- days ------------------------------------------------------------------
+
+    def is_workday(self, d: date) -> bool:
+        """True if ``d`` is a working day (工作日), 调休 workdays included."""
+        if isinstance(d, datetime):
+            raise TypeError("is_workday takes a date; use local_date(dt) to convert an instant")
+        override = self.overrides.get(d)
+        if override is not None:
+            return override
+        try:
+            return bool(chinese_calendar.is_workday(d))
+        except NotImplementedError:
+            self.unknown_years.add(d.year)
+            return d.weekday() < 5
+
+    def local_date(self, instant: datetime) -> date:
+        """The calendar day in the local time zone (Asia/Shanghai) of an aware instant."""
+        _require_aware(instant, "instant")
+        return instant.astimezone(self.tz).date()
+
+    def _count_day(self, instant: datetime) -> date:
+        """The local day an instant counts for: local midnight belongs to the day it ends."""
+        _require_aware(instant, "instant")
+        here = instant.astimezone(self.tz)
+        day = here.date()
+        if here.time() == time(0):
+            day -= _ONE_DAY
+        return day
+
+    def end_of_local_day(self, d: date) -> datetime:
+        """The instant (UTC) of local midnight that ends day ``d``."""
+        return datetime.combine(d + _ONE_DAY, time(0), tzinfo=self.tz).astimezone(UTC)
+
+    # -- arithmetic ------------------------------------------------------------
+
+    def add_workdays(self, start: datetime, n: int) -> datetime:
+        """Deadline at the END of the n-th working day strictly after start's local date.
+
+        Returned as an aware UTC datetime: the local midnight that begins the day
+        after that n-th working day. ``n == 0`` means the end of start's own local
+        day (whether or not it is a working day). A start exactly at local midnight
+        counts as the end of the previous day (see the module docstring).
+        """
+        _require_aware(start, "start")
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, got {n!r}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        day = self._count_day(start)
+        counted = 0
+        while counted < n:
+            day += _ONE_DAY
+            if self.is_workday(day):
+                counted += 1
+        return self.end_of_local_day(day)
+
+    def workdays_between(self, a: datetime, b: datetime) -> int:
+        """Working days after a's local date up to and including b's local date.
+
+        0 when b's local date is on or before a's (never negative). Used for
+        figures such as time to close or working days overdue
+        (``workdays_between(deadline, now)``). Local midnight counts for the day
+        it ends, so ``workdays_between(t, add_workdays(t, n)) == n``.
+        """
+        _require_aware(a, "a")
+        _require_aware(b, "b")
+        day = self._count_day(a)
+        last = self._count_day(b)
+        count = 0
+        while day < last:
+            day += _ONE_DAY
+            if self.is_workday(day):
+                count += 1
+        return count
