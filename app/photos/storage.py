@@ -1,0 +1,386 @@
+"""Content-addressed blob storage (原图 by sha256) behind a small interface.
+
+``BlobStore`` is what services use; ``FilesystemBlobStore`` is the local implementation
+(an S3-compatible one can be added later behind the same Protocol: ``path()`` then returns
+None and the router streams from ``open()`` or redirects to a presigned URL).
+
+Guarantees of ``FilesystemBlobStore``:
+
+* A blob is only ever visible under its name complete, hash-verified and (if a
+  ``validate`` hook is given) validated: bytes are streamed to ``root/tmp/`` (same
+  filesystem), hashed chunk by chunk while written (never held whole in memory), fsynced,
+  checked, and only then linked into ``root/ab/cd/<sha256>``.
+* A crash or a client disconnect mid-upload leaves at most a temp file in ``root/tmp/``
+  (removed by ``cleanup_tmp()`` once older than an hour), never a half blob.
+* Publishing uses ``os.link`` (atomic create-if-absent): of several concurrent uploads of
+  the same bytes exactly one reports ``created=True`` and nothing is overwritten. On a
+  filesystem without hard links it falls back to ``os.replace`` (atomic too; identical
+  bytes, so the only loss is that two racers may both report ``created=True``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import hashlib
+import os
+import re
+import tempfile
+import time
+from collections.abc import AsyncIterable, Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Generic, Protocol, TypeVar, runtime_checkable
+
+T = TypeVar("T")
+
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_KIND_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+
+TMP_MAX_AGE_SECONDS = 3600
+ASYNC_BATCH_BYTES = 1 << 20  # write + hash in a worker thread once this much is buffered
+_FILE_MODE = 0o640
+
+
+class StorageError(Exception):
+    pass
+
+
+class InvalidName(StorageError, ValueError):
+    """Not 64 lowercase hex digits (or a bad derivative kind): never becomes a path."""
+
+
+class HashMismatch(StorageError):
+    def __init__(self, expected: str, actual: str):
+        super().__init__(f"body hashes to {actual}, not {expected}")
+        self.expected = expected
+        self.actual = actual
+
+
+class TooLarge(StorageError):
+    def __init__(self, max_bytes: int):
+        super().__init__(f"body is larger than {max_bytes} bytes")
+        self.max_bytes = max_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PutResult(Generic[T]):
+    sha256: str
+    size: int
+    created: bool  # False: the blob was already stored (the upload was still verified)
+    info: T | None = None  # what the validate hook returned
+
+
+def validate_sha256(name: str) -> str:
+    if not isinstance(name, str) or _SHA256_RE.fullmatch(name) is None:
+        raise InvalidName("blob name must be a sha256 as 64 lowercase hex digits")
+    return name
+
+
+def _validate_kind(kind: str) -> str:
+    if not isinstance(kind, str) or _KIND_RE.fullmatch(kind) is None:
+        raise InvalidName("derivative kind must match [a-z0-9][a-z0-9_-]{0,31}")
+    return kind
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    def has(self, sha256: str) -> bool: ...
+
+    def open(self, sha256: str) -> BinaryIO:
+        """Raises FileNotFoundError (or KeyError in other stores) when absent."""
+        ...
+
+    def path(self, sha256: str) -> Path | None:
+        """Local file path for FileResponse, or None (absent, or a remote store)."""
+        ...
+
+    def put_stream(
+        self,
+        expected_sha256: str,
+        chunks: Iterable[bytes] | BinaryIO,
+        max_bytes: int,
+        *,
+        validate: Callable[[Path], T] | None = None,
+    ) -> PutResult[T]: ...
+
+    async def put_stream_async(
+        self,
+        expected_sha256: str,
+        chunks: AsyncIterable[bytes] | Iterable[bytes],
+        max_bytes: int,
+        *,
+        validate: Callable[[Path], T] | None = None,
+    ) -> PutResult[T]: ...
+
+    def put_derivative(self, sha256: str, kind: str, data: bytes) -> None: ...
+
+    def derivative_path(self, sha256: str, kind: str) -> Path | None: ...
+
+    def delete(self, sha256: str) -> None: ...
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class _Upload:
+    """One upload in progress: a temp file in root/tmp and a running sha256."""
+
+    def __init__(self, store: FilesystemBlobStore, expected_sha256: str, max_bytes: int):
+        self.store = store
+        self.expected = expected_sha256
+        self.max_bytes = max_bytes
+        self.size = 0
+        self.hasher = hashlib.sha256()
+        store.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{expected_sha256[:16]}-", suffix=".part", dir=store.tmp_dir)
+        self.tmp = Path(name)
+        self.file = os.fdopen(fd, "wb")
+
+    def count(self, n: int) -> None:
+        """Account for n more bytes; raise TooLarge as soon as the limit is passed."""
+        self.size += n
+        if self.size > self.max_bytes:
+            raise TooLarge(self.max_bytes)
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        self.hasher.update(chunk)  # hashlib releases the GIL for large buffers
+        self.file.write(chunk)
+
+    def commit(self, validate: Callable[[Path], T] | None) -> PutResult[T]:
+        self.file.flush()
+        os.fsync(self.file.fileno())
+        self.file.close()
+        actual = self.hasher.hexdigest()
+        if actual != self.expected:
+            raise HashMismatch(self.expected, actual)
+        # The hook sees the complete, hash-verified bytes; nothing is visible under the name yet.
+        info = validate(self.tmp) if validate is not None else None
+        os.chmod(self.tmp, _FILE_MODE)
+        dest = self.store._blob_path(self.expected)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        created = self.store._publish(self.tmp, dest)
+        return PutResult(sha256=self.expected, size=self.size, created=created, info=info)
+
+    def abort(self) -> None:
+        try:
+            self.file.close()
+        except Exception:
+            pass
+        try:
+            self.tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
+class FilesystemBlobStore:
+    """root/ab/cd/<sha256> for originals, root/derivatives/<kind>/ab/cd/<sha256> for the rest."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.tmp_dir = self.root / "tmp"
+        self.derivatives_dir = self.root / "derivatives"
+
+    # ------------------------------------------------------------------ paths
+
+    def _blob_path(self, sha256: str) -> Path:
+        validate_sha256(sha256)
+        return self.root / sha256[:2] / sha256[2:4] / sha256
+
+    def _derivative_path(self, sha256: str, kind: str) -> Path:
+        validate_sha256(sha256)
+        _validate_kind(kind)
+        return self.derivatives_dir / kind / sha256[:2] / sha256[2:4] / sha256
+
+    # ------------------------------------------------------------------ reads
+
+    def has(self, sha256: str) -> bool:
+        return self._blob_path(sha256).is_file()
+
+    def open(self, sha256: str) -> BinaryIO:
+        return open(self._blob_path(sha256), "rb")  # FileNotFoundError when absent
+
+    def path(self, sha256: str) -> Path | None:
+        p = self._blob_path(sha256)
+        return p if p.is_file() else None
+
+    def derivative_path(self, sha256: str, kind: str) -> Path | None:
+        p = self._derivative_path(sha256, kind)
+        return p if p.is_file() else None
+
+    # ------------------------------------------------------------------ writes
+
+    def _publish(self, tmp: Path, dest: Path) -> bool:
+        """Move tmp to dest atomically; False if dest already existed (tmp is then removed)."""
+        try:
+            os.link(tmp, dest)
+        except FileExistsError:
+            tmp.unlink(missing_ok=True)
+            return False
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
+                raise
+            # no hard links here: os.replace is atomic too, and the bytes are identical
+            if dest.exists():
+                tmp.unlink(missing_ok=True)
+                return False
+            os.replace(tmp, dest)
+            _fsync_dir(dest.parent)
+            return True
+        tmp.unlink(missing_ok=True)
+        _fsync_dir(dest.parent)
+        return True
+
+    def _begin(self, expected_sha256: str, max_bytes: int) -> _Upload:
+        validate_sha256(expected_sha256)
+        if max_bytes < 0:
+            raise ValueError("max_bytes must be >= 0")
+        return _Upload(self, expected_sha256, max_bytes)
+
+    def put_stream(
+        self,
+        expected_sha256: str,
+        chunks: Iterable[bytes] | BinaryIO,
+        max_bytes: int,
+        *,
+        validate: Callable[[Path], T] | None = None,
+    ) -> PutResult[T]:
+        """Store a stream of chunks (or a binary file object) under its sha256.
+
+        Raises InvalidName, TooLarge (as soon as max_bytes is passed), HashMismatch, or
+        whatever ``validate(tmp_path)`` raises; in every failure case nothing is left behind.
+        Blocking: from async code use ``put_stream_async``.
+        """
+        if isinstance(chunks, AsyncIterable):
+            raise TypeError("put_stream takes a sync iterable; use put_stream_async for async ones")
+        if hasattr(chunks, "read"):
+            f = chunks
+            chunks = iter(lambda: f.read(ASYNC_BATCH_BYTES), b"")
+        up = self._begin(expected_sha256, max_bytes)
+        try:
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                up.count(len(chunk))
+                up.write(chunk)
+            return up.commit(validate)
+        except BaseException:
+            up.abort()
+            raise
+
+    async def put_stream_async(
+        self,
+        expected_sha256: str,
+        chunks: AsyncIterable[bytes] | Iterable[bytes],
+        max_bytes: int,
+        *,
+        validate: Callable[[Path], T] | None = None,
+        batch_bytes: int = ASYNC_BATCH_BYTES,
+    ) -> PutResult[T]:
+        """``put_stream`` for Starlette's ``request.stream()``.
+
+        Chunks are buffered up to ``batch_bytes`` and each batch is hashed and written in a
+        worker thread, so the event loop only ever copies bytes. The size limit is checked
+        per chunk as it arrives. The final fsync, hash check, ``validate`` hook (image
+        decoding is CPU work) and publish all run in a worker thread too. If the request is
+        cancelled (client gone), the temp file is removed.
+        """
+        up = self._begin(expected_sha256, max_bytes)  # a quick mkstemp; inline so a cancel cannot orphan it
+        buf = bytearray()
+        try:
+            if isinstance(chunks, AsyncIterable):
+                async for chunk in chunks:
+                    if not chunk:
+                        continue
+                    up.count(len(chunk))
+                    buf += chunk
+                    if len(buf) >= batch_bytes:
+                        data, buf = bytes(buf), bytearray()
+                        await asyncio.to_thread(up.write, data)
+            else:
+                for chunk in chunks:
+                    if not chunk:
+                        continue
+                    up.count(len(chunk))
+                    buf += chunk
+                    if len(buf) >= batch_bytes:
+                        data, buf = bytes(buf), bytearray()
+                        await asyncio.to_thread(up.write, data)
+            if buf:
+                await asyncio.to_thread(up.write, bytes(buf))
+            return await asyncio.to_thread(up.commit, validate)
+        except BaseException:
+            up.abort()
+            raise
+
+    def put_derivative(self, sha256: str, kind: str, data: bytes) -> None:
+        """Write (or overwrite: derivatives are reproducible) atomically via root/tmp."""
+        dest = self._derivative_path(sha256, kind)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f"{sha256[:16]}-{kind}-", suffix=".part", dir=self.tmp_dir)
+        tmp = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, _FILE_MODE)
+            os.replace(tmp, dest)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _fsync_dir(dest.parent)
+
+    def delete(self, sha256: str) -> None:
+        """Remove the blob and all its derivatives; absent is fine (idempotent)."""
+        self._blob_path(sha256).unlink(missing_ok=True)
+        if self.derivatives_dir.is_dir():
+            for kind_dir in self.derivatives_dir.iterdir():
+                if kind_dir.is_dir() and _KIND_RE.fullmatch(kind_dir.name):
+                    (kind_dir / sha256[:2] / sha256[2:4] / sha256).unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ housekeeping
+
+    def cleanup_tmp(self, max_age_seconds: float = TMP_MAX_AGE_SECONDS, *, now: float | None = None) -> int:
+        """Remove temp files older than max_age_seconds (left by crashes). Returns how many."""
+        if not self.tmp_dir.is_dir():
+            return 0
+        now = time.time() if now is None else now
+        removed = 0
+        for entry in os.scandir(self.tmp_dir):
+            try:
+                if entry.is_file(follow_symlinks=False) and now - entry.stat().st_mtime > max_age_seconds:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+
+def sha256_hex(data: bytes) -> str:
+    """Convenience for callers and tests."""
+    return hashlib.sha256(data).hexdigest()
+
+
+__all__ = [
+    "BlobStore",
+    "FilesystemBlobStore",
+    "HashMismatch",
+    "InvalidName",
+    "PutResult",
+    "StorageError",
+    "TooLarge",
+    "sha256_hex",
+    "validate_sha256",
+]
