@@ -111,5 +111,55 @@ def import_places(file: Annotated[Path, typer.Argument(exists=True, dir_okay=Fal
         raise typer.Exit(1)
 
 
+@cli.command()
+def sweep(now: Annotated[Optional[str], typer.Option(help="ISO-8601 instant to sweep as of (default: now)")] = None) -> None:
+    """Escalate every hazard whose holder let a clock run out, one tier up (idempotent)."""
+    from datetime import datetime
+
+    from app.db import utcnow
+    from app.referrals.policy import DEFAULT_POLICY_PATH, load_policy
+    from app.referrals.sweeper import run_sweep
+
+    settings = get_settings()
+    at = utcnow()
+    if now:
+        try:
+            at = datetime.fromisoformat(now)
+        except ValueError:
+            typer.echo(f"--now: {now!r} is not an ISO-8601 time", err=True)
+            raise typer.Exit(2)
+        if at.tzinfo is None:
+            typer.echo("--now: give a time zone offset, e.g. 2026-11-23T09:00:00+08:00", err=True)
+            raise typer.Exit(2)
+    done = run_sweep(_db(), load_policy(settings.policy_file or DEFAULT_POLICY_PATH), at)
+    for e in done:
+        typer.echo(f"{e.hazard_id}: {e.from_tier} -> {e.to_tier or 'county listed supervision'} (overdue: {', '.join(e.clocks)})")
+    typer.echo(f"escalated {len(done)} hazards as of {at.isoformat()}")
+
+
+audit_cli = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
+cli.add_typer(audit_cli, name="audit")
+
+
+@audit_cli.command("verify")
+def audit_verify() -> None:
+    """Recompute every hazard's event chain; exit 1 if any was edited, reordered or cut."""
+    from app.audit.chain import ChainProblem
+    from app.audit.service import verify_all
+
+    problems = 0
+    checked = 0
+    with _db().session() as session:
+        for item in verify_all(session):
+            if isinstance(item, ChainProblem):
+                problems += 1
+                typer.echo(f"hazard {item.hazard_id} event {item.seq}: {item.problem}", err=True)
+            else:
+                checked = item
+    typer.echo(f"checked {checked} hazards: {'OK' if not problems else f'{problems} problems'}")
+    if problems:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     cli()

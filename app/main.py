@@ -1,7 +1,10 @@
 """create_app(): routers, error handlers, the PWA as static files."""
 
+import asyncio
 import logging
+from collections.abc import Callable
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -14,29 +17,44 @@ from app import __version__
 from app.auth.models import User
 from app.auth.router import router as auth_router
 from app.config import Settings, check_production_safety, get_settings
-from app.db import Database
+from app.db import Database, utcnow
 from app.errors import install_error_handlers
+from app.hazards.router import router as hazards_router
 from app.org.router import router as org_router
 from app.places.router import router as places_router
+from app.referrals.policy import DEFAULT_POLICY_PATH, load_policy
+from app.referrals.router import router as referrals_router
+from app.referrals.sweeper import periodic_sweep
+from app.sync.router import router as sync_router
 
 PWA_DIR = Path(__file__).resolve().parent.parent / "pwa"
 log = logging.getLogger("firegrid")
 
 
-def create_app(settings: Settings | None = None, db: Database | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, db: Database | None = None,
+               clock: Callable[[], datetime] = utcnow) -> FastAPI:
     settings = settings or get_settings()
     db = db or Database.from_settings(settings)
+    # Validated now, so a bad policy file stops start-up with its file, rule and field named.
+    policy = load_policy(settings.policy_file or DEFAULT_POLICY_PATH)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         with db.session() as session:
             demo = session.exec(select(User.id).where(User.is_demo)).first() is not None
         check_production_safety(settings, demo_accounts_present=demo)
+        task = None
+        if settings.sweep_interval_seconds > 0:
+            task = asyncio.create_task(periodic_sweep(db, policy, lambda: app.state.clock(), settings.sweep_interval_seconds))
         yield
+        if task is not None:
+            task.cancel()
 
     app = FastAPI(title="Firegrid", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.db = db
+    app.state.policy = policy
+    app.state.clock = clock
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["ops"])
@@ -49,7 +67,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None) -> 
             return JSONResponse({"status": "error", "database": "unreachable"}, status_code=503)
         return {"status": "ok", "database": db.engine.dialect.name, "version": __version__}
 
-    for router in (auth_router, org_router, places_router):
+    for router in (auth_router, org_router, places_router, hazards_router, referrals_router, sync_router):
         app.include_router(router)
 
     # Last: the PWA owns every path the API does not.

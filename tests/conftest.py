@@ -139,3 +139,26 @@ def login(client: TestClient, username: str, device: str = "test-device", passwo
 def units(session) -> dict[str, OrgUnit]:
     """Demo units by code."""
     return {u.code: u for u in session.exec(select(OrgUnit)).all()}
+
+
+class FakeClock:
+    """The app's clock, moved by the test (the service never reads the wall clock directly)."""
+
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    from datetime import datetime, timezone
+
+    return FakeClock(datetime(2026, 3, 2, 1, 0, tzinfo=timezone.utc))  # Monday 09:00 in China
+
+
+@pytest.fixture
+def clocked_client(db, settings, clock) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, db, clock=clock), raise_server_exceptions=False) as c:
+        yield c

@@ -104,3 +104,28 @@ def visible_place(session: Session, scope: Scope, place_id: str) -> Place:
     if place is None or not scope.sees_place(place):
         raise NotFound(f"place {place_id} not found")
     return place
+
+
+def hazard_clause(scope: Scope) -> sa.ColumnElement[bool]:
+    """Hazards the scope may see: by where they were found, plus (for a police station or anyone
+    outside the town) what was referred or copied to the caller's unit."""
+    from app.hazards.models import Hazard, HazardCC
+
+    if scope.grid_ids is not None:
+        return Hazard.grid_id.in_(scope.grid_ids)
+    if scope.town_ids is None:
+        return sa.true()
+    referred = (Hazard.holder_unit_id == scope.unit_id) | Hazard.id.in_(
+        select(HazardCC.hazard_id).where(HazardCC.unit_id == scope.unit_id)
+    )
+    return Hazard.town_id.in_(scope.town_ids) | referred
+
+
+def sees_hazard(session: Session, scope: Scope, hazard) -> bool:
+    from app.hazards.models import HazardCC
+
+    if scope.grid_ids is not None:
+        return hazard.grid_id in scope.grid_ids
+    if scope.town_ids is None or hazard.town_id in scope.town_ids or hazard.holder_unit_id == scope.unit_id:
+        return True
+    return session.get(HazardCC, (hazard.id, scope.unit_id)) is not None

@@ -50,6 +50,8 @@ class OrgUnit(OrgUnitBase, table=True):
     # 镇街综合执法: a town granted fire-law enforcement power handles violations itself (configurable per town).
     enforcement_power: bool = Field(default=False)
     sector: str | None = Field(default=None, max_length=64, description="for sector regulators: education, health…")
+    # For a community: the police station whose beat covers it (towns may have several stations).
+    police_station_id: str | None = Field(default=None, foreign_key="org_units.id", max_length=36)
 
 
 class OrgUnitPublic(OrgUnitBase):
@@ -60,3 +62,4 @@ class OrgUnitPublic(OrgUnitBase):
     community_id: str | None
     enforcement_power: bool
     sector: str | None
+    police_station_id: str | None

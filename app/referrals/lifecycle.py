@@ -205,6 +205,8 @@ class HazardState:
     # Tier of the previous holder, so `return` restores it. Optional for
     # compatibility; when None, `return` needs params.to_tier.
     previous_tier: str | None = None
+    # Written rectification order due (accepted -> order within N working days).
+    order_due: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -251,13 +253,16 @@ class Effect:
 def clocks(state: HazardState) -> dict[str, datetime]:
     """The clocks running in this state: name -> due instant.
 
-    referred: ack; rectifying: rectify (owner's deadline) and reinspect (the
-    holder's 复查 deadline, 3 working days after it); reinspection_due: reinspect.
-    accepted and the terminal statuses run no clock.
+    referred: ack; accepted: order (the written order, when set); rectifying:
+    rectify (owner's deadline) and reinspect (the holder's 复查 deadline, 3
+    working days after it); reinspection_due: reinspect. Terminal statuses run
+    no clock.
     """
     running: dict[str, datetime] = {}
     if state.status is Status.REFERRED:
         running["ack"] = state.ack_due
+    elif state.status is Status.ACCEPTED and state.order_due is not None:
+        running["order"] = state.order_due
     elif state.status is Status.RECTIFYING:
         if state.rectify_due is not None:
             running["rectify"] = state.rectify_due
@@ -319,6 +324,7 @@ def _fresh_referral(
         ack_due=calendar.add_workdays(now, policy.ack_workdays),
         rectify_due=None,
         reinspect_due=None,
+        order_due=None,
         has_rectified_evidence=False,
     )
 
@@ -326,7 +332,13 @@ def _fresh_referral(
 def _clock_effects(old: HazardState, new: HazardState, action: Action, now: datetime) -> list[Effect]:
     before, after = clocks(old), clocks(new)
     out: list[Effect] = []
-    satisfied_by = {Action.ACCEPT, Action.CLOSE, Action.RECORD_REINSPECTION, Action.OWNER_REPORTED_FIXED}
+    satisfied_by = {
+        Action.ACCEPT,
+        Action.ORDER_RECTIFICATION,
+        Action.CLOSE,
+        Action.RECORD_REINSPECTION,
+        Action.OWNER_REPORTED_FIXED,
+    }
     for name, due in before.items():
         if after.get(name) == due:
             continue
@@ -365,7 +377,7 @@ def apply(
     new: HazardState
 
     if action is Action.ACCEPT:
-        new = replace(state, status=Status.ACCEPTED)
+        new = replace(state, status=Status.ACCEPTED, order_due=calendar.add_workdays(now, policy.order_workdays))
         effects.append(
             Effect(EffectKind.ACCEPTED, {"unit_id": state.holder_unit_id, "late": now > state.ack_due})
         )
@@ -373,7 +385,9 @@ def apply(
     elif action is Action.ORDER_RECTIFICATION:
         deadline = _future_deadline(params, now, action)
         reinspect_due = calendar.add_workdays(deadline, policy.reinspection_workdays)
-        new = replace(state, status=Status.RECTIFYING, rectify_due=deadline, reinspect_due=reinspect_due)
+        new = replace(
+            state, status=Status.RECTIFYING, rectify_due=deadline, reinspect_due=reinspect_due, order_due=None
+        )
         effects.append(
             Effect(EffectKind.RECTIFICATION_ORDERED, {"deadline": deadline, "reinspect_due": reinspect_due})
         )
@@ -419,6 +433,7 @@ def apply(
                 status=Status.RECTIFYING,
                 rectify_due=deadline,
                 reinspect_due=reinspect_due,
+                order_due=None,
                 has_rectified_evidence=False,
             )
             if params.deadline is not None:
@@ -537,6 +552,7 @@ def apply(
             ack_due=calendar.add_workdays(now, policy.ack_workdays),
             rectify_due=None,
             reinspect_due=None,
+            order_due=None,
             has_rectified_evidence=False,
         )
         effects.append(Effect(EffectKind.REOPENED, {"reason": reason, "holder_unit_id": state.holder_unit_id}))

@@ -129,6 +129,7 @@ class Policy(_Model):
     version: str = Field(min_length=1)
     ack_workdays: PositiveInt = 1  # 报到 (acknowledge) within N working days
     reinspection_workdays: PositiveInt = 3  # 复查 within N working days
+    order_workdays: PositiveInt = 3  # written rectification order within N working days of accepting (令120号)
     rectification_workdays: dict[str, PositiveInt]  # per category; must contain "default"
     categories: list[Category]
     place_classes: list[str] = Field(min_length=1)

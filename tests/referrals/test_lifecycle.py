@@ -3,7 +3,7 @@ then the rules of each action."""
 
 import itertools
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -195,7 +195,9 @@ def test_naive_now_rejected():
 def test_accept_satisfies_the_ack_clock(ack_due, late):
     new, effects = run(state_in(S.REFERRED, ack_due=ack_due), A.ACCEPT)
     assert new.status is S.ACCEPTED
-    assert clocks(new) == {}
+    # the written rectification order (责令限期改正通知书) is due 3 working days after accepting
+    assert clocks(new) == {"order": CAL.add_workdays(NOW, POLICY.order_workdays)}
+    assert find(effects, EffectKind.CLOCK_STARTED, clock="order")
     assert find(effects, EffectKind.ACCEPTED).data["late"] is late
     assert find(effects, EffectKind.CLOCK_SATISFIED, clock="ack").data["late"] is late
 
@@ -528,3 +530,11 @@ def test_overdue_clocks():
     assert overdue_clocks(state, OLD_RECTIFY_DUE) == ["rectify"]  # due instant counts as overdue
     assert overdue_clocks(state, NOW) == ["rectify"]
     assert overdue_clocks(state, utc(2024, 3, 9)) == ["rectify", "reinspect"]
+
+
+def test_order_rectification_satisfies_the_order_clock():
+    accepted, _ = run(state_in(S.REFERRED, ack_due=FRESH_ACK), A.ACCEPT)
+    deadline = NOW + timedelta(days=10)
+    new, effects = run(accepted, A.ORDER_RECTIFICATION, ActionParams(deadline=deadline))
+    assert "order" not in clocks(new)
+    assert find(effects, EffectKind.CLOCK_SATISFIED, clock="order").data["late"] is False

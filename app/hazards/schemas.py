@@ -1,0 +1,93 @@
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, Field
+
+
+class PlaceBrief(BaseModel):
+    id: str
+    name: str
+    address: str
+    place_class: str
+
+
+class HazardItem(BaseModel):
+    """A row of a queue: enough to triage without opening the hazard."""
+
+    id: str
+    status: str
+    tier: str
+    holder_org_unit_id: str
+    severity: str
+    category: str
+    violation: bool
+    place: PlaceBrief
+    grid_id: str
+    community_id: str
+    found_at: datetime
+    created_at: datetime
+    deadline: datetime | None
+    overdue: bool
+    listed_supervision: bool
+    attention: int
+    duplicate_of_id: str | None
+
+
+class QueuePage(BaseModel):
+    items: list[HazardItem]
+    next_cursor: str | None
+
+
+class Routing(BaseModel):
+    rule: str
+    reason: str
+    reason_zh: str
+    reason_en: str
+    policy_version: str
+
+
+class HazardDetail(HazardItem):
+    description: str
+    photos: list[str]
+    routing: Routing
+    clocks: dict[str, dict[str, Any]]
+    cc_org_unit_ids: list[str]
+    merged_into_id: str | None
+    closed_at: datetime | None
+    deadline_met: bool | None
+    referrals: list[dict[str, Any]]
+    reinspections: list[dict[str, Any]]
+    timeline: list[dict[str, Any]]
+    allowed_actions: list[str]
+
+
+class ActionRequest(BaseModel):
+    action: Literal["accept", "order_rectification", "escalate", "transfer", "return", "dismiss",
+                    "record_reinspection", "close", "reopen", "merge", "owner_reported_fixed"]
+    deadline: AwareDatetime | None = None
+    reason: str | None = Field(default=None, max_length=500)
+    to_unit_id: str | None = Field(default=None, max_length=36)
+    rectified: bool | None = None
+    photos: list[str] = Field(default_factory=list, max_length=20)
+    override_reason: str | None = Field(default=None, max_length=500)
+    merge_into_id: str | None = Field(default=None, max_length=36)
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class FiguresRow(BaseModel):
+    key: str
+    found: int
+    closed: int
+    open: int
+    overdue: int
+    cleared_by_deadline_rate: float | None
+    median_hours_to_close: float | None
+
+
+class Figures(BaseModel):
+    unit_id: str
+    period_from: datetime
+    period_to: datetime
+    group_by: str
+    total: FiguresRow
+    rows: list[FiguresRow]

@@ -1,0 +1,237 @@
+"""Reading hazards: the queue, one hazard with its timeline, the supervision lists, the figures.
+And who may do what to a hazard they can see."""
+
+import base64
+import json
+import statistics
+from datetime import datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from app.audit.service import timeline
+from app.auth.models import Role
+from app.auth.scope import Scope, hazard_clause, sees_hazard
+from app.errors import Forbidden, Invalid, NotFound
+from app.hazards.models import NO_DEADLINE, Hazard, HazardCC, Referral, Reinspection
+from app.hazards.schemas import HazardDetail, HazardItem, PlaceBrief, Routing
+from app.org.models import OrgUnit, UnitKind
+from app.places.models import Place
+from app.referrals import lifecycle
+from app.referrals.lifecycle import Action, Status
+from app.referrals.service import OPEN_STATUSES, clocks_public, state_of
+
+LOCAL_TZ = ZoneInfo("Asia/Shanghai")
+MAX_PAGE = 200
+
+
+def visible_hazard(session: Session, scope: Scope, hazard_id: str) -> Hazard:
+    h = session.get(Hazard, hazard_id)
+    if h is None or not sees_hazard(session, scope, h):
+        raise NotFound(f"hazard {hazard_id} not found")
+    return h
+
+
+def may_act(scope: Scope, h: Hazard, action: Action) -> bool:
+    """Seen is not enough: the holder acts; the town office signs off dismissals; the grid worker re-inspects."""
+    if scope.role == Role.admin:
+        return True
+    town_office_here = scope.role == Role.town_office and scope.town_ids == frozenset({h.town_id})
+    if action is Action.DISMISS:
+        return town_office_here  # 销号 needs the town office's sign-off, whoever holds it
+    if action is Action.REOPEN and town_office_here:
+        return True
+    if action is Action.RECORD_REINSPECTION and scope.grid_ids is not None:
+        return h.grid_id in scope.grid_ids
+    return scope.unit_id == h.holder_unit_id
+
+
+def require_may_act(scope: Scope, h: Hazard, action: Action) -> None:
+    if not may_act(scope, h, action):
+        if action is Action.DISMISS:
+            raise Forbidden("dismissing a hazard needs the sign-off of the town office of its town", code="signoff_required")
+        raise Forbidden(f"only the holder of this hazard may {action.value} it", code="not_holder")
+
+
+# -- queue ---------------------------------------------------------------------------------
+
+
+def _encode(values: list) -> str:
+    return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
+
+
+def _decode(cursor: str) -> tuple[datetime, str]:
+    try:
+        due, hid = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(due), str(hid)
+    except (ValueError, TypeError):
+        raise Invalid("cursor: not a cursor this server issued", code="bad_cursor", field="cursor") from None
+
+
+def queue(
+    session: Session, scope: Scope, now: datetime, *, statuses: list[str] | None = None, severity: str | None = None,
+    overdue: bool | None = None, place_class: str | None = None, grid_id: str | None = None,
+    community_id: str | None = None, cc: bool = False, listed: bool | None = None, cursor: str | None = None,
+    limit: int = 50,
+) -> tuple[list[tuple[Hazard, Place]], str | None]:
+    """The caller's unit's hazards by urgency: overdue first (earliest deadline), then nearest deadline.
+
+    Keyset-paged on (next_due, id), served by the index (holder_unit_id, next_due, id), so page 1000
+    costs what page 1 does.
+    """
+    stmt = select(Hazard, Place).join(Place, Place.id == Hazard.place_id)
+    if cc:
+        stmt = stmt.where(Hazard.id.in_(select(HazardCC.hazard_id).where(HazardCC.unit_id == scope.unit_id)))
+    elif scope.grid_ids is not None:
+        stmt = stmt.where(Hazard.grid_id.in_(scope.grid_ids))
+    elif scope.role != Role.admin:
+        stmt = stmt.where(Hazard.holder_unit_id == scope.unit_id)
+    stmt = stmt.where(Hazard.status.in_(statuses or [s.value for s in OPEN_STATUSES]))
+    if severity:
+        stmt = stmt.where(Hazard.severity == severity)
+    if overdue is True:
+        stmt = stmt.where(Hazard.next_due <= now)
+    elif overdue is False:
+        stmt = stmt.where(Hazard.next_due > now)
+    if place_class:
+        stmt = stmt.where(Hazard.place_class == place_class)
+    if grid_id:
+        stmt = stmt.where(Hazard.grid_id == grid_id)
+    if community_id:
+        stmt = stmt.where(Hazard.community_id == community_id)
+    if listed is not None:
+        stmt = stmt.where(Hazard.listed_supervision.is_(listed))
+    if cursor:
+        due, hid = _decode(cursor)
+        stmt = stmt.where(sa.or_(Hazard.next_due > due, sa.and_(Hazard.next_due == due, Hazard.id > hid)))
+    limit = max(1, min(limit, MAX_PAGE))
+    rows = session.exec(stmt.order_by(Hazard.next_due, Hazard.id).limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    nxt = _encode([rows[-1][0].next_due.isoformat(), rows[-1][0].id]) if more and rows else None
+    return rows, nxt
+
+
+def item(h: Hazard, place: Place, now: datetime) -> HazardItem:
+    deadline = None if h.next_due == NO_DEADLINE else h.next_due
+    return HazardItem(
+        id=h.id, status=h.status, tier=h.tier, holder_org_unit_id=h.holder_unit_id, severity=h.severity,
+        category=h.category, violation=h.violation,
+        place=PlaceBrief(id=place.id, name=place.name, address=place.address, place_class=place.place_class),
+        grid_id=h.grid_id, community_id=h.community_id, found_at=h.found_at, created_at=h.created_at,
+        deadline=deadline, overdue=deadline is not None and deadline <= now, listed_supervision=h.listed_supervision,
+        attention=h.attention, duplicate_of_id=h.duplicate_of_id,
+    )
+
+
+def detail(session: Session, scope: Scope, h: Hazard, now: datetime) -> HazardDetail:
+    place = session.get(Place, h.place_id)
+    base = item(h, place, now)
+    hops = session.exec(select(Referral).where(Referral.hazard_id == h.id).order_by(Referral.seq)).all()
+    reins = session.exec(select(Reinspection).where(Reinspection.hazard_id == h.id).order_by(Reinspection.created_at)).all()
+    cc = session.exec(select(HazardCC.unit_id).where(HazardCC.hazard_id == h.id)).all()
+    allowed = sorted(a.value for a in lifecycle.ALLOWED[Status(h.status)] if may_act(scope, h, a))
+    return HazardDetail(
+        **base.model_dump(), description=h.description, photos=h.photos or [],
+        routing=Routing(rule=h.rule, reason=f"{h.reason_zh} / {h.reason_en}", reason_zh=h.reason_zh,
+                        reason_en=h.reason_en, policy_version=h.policy_version),
+        clocks=clocks_public(h, now), cc_org_unit_ids=sorted(cc), merged_into_id=h.merged_into_id,
+        closed_at=h.closed_at, deadline_met=h.deadline_met,
+        referrals=[r.model_dump(exclude={"id", "hazard_id"}) for r in hops],
+        reinspections=[r.model_dump(exclude={"hazard_id"}) for r in reins],
+        timeline=[e.model_dump(exclude={"id", "hazard_id"}) for e in timeline(session, h.id)],
+        allowed_actions=allowed,
+    )
+
+
+# -- supervision lists ----------------------------------------------------------------------
+
+
+def listed_supervision(session: Session, scope: Scope) -> list[tuple[Hazard, Place]]:
+    """挂牌督办: open hazards under listed supervision in the caller's area, most urgent first."""
+    return session.exec(
+        select(Hazard, Place).join(Place, Place.id == Hazard.place_id)
+        .where(hazard_clause(scope), Hazard.listed_supervision.is_(True), Hazard.status.in_(OPEN_STATUSES))
+        .order_by(Hazard.next_due, Hazard.id)
+    ).all()
+
+
+def quarter_bounds(year: int, quarter: int) -> tuple[datetime, datetime]:
+    if quarter not in (1, 2, 3, 4):
+        raise Invalid("quarter: must be 1 to 4", code="validation_error", field="quarter")
+    start = datetime(year, 3 * quarter - 2, 1, tzinfo=LOCAL_TZ)
+    end = datetime(year + (quarter == 4), 1 if quarter == 4 else 3 * quarter + 1, 1, tzinfo=LOCAL_TZ)
+    return start.astimezone(timezone.utc), end.astimezone(timezone.utc)
+
+
+def major_hazards_of_quarter(session: Session, scope: Scope, year: int, quarter: int) -> list[tuple[Hazard, Place]]:
+    """Seed 004's quarterly exposure list: major hazards found before the quarter ended that were
+    not closed out before it began."""
+    start, end = quarter_bounds(year, quarter)
+    return session.exec(
+        select(Hazard, Place).join(Place, Place.id == Hazard.place_id)
+        .where(hazard_clause(scope), Hazard.severity == "major", Hazard.created_at < end,
+               Hazard.status.notin_([Status.MERGED.value]),
+               sa.or_(Hazard.closed_at.is_(None), Hazard.closed_at >= start))
+        .order_by(Hazard.town_id, Hazard.created_at)
+    ).all()
+
+
+# -- figures (考核) -------------------------------------------------------------------------
+
+GROUPS = {"tier": Hazard.tier, "town": Hazard.town_id, "community": Hazard.community_id, "grid": Hazard.grid_id,
+          "holder": Hazard.holder_unit_id}
+
+
+def area_clause(session: Session, scope: Scope, unit_id: str | None) -> tuple[str, sa.ColumnElement[bool]]:
+    """The area figures are about: a town, community or grid by unit id, or the caller's whole scope."""
+    if unit_id is None:
+        return scope.unit_id, hazard_clause(scope)
+    unit = session.get(OrgUnit, unit_id)
+    if unit is None or not scope.sees_unit(unit):
+        raise NotFound(f"org unit {unit_id} not found")
+    column = {UnitKind.town: Hazard.town_id, UnitKind.community: Hazard.community_id, UnitKind.grid: Hazard.grid_id}.get(unit.kind)
+    if column is not None:
+        return unit.id, sa.and_(column == unit.id, hazard_clause(scope))
+    if unit.kind == UnitKind.county:
+        return unit.id, hazard_clause(scope)
+    return unit.id, sa.and_(Hazard.holder_unit_id == unit.id, hazard_clause(scope))  # a tier's own holdings
+
+
+def figures(session: Session, scope: Scope, now: datetime, start: datetime, end: datetime, unit_id: str | None,
+            group_by: str) -> tuple[str, list[tuple[str, dict]], dict]:
+    """Per group: found in the period, of those closed / open / overdue now, the share closed by the
+    rectification deadline (隐患清零率: closed on time ÷ found, dismissed and merged left out), and the
+    median time from report to close."""
+    if group_by not in GROUPS:
+        raise Invalid(f"group_by: one of {', '.join(GROUPS)}", code="validation_error", field="group_by")
+    area_id, where = area_clause(session, scope, unit_id)
+    key = GROUPS[group_by]
+    rows = session.execute(
+        select(key.label("key"), Hazard.status, Hazard.next_due, Hazard.deadline_met, Hazard.created_at, Hazard.closed_at)
+        .where(where, Hazard.created_at >= start, Hazard.created_at < end)
+    ).all()
+    groups: dict[str, list] = {}
+    for r in rows:
+        groups.setdefault(r.key, []).append(r)
+    def summarise(rs: list) -> dict:
+        counted = [r for r in rs if r.status not in (Status.DISMISSED.value, Status.MERGED.value)]
+        closed = [r for r in counted if r.status == Status.CLOSED.value]
+        open_ = [r for r in counted if r.status in {s.value for s in OPEN_STATUSES}]
+        hours = [(r.closed_at - r.created_at).total_seconds() / 3600 for r in closed if r.closed_at]
+        return {
+            "found": len(rs), "closed": len(closed), "open": len(open_),
+            "overdue": sum(1 for r in open_ if r.next_due <= now),
+            "cleared_by_deadline_rate": round(sum(1 for r in closed if r.deadline_met) / len(counted), 4) if counted else None,
+            "median_hours_to_close": round(statistics.median(hours), 2) if hours else None,
+        }
+    return area_id, [(k, summarise(v)) for k, v in sorted(groups.items())], summarise(rows)
+
+
+def parse_period(start: datetime | None, end: datetime | None, now: datetime) -> tuple[datetime, datetime]:
+    end = end or now
+    start = start or (end - timedelta(days=365))
+    if start >= end:
+        raise Invalid("from: must be before to", code="validation_error", field="from")
+    return start, end

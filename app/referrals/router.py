@@ -1,0 +1,51 @@
+"""Reference data of the referral chain: categories, the policy in force, working-day overrides."""
+
+from datetime import date
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, Field
+from sqlmodel import select
+
+from app.auth.deps import CurrentPrincipal
+from app.auth.models import Role
+from app.db import SessionDep
+from app.referrals.models import WorkdayOverride
+
+router = APIRouter(prefix="/api/v1", tags=["referrals"])
+
+
+@router.get("/categories")
+def categories(request: Request, p: CurrentPrincipal):
+    policy = request.app.state.policy
+    return [{"code": c.code, "name_zh": c.name_zh, "name_en": c.name_en,
+             "default_rectify_workdays": policy.rectify_days(c.code)} for c in policy.categories]
+
+
+@router.get("/policy")
+def policy_summary(request: Request, p: CurrentPrincipal):
+    """The routing policy in force: its version and rules, so anyone can see why hazards go where they go."""
+    policy = request.app.state.policy
+    return {"version": policy.version, "ack_workdays": policy.ack_workdays, "order_workdays": policy.order_workdays,
+            "reinspection_workdays": policy.reinspection_workdays,
+            "rules": [r.model_dump() for r in policy.rules]}
+
+
+class OverrideIn(BaseModel):
+    day: date
+    is_workday: bool
+    note: str = Field(default="", max_length=200)
+
+
+@router.get("/calendar/overrides", response_model=list[OverrideIn])
+def list_overrides(p: CurrentPrincipal, session: SessionDep):
+    return session.exec(select(WorkdayOverride).order_by(WorkdayOverride.day)).all()
+
+
+@router.put("/calendar/overrides", response_model=list[OverrideIn])
+def put_overrides(body: list[OverrideIn], p: CurrentPrincipal, session: SessionDep):
+    """Admins add the holidays and adjusted workdays (调休) of a year the calendar package does not know yet."""
+    p.require_role(Role.admin)
+    for o in body:
+        session.merge(WorkdayOverride(day=o.day, is_workday=o.is_workday, note=o.note))
+    session.flush()
+    return session.exec(select(WorkdayOverride).order_by(WorkdayOverride.day)).all()

@@ -1,0 +1,393 @@
+"""The referral chain's use cases: load -> pure core (route / lifecycle.apply) -> save -> audit events.
+
+Services never commit; the caller's transaction (a request, a sync batch, a sweep) succeeds or
+fails whole. Every hazard row a use case changes is loaded with a row lock (FOR UPDATE on
+PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers), so two writers never both
+advance one hazard or its audit chain.
+"""
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+from sqlmodel import Session, select
+
+from app.audit.service import Actor, event_row, insert_events
+from app.errors import Conflict, Invalid, NotFound
+from app.hazards.models import NO_DEADLINE, Hazard, HazardCC, Referral, Reinspection
+from app.org.models import OrgUnit, UnitKind
+from app.places.models import Place
+from app.referrals import lifecycle
+from app.referrals.calendar import WorkCalendar
+from app.referrals.lifecycle import Action, ActionParams, EffectKind, HazardState, Status
+from app.referrals.models import WorkdayOverride
+from app.referrals.policy import Policy
+from app.referrals.routing import Facts, RoutingError, next_tier, route
+
+OPEN_STATUSES = (Status.REFERRED, Status.ACCEPTED, Status.RECTIFYING, Status.REINSPECTION_DUE)
+# Clocks the holder answers for; the owner's rectification deadline alone does not move the hazard.
+ESCALATING_CLOCKS = frozenset({"ack", "order", "reinspect"})
+HOP_OUTCOME = {"escalate": "escalated", "transfer": "transferred", "return": "returned"}
+
+
+@dataclass
+class Rules:
+    """The policy in force and the working-day calendar, for one transaction."""
+
+    policy: Policy
+    calendar: WorkCalendar
+
+
+def load_calendar(session: Session) -> WorkCalendar:
+    overrides = {o.day: o.is_workday for o in session.exec(select(WorkdayOverride)).all()}
+    return WorkCalendar(overrides)
+
+
+# -- state <-> row -------------------------------------------------------------------------
+
+_STATE_FIELDS = ("tier", "holder_unit_id", "previous_holder_unit_id", "previous_tier", "ack_due", "order_due",
+                 "rectify_due", "reinspect_due", "listed_supervision", "has_rectified_evidence")
+
+
+def state_of(h: Hazard) -> HazardState:
+    return HazardState(status=Status(h.status), **{f: getattr(h, f) for f in _STATE_FIELDS})
+
+
+def put_state(h: Hazard, st: HazardState) -> None:
+    h.status = st.status.value
+    for f in _STATE_FIELDS:
+        value = getattr(st, f)
+        setattr(h, f, value.astimezone(timezone.utc) if isinstance(value, datetime) else value)
+    derive_clocks(h, state_of(h))
+
+
+def derive_clocks(h: Hazard, st: HazardState) -> None:
+    """next_due orders the queue (overdue first, then nearest); escalate_at drives the sweep."""
+    running = lifecycle.clocks(st)
+    h.next_due = min(running.values(), default=NO_DEADLINE)
+    holder_clocks = [due for name, due in running.items() if name in ESCALATING_CLOCKS]
+    # At the brigade under county listed supervision there is no tier left to escalate to.
+    stuck = st.tier == "brigade" and st.listed_supervision
+    h.escalate_at = None if stuck or not holder_clocks else min(holder_clocks)
+
+
+def clocks_public(h: Hazard, now: datetime) -> dict[str, dict[str, Any]]:
+    return {name: {"due": due, "overdue": due <= now} for name, due in lifecycle.clocks(state_of(h)).items()}
+
+
+# -- who holds what ------------------------------------------------------------------------
+
+TIER_KIND = {"town_office": UnitKind.town_office, "police_station": UnitKind.police_station, "brigade": UnitKind.brigade}
+
+
+def tier_units(session: Session, town_id: str, community_id: str | None) -> dict[str, str]:
+    """The unit of each tier responsible for a place in this town/community."""
+    town = session.get(OrgUnit, town_id)
+    rows = session.exec(
+        select(OrgUnit).where(
+            ((OrgUnit.town_id == town_id) & OrgUnit.kind.in_([UnitKind.town_office, UnitKind.police_station]))
+            | ((OrgUnit.county_id == town.county_id) & (OrgUnit.kind == UnitKind.brigade))
+        ).order_by(OrgUnit.code)
+    ).all()
+    units: dict[str, str] = {}
+    for u in rows:
+        units.setdefault(u.kind, u.id)
+    if community_id:
+        community = session.get(OrgUnit, community_id)
+        if community is not None and community.police_station_id:
+            units["police_station"] = community.police_station_id  # the station whose beat covers it
+    return units
+
+
+def lock_hazard(session: Session, hazard_id: str, skip_locked: bool = False) -> Hazard | None:
+    stmt = select(Hazard).where(Hazard.id == hazard_id).execution_options(populate_existing=True)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update(skip_locked=skip_locked)
+    return session.exec(stmt).first()
+
+
+# -- reporting -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HazardReport:
+    id: str
+    place_id: str
+    category: str
+    severity: str
+    violation: bool
+    description: str
+    found_at: datetime
+    photos: tuple[str, ...] = ()
+    inspection_id: str | None = None
+
+
+def report_hazard(session: Session, rules: Rules, report: HazardReport, place: Place, actor: Actor,
+                  now: datetime, device_time: datetime | None = None) -> Hazard:
+    """A new hazard from the field: routed by the policy, its first hop and its first events recorded."""
+    if session.get(Hazard, report.id) is not None:
+        raise Conflict(f"hazard {report.id} already exists", code="hazard_exists")
+    town = session.get(OrgUnit, place.town_id)
+    units = tier_units(session, place.town_id, place.community_id)
+    try:
+        decision = route(
+            Facts(place_class=place.place_class, severity=report.severity, violation=report.violation,
+                  category=report.category, town_enforcement=bool(town.enforcement_power), units=units, now=now,
+                  sector_regulator_unit_id=place.sector_regulator_id),
+            rules.policy, rules.calendar,
+        )
+    except RoutingError as exc:
+        raise Invalid(f"cannot route this hazard: {exc}", code="routing_failed") from exc
+    duplicate = session.exec(
+        select(Hazard.id).where(Hazard.place_id == place.id, Hazard.category == report.category,
+                                Hazard.status.in_(OPEN_STATUSES)).order_by(Hazard.created_at).limit(1)
+    ).first()
+    h = Hazard(
+        id=report.id, place_id=place.id, inspection_id=report.inspection_id, category=report.category,
+        severity=report.severity, violation=report.violation, description=report.description,
+        found_at=report.found_at, photos=list(report.photos), reporter_user_id=actor.user_id,
+        reporter_device_id=actor.device_id, town_id=place.town_id, community_id=place.community_id,
+        grid_id=place.grid_id, place_class=place.place_class, status=Status.REFERRED.value, tier=decision.tier,
+        holder_unit_id=decision.unit_id, ack_due=decision.ack_due, listed_supervision=decision.listed_supervision,
+        rule=decision.rule, reason_zh=decision.reason_zh, reason_en=decision.reason_en,
+        policy_version=decision.policy_version, duplicate_of_id=duplicate, created_at=now, updated_at=now,
+    )
+    derive_clocks(h, state_of(h))
+    events = [
+        event_row(h, "reported", actor, now, device_time=device_time or report.found_at, data={
+            "place_id": place.id, "category": report.category, "severity": report.severity,
+            "violation": report.violation, "description": report.description, "photos": list(report.photos),
+            "inspection_id": report.inspection_id}),
+        event_row(h, "routed", Actor.system(), now, data={
+            "tier": decision.tier, "holder_unit_id": decision.unit_id, "cc": list(decision.cc),
+            "rule": decision.rule, "reason_zh": decision.reason_zh, "reason_en": decision.reason_en,
+            "policy_version": decision.policy_version, "listed_supervision": decision.listed_supervision,
+            "ack_due": decision.ack_due, "default_rectify_workdays": decision.rectify_days,
+            "duplicate_of_id": duplicate}),
+    ]
+    session.add(h)
+    session.flush()
+    session.add(Referral(hazard_id=h.id, seq=1, from_unit_id=None, to_unit_id=decision.unit_id, tier=decision.tier,
+                         via="route", reason=decision.reason_zh, rule=decision.rule, sent_at=now,
+                         ack_due=decision.ack_due))
+    for unit_id in decision.cc:
+        session.add(HazardCC(hazard_id=h.id, unit_id=unit_id, reason="routing", added_at=now))
+    insert_events(session, events)
+    return h
+
+
+# -- actions -------------------------------------------------------------------------------
+
+
+def _current_hop(session: Session, hazard_id: str) -> Referral | None:
+    return session.exec(select(Referral).where(Referral.hazard_id == hazard_id).order_by(Referral.seq.desc()).limit(1)).first()
+
+
+def resolve_target(session: Session, h: Hazard, action: Action, to_unit_id: str | None) -> str | None:
+    """Which unit an escalation or transfer goes to; checked against the tiers."""
+    if action is Action.ESCALATE:
+        tier = next_tier(h.tier)
+        if tier is None:
+            return None  # past the brigade: county listed supervision, the holder stays
+        return tier_units(session, h.town_id, h.community_id).get(tier) or _missing_tier(tier)
+    if action is Action.TRANSFER:
+        if not to_unit_id:
+            return None  # lifecycle names the missing parameter
+        unit = session.get(OrgUnit, to_unit_id)
+        if unit is None or unit.kind != TIER_KIND[h.tier]:
+            raise Invalid(f"to_unit_id: a transfer goes to another {h.tier} unit (移送), not {unit.kind if unit else 'an unknown unit'}",
+                          code="bad_transfer_target", field="to_unit_id")
+        return unit.id
+    return to_unit_id
+
+
+def _missing_tier(tier: str):
+    raise Invalid(f"no {tier} unit is configured for this town", code="routing_failed")
+
+
+def act(session: Session, rules: Rules, h: Hazard, action: Action, params: ActionParams, actor: Actor,
+        now: datetime, *, event_kind: str | None = None, extra: dict[str, Any] | None = None,
+        device_time: datetime | None = None) -> list[lifecycle.Effect]:
+    """Apply one action to a locked hazard and record everything it changed."""
+    if action is Action.MERGE:
+        _check_merge_target(session, h, params.merge_into_id)
+    target = resolve_target(session, h, action, params.to_unit_id)
+    if target is not None:
+        params = replace(params, to_unit_id=target)
+    before = state_of(h)
+    try:
+        after, effects = lifecycle.apply(before, action, params, now, rules.calendar, rules.policy)
+    except lifecycle.TransitionError as exc:
+        raise Conflict(str(exc), code="transition_not_allowed", status_now=exc.status.value, allowed=exc.allowed) from exc
+    except lifecycle.LifecycleError as exc:
+        raise Invalid(str(exc), code=exc.code, **({"field": exc.field} if hasattr(exc, "field") else {})) from exc
+    put_state(h, after)
+    hop = _current_hop(session, h.id)
+    events: list[dict] = []
+    data = {"action": action.value, **_params_public(params), **(extra or {}),
+            "effects": [{"kind": e.kind.value, **e.data} for e in effects]}
+    events.append(event_row(h, event_kind or action.value, actor, now, data=data, device_time=device_time))
+    for e in effects:
+        if e.kind is EffectKind.ACCEPTED and hop is not None:
+            hop.acknowledged_at = now
+        elif e.kind is EffectKind.RECTIFICATION_ORDERED and hop is not None:
+            hop.rectify_due, hop.reinspect_due = e.data["deadline"], e.data["reinspect_due"]
+        elif e.kind is EffectKind.REFERRAL_HOP:
+            if hop is not None:
+                hop.ended_at, hop.outcome = now, HOP_OUTCOME[e.data["via"]]
+            session.add(Referral(hazard_id=h.id, seq=(hop.seq if hop else 0) + 1, from_unit_id=e.data["from_unit_id"],
+                                 to_unit_id=e.data["to_unit_id"], tier=e.data["to_tier"], via=e.data["via"],
+                                 reason=e.data.get("reason") or "", sent_at=now, ack_due=after.ack_due))
+            # whoever passed it on keeps seeing it (police "what is referred to it", the town its own hazards)
+            _add_cc(session, h.id, e.data["from_unit_id"], f"{e.data['via']}_from", now)
+        elif e.kind is EffectKind.CLOSED:
+            h.closed_at = now
+            h.deadline_met = before.rectify_due is None or now <= before.rectify_due
+            if hop is not None:
+                hop.ended_at, hop.outcome = now, "closed"
+        elif e.kind in (EffectKind.DISMISSED, EffectKind.MERGED) and hop is not None:
+            hop.ended_at, hop.outcome = now, e.kind.value
+        elif e.kind is EffectKind.REOPENED:
+            h.closed_at, h.deadline_met = None, None
+            if hop is not None:
+                hop.ended_at, hop.outcome = None, None
+                hop.ack_due, hop.acknowledged_at = after.ack_due, None
+    if hop is not None and after.holder_unit_id == hop.to_unit_id:
+        hop.order_due = after.order_due
+        session.add(hop)
+    if action is Action.MERGE:
+        h.merged_into_id = params.merge_into_id
+        _merge_into(session, h, params.merge_into_id, actor, now)
+    if actor.unit_id == h.holder_unit_id or actor.unit_id == before.holder_unit_id:
+        h.attention = 0  # the holder has looked at the hazard
+    h.updated_at = now
+    h.version += 1
+    session.add(h)
+    session.flush()
+    insert_events(session, events)
+    return effects
+
+
+def _add_cc(session: Session, hazard_id: str, unit_id: str | None, reason: str, now: datetime) -> None:
+    if unit_id and session.get(HazardCC, (hazard_id, unit_id)) is None:
+        session.add(HazardCC(hazard_id=hazard_id, unit_id=unit_id, reason=reason, added_at=now))
+
+
+def _params_public(p: ActionParams) -> dict[str, Any]:
+    return {k: v for k, v in p.__dict__.items() if v not in (None, False, 0, "")}
+
+
+def _check_merge_target(session: Session, h: Hazard, target_id: str | None) -> None:
+    if not target_id:
+        return  # lifecycle names the missing parameter
+    target = session.get(Hazard, target_id)
+    if target is None or target.id == h.id or target.place_id != h.place_id:
+        raise Invalid("merge_into_id: must be another hazard on the same premises", code="bad_merge_target",
+                      field="merge_into_id")
+    if target.status not in OPEN_STATUSES:
+        raise Invalid("merge_into_id: the original must still be open", code="bad_merge_target", field="merge_into_id")
+
+
+def _merge_into(session: Session, dup: Hazard, target_id: str, actor: Actor, now: datetime) -> None:
+    target = lock_hazard(session, target_id)
+    target.photos = list(dict.fromkeys([*target.photos, *dup.photos]))  # the evidence travels with it
+    target.version += 1
+    target.updated_at = now
+    ev = event_row(target, "merged_in", actor, now, data={"from_hazard_id": dup.id, "photos": dup.photos})
+    session.add(target)
+    session.flush()
+    insert_events(session, [ev])
+
+
+def follow_merges(session: Session, hazard_id: str) -> Hazard | None:
+    """Field events on a merged hazard go to the original (locked)."""
+    h = lock_hazard(session, hazard_id)
+    hops = 0
+    while h is not None and h.merged_into_id and hops < 10:
+        h, hops = lock_hazard(session, h.merged_into_id), hops + 1
+    return h
+
+
+# -- field re-inspections (复查), possibly late and out of order ----------------------------
+
+
+@dataclass(frozen=True)
+class ReinspectionReport:
+    id: str
+    hazard_id: str
+    rectified: bool
+    note: str
+    at: datetime
+    photos: tuple[str, ...] = ()
+
+
+def record_field_reinspection(session: Session, rules: Rules, report: ReinspectionReport, actor: Actor,
+                              now: datetime) -> tuple[Hazard, str]:
+    """Apply a re-inspection if the state allows it; otherwise keep it, flag it for the holder, and let
+    its photo evidence count. Never dropped. Returns (hazard, outcome)."""
+    h = follow_merges(session, report.hazard_id)
+    if h is None:
+        raise NotFound(f"hazard {report.hazard_id} not found")
+    row = Reinspection(id=report.id, hazard_id=h.id, reported_hazard_id=report.hazard_id, rectified=report.rectified,
+                       note=report.note, at=report.at, photos=list(report.photos), user_id=actor.user_id,
+                       device_id=actor.device_id, created_at=now, outcome="applied")
+    extra = {"reinspection_id": report.id, "photos": list(report.photos)}
+    if h.photos is not None and report.photos:
+        h.photos = list(dict.fromkeys([*h.photos, *report.photos]))
+    flag_reason = None
+    if Action.RECORD_REINSPECTION in lifecycle.ALLOWED[Status(h.status)]:
+        try:
+            act(session, rules, h, Action.RECORD_REINSPECTION,
+                ActionParams(rectified=report.rectified, photos=len(report.photos), note=report.note),
+                actor, now, extra=extra, device_time=report.at)
+        except (Invalid, Conflict) as exc:  # raised before anything changed: keep the event, flag it
+            flag_reason = exc.message
+    else:
+        flag_reason = f"arrived while the hazard was {h.status}"
+    if flag_reason is not None:
+        row.outcome = "flagged"
+        row.flag_reason = flag_reason[:300]
+        if report.rectified and report.photos:
+            h.has_rectified_evidence = True  # the holder can close on it
+        h.attention += 1
+        h.version += 1
+        h.updated_at = now
+        ev = event_row(h, "reinspection_out_of_state", actor, now, device_time=report.at, flagged=True, data={
+            **extra, "rectified": report.rectified, "note": report.note, "status_at_arrival": h.status})
+        session.add(h)
+        session.flush()
+        insert_events(session, [ev])
+    session.add(row)
+    return h, row.outcome
+
+
+# -- the sweep ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Escalation:
+    hazard_id: str
+    from_tier: str
+    to_tier: str | None  # None: county listed supervision
+    clocks: tuple[str, ...]
+
+
+def sweep(session: Session, rules: Rules, now: datetime, limit: int = 1000) -> list[Escalation]:
+    """Escalate every hazard whose holder let a clock run out, one tier up. Idempotent: an escalation
+    restarts the clocks, so a second run (or a second worker, which skips locked rows) finds nothing."""
+    due_ids = session.exec(
+        select(Hazard.id).where(Hazard.escalate_at <= now).order_by(Hazard.escalate_at).limit(limit)
+    ).all()
+    done: list[Escalation] = []
+    for hazard_id in due_ids:
+        h = lock_hazard(session, hazard_id, skip_locked=True)
+        if h is None or h.escalate_at is None or h.escalate_at > now:
+            continue  # another worker got there first
+        overdue = [c for c in lifecycle.overdue_clocks(state_of(h), now) if c in ESCALATING_CLOCKS]
+        from_tier = h.tier
+        reason = "超期未处理，自动升级 overdue: " + ", ".join(overdue)
+        act(session, rules, h, Action.ESCALATE, ActionParams(reason=reason), Actor.system(), now,
+            event_kind="escalated", extra={"overdue_clocks": overdue, "swept_at": now})
+        done.append(Escalation(h.id, from_tier, h.tier if h.tier != from_tier else None, tuple(overdue)))
+    return done

@@ -1,0 +1,38 @@
+"""Overdue escalation: `firegrid sweep [--now T]` and the periodic in-process sweep.
+
+Safe with several workers: each hazard is re-checked under its row lock (PostgreSQL skips rows
+another sweeper holds), and an escalation restarts the clocks, so nothing escalates twice.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import datetime
+
+from app.db import Database
+from app.referrals.policy import Policy
+from app.referrals.service import Escalation, Rules, load_calendar, sweep
+
+log = logging.getLogger("firegrid.sweep")
+
+
+def run_sweep(db: Database, policy: Policy, now: datetime) -> list[Escalation]:
+    done: list[Escalation] = []
+    while True:  # in chunks, each its own transaction, until nothing is due
+        with db.session(write=True) as session:
+            chunk = sweep(session, Rules(policy, load_calendar(session)), now, limit=500)
+            session.commit()
+        done += chunk
+        if len(chunk) < 500:
+            return done
+
+
+async def periodic_sweep(db: Database, policy: Policy, clock: Callable[[], datetime], interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            escalated = await asyncio.to_thread(run_sweep, db, policy, clock())
+            if escalated:
+                log.info("sweep escalated %d hazards", len(escalated))
+        except Exception:  # a failed sweep must not kill the server; the next one retries
+            log.exception("sweep failed")

@@ -1,0 +1,19 @@
+"""The op log: each op applied at most once, keyed by its client-made op_id."""
+
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlmodel import Field, SQLModel
+
+from app.db import UTCDateTime, utcnow
+
+
+class SyncOp(SQLModel, table=True):
+    __tablename__ = "sync_ops"
+
+    op_id: str = Field(primary_key=True, max_length=64)
+    type: str = Field(max_length=40)
+    user_id: str = Field(max_length=36)
+    device_id: str = Field(max_length=36, index=True)
+    result: dict = Field(default_factory=dict, sa_type=sa.JSON)  # what the first answer said, re-sent on duplicates
+    applied_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

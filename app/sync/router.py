@@ -1,0 +1,20 @@
+from fastapi import APIRouter
+
+from app.auth.deps import CurrentPrincipal
+from app.db import SessionDep
+from app.errors import Invalid
+from app.referrals.deps import NowDep, RulesDep
+from app.sync import service
+from app.sync.schemas import PushRequest, PushResponse
+
+router = APIRouter(prefix="/api/v1/sync", tags=["sync"])
+
+
+@router.post("/push", response_model=PushResponse)
+def push(body: PushRequest, p: CurrentPrincipal, session: SessionDep, rules: RulesDep, now: NowDep):
+    """Apply a batch of field ops for the authenticated device: one result per op, in order."""
+    if body.device_id and body.device_id not in (p.device.id, p.device.device_key):
+        raise Invalid("device_id: does not match the device this token was issued to", code="device_mismatch",
+                      field="device_id")
+    ctx = service.PushContext(session=session, rules=rules, scope=p.scope, user=p.user, device=p.device, now=now)
+    return PushResponse(results=service.push(ctx, body.ops))

@@ -1,0 +1,121 @@
+"""What the phone sends: a batch of ops, each with a client-made op_id and typed data."""
+
+from typing import Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+SHA256 = r"^[0-9a-f]{64}$"
+UUIDISH = r"^[0-9A-Za-z][0-9A-Za-z\-]{7,63}$"  # client UUIDs; tolerant of ULIDs and dashes
+MAX_OPS = 500
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+
+class PlaceUpsertData(_Data):
+    id: str = Field(pattern=UUIDISH)
+    name: str = Field(min_length=1, max_length=200)
+    address: str = Field(default="", max_length=300)
+    grid_id: str = Field(max_length=36)
+    place_class: str = Field(max_length=32)
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    owner_name: str = Field(default="", max_length=100)
+    owner_phone: str = Field(default="", max_length=40)
+
+
+class HazardReportData(_Data):
+    id: str = Field(pattern=UUIDISH)
+    place_id: str = Field(max_length=36)
+    inspection_id: str | None = Field(default=None, max_length=36)
+    category: str = Field(min_length=1, max_length=64)
+    severity: Literal["general", "major"]
+    violation: bool = False
+    description: str = Field(default="", max_length=2000)
+    found_at: AwareDatetime
+    photos: list[str] = Field(default_factory=list, max_length=20)
+
+    @field_validator("photos")
+    @classmethod
+    def _sha(cls, v: list[str]) -> list[str]:
+        return _check_shas(v)
+
+
+class ChecklistItem(_Data):
+    item: str = Field(min_length=1, max_length=64)
+    result: Literal["pass", "fail", "na"]
+    note: str = Field(default="", max_length=500)
+
+
+class InspectionSubmitData(_Data):
+    id: str = Field(pattern=UUIDISH)
+    place_id: str = Field(max_length=36)
+    started_at: AwareDatetime
+    finished_at: AwareDatetime | None = None
+    lat: float | None = Field(default=None, ge=-90, le=90)
+    lon: float | None = Field(default=None, ge=-180, le=180)
+    checklist: list[ChecklistItem] = Field(default_factory=list, max_length=200)
+    hazards: list[HazardReportData] = Field(default_factory=list, max_length=50)
+
+
+class HazardReinspectData(_Data):
+    id: str = Field(pattern=UUIDISH)
+    hazard_id: str = Field(max_length=36)
+    rectified: bool
+    note: str = Field(default="", max_length=2000)
+    at: AwareDatetime
+    photos: list[str] = Field(default_factory=list, max_length=20)
+
+    @field_validator("photos")
+    @classmethod
+    def _sha(cls, v: list[str]) -> list[str]:
+        return _check_shas(v)
+
+
+def _check_shas(v: list[str]) -> list[str]:
+    import re
+
+    out = []
+    for s in v:
+        s = s.lower()
+        if not re.fullmatch(SHA256, s):
+            raise ValueError(f"{s[:70]!r} is not a sha256 (64 hex characters)")
+        out.append(s)
+    return list(dict.fromkeys(out))
+
+
+OP_TYPES: dict[str, type[_Data]] = {
+    "place.upsert": PlaceUpsertData,
+    "inspection.submit": InspectionSubmitData,
+    "hazard.report": HazardReportData,
+    "hazard.reinspect": HazardReinspectData,
+}
+
+
+class Op(BaseModel):
+    op_id: str = Field(min_length=1, max_length=64)
+    type: str = Field(max_length=40)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class PushRequest(BaseModel):
+    device_id: str | None = Field(default=None, max_length=128)
+    ops: list[Op]
+
+
+class OpError(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+
+
+class OpResult(BaseModel):
+    op_id: str
+    status: Literal["applied", "duplicate", "rejected"]
+    error: OpError | None = None
+    result: dict[str, Any] | None = None
+
+
+class PushResponse(BaseModel):
+    results: list[OpResult]
