@@ -40,7 +40,8 @@ def seed_demo() -> None:
     with db.session(write=True) as session:
         result = run(session)
         session.commit()
-    typer.echo(f"demo data ready ({result['places_created']} premises created); password for every account: firegrid-demo")
+    typer.echo(f"demo data ready ({result['places_created']} premises, {result['hazards_created']} hazards created); "
+               "password for every account: firegrid-demo")
 
 
 @cli.command()

@@ -55,7 +55,7 @@ def _user(session: Session, username: str, role: Role, unit: OrgUnit, display: s
                     is_demo=True)
 
 
-def seed_demo(session: Session) -> dict[str, int]:
+def seed_demo(session: Session, with_hazards: bool = True) -> dict[str, int]:
     county = _unit(session, "county", "永川示范区", UnitKind.county, None)
     brigade = _unit(session, "brigade", "永川示范区消防救援大队", UnitKind.brigade, county)
     regulators = {
@@ -87,7 +87,50 @@ def seed_demo(session: Session) -> dict[str, int]:
     _user(session, "worker-a2", Role.grid_worker, get_by_code(session, "grid-a-2-1"), "网格员 李强")
     _user(session, "worker-b1", Role.grid_worker, get_by_code(session, "grid-b-1-1"), "网格员 陈红")
     session.flush()
-    return {"places_created": len(session.exec(select(Place.id)).all()) - len(places_before)}
+    hazards = _seed_hazards(session) if with_hazards else 0
+    return {"places_created": len(session.exec(select(Place.id)).all()) - len(places_before), "hazards_created": hazards}
+
+
+# (town, place class, category, severity, violation, what the worker wrote, days ago)
+DEMO_HAZARDS = [
+    ("a", PlaceClass.rental, "ebike_indoor", "general", False, "一楼楼道停放3辆电动自行车并飞线充电", 0),
+    ("a", PlaceClass.nine_small, "improvised_wiring", "general", False, "后厨电线私拉乱接，插座串联使用", 1),
+    ("a", PlaceClass.three_in_one, "three_in_one_mix", "general", False, "二楼加工区与住人区未进行防火分隔", 2),
+    ("a", PlaceClass.self_built, "blocked_exit", "general", True, "安全出口被货物堵塞", 0),
+    ("a", PlaceClass.crowded, "insufficient_exits", "major", False, "二层营业区仅一个安全出口", 3),
+    ("a", PlaceClass.key_unit_3, "missing_alarm_extinguisher", "general", False, "灭火器过期未更换", 1),
+    ("b", PlaceClass.rental, "window_bars", "general", False, "防盗窗封闭，无逃生口", 0),
+    ("b", PlaceClass.nine_small, "lpg_misuse", "general", False, "液化气钢瓶放置在营业厅", 2),
+    ("b", PlaceClass.key_unit_2, "missing_sprinkler", "major", False, "客房区喷淋系统瘫痪", 4),
+]
+
+
+def _seed_hazards(session: Session) -> int:
+    from datetime import timedelta
+
+    from app.audit.service import Actor
+    from app.db import utcnow
+    from app.hazards.models import Hazard
+    from app.referrals.policy import load_policy
+    from app.referrals.service import HazardReport, Rules, load_calendar, report_hazard
+
+    rules = Rules(load_policy(), load_calendar(session))
+    now = utcnow()
+    created = 0
+    for i, (t, place_class, category, severity, violation, text, days_ago) in enumerate(DEMO_HAZARDS):
+        hid = str(uuid.uuid5(_NS, f"demo-hazard/{i}"))
+        if session.get(Hazard, hid) is not None:
+            continue
+        place = session.exec(select(Place).join(OrgUnit, OrgUnit.id == Place.town_id)
+                             .where(OrgUnit.code == f"town-{t}", Place.place_class == place_class).order_by(Place.name)).first()
+        worker = session.exec(select(User).where(User.username == f"worker-{t}1")).one()
+        found = now - timedelta(days=days_ago, hours=2)
+        report_hazard(session, rules, HazardReport(id=hid, place_id=place.id, category=category, severity=severity,
+                                                   violation=violation, description=text, found_at=found),
+                      place, Actor(worker.id, worker.org_unit_id, None), now)
+        created += 1
+    session.flush()
+    return created
 
 
 def _seed_places(session, town_code, town_name, center, grids, regulators) -> None:

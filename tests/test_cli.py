@@ -26,7 +26,7 @@ def test_migrate_seed_user_import(env_db, tmp_path):
     first = runner.invoke(cli, ["seed-demo"])
     assert first.exit_code == 0, first.output
     second = runner.invoke(cli, ["seed-demo"])
-    assert "(0 premises created)" in second.output  # idempotent
+    assert "(0 premises, 0 hazards created)" in second.output  # idempotent
 
     engine = make_engine(env_db)
     with Session(engine) as s:
@@ -60,3 +60,39 @@ def test_seed_demo_refused_in_prod(env_db, monkeypatch):
     get_settings.cache_clear()
     result = CliRunner().invoke(cli, ["seed-demo"])
     assert result.exit_code == 2
+
+
+def test_sweep_with_now_and_audit_verify(env_db):
+    import sqlalchemy as sa
+
+    from app.audit.models import HazardEvent
+    from app.hazards.models import Hazard
+
+    runner = CliRunner()
+    runner.invoke(cli, ["migrate"])
+    assert runner.invoke(cli, ["seed-demo"]).exit_code == 0
+    engine = make_engine(env_db)
+    with Session(engine) as s:
+        n_office = len(s.exec(select(Hazard.id).where(Hazard.tier == "town_office")).all())
+    assert n_office > 0
+
+    bad = runner.invoke(cli, ["sweep", "--now", "next tuesday"])
+    assert bad.exit_code == 2
+    naive = runner.invoke(cli, ["sweep", "--now", "2030-01-01T09:00:00"])
+    assert naive.exit_code == 2 and "time zone" in naive.output
+
+    first = runner.invoke(cli, ["sweep", "--now", "2030-01-07T09:00:00+08:00"])
+    assert first.exit_code == 0, first.output
+    assert "town_office -> police_station" in first.output
+    again = runner.invoke(cli, ["sweep", "--now", "2030-01-07T09:00:00+08:00"])
+    assert "escalated 0 hazards" in again.output  # idempotent
+    with Session(engine) as s:
+        assert not s.exec(select(Hazard.id).where(Hazard.tier == "town_office")).all()
+
+    ok = runner.invoke(cli, ["audit", "verify"])
+    assert ok.exit_code == 0 and "OK" in ok.output
+    with engine.begin() as conn:  # someone edits history behind the application's back
+        conn.execute(sa.update(HazardEvent).where(HazardEvent.seq == 1).values(kind="forged"))
+    broken = runner.invoke(cli, ["audit", "verify"])
+    assert broken.exit_code == 1 and "edited" in broken.output
+    engine.dispose()

@@ -1,0 +1,95 @@
+"""The queue: the caller's unit's hazards, overdue first then nearest deadline, filtered and keyset-paged."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from tests.conftest import login
+from tests.helpers import place_of, report
+
+CN = timezone(timedelta(hours=8))
+
+
+def at(s: str) -> datetime:
+    return datetime.fromisoformat(s).replace(tzinfo=CN)
+
+
+@pytest.fixture
+def many(clocked_client, clock, session, units):
+    """Hazards reported on different days, so their acknowledgement clocks differ."""
+    c = clocked_client
+    worker = login(c, "worker-a1")
+    rental = place_of(session, units, "grid-a-1-1", "rental")
+    shop = place_of(session, units, "grid-a-1-1", "nine_small")
+    ids = []
+    for day, place, severity in [(2, rental, "general"), (3, shop, "general"), (4, rental, "general"),
+                                 (5, shop, "general"), (6, rental, "general")]:
+        clock.now = at(f"2026-03-0{day}T09:00")
+        ids.append(report(c, worker, place.id, at(f"2026-03-0{day}T08:00"), category="ebike_indoor",
+                          severity=severity)["hazard_id"])
+    return ids
+
+
+def items(c, who, **params):
+    r = c.get("/api/v1/queue", params=params, headers=login(c, who))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_sorted_by_urgency_overdue_first(clocked_client, clock, many):
+    clock.now = at("2026-03-06T12:00")  # the first three acknowledgement clocks have run out
+    page = items(clocked_client, "office-a")
+    got = [i["id"] for i in page["items"]]
+    assert got == many  # earliest deadline first == reported first here
+    assert [i["overdue"] for i in page["items"]] == [True, True, True, False, False]
+    assert items(clocked_client, "office-a", overdue="true")["items"][0]["id"] == many[0]
+    assert len(items(clocked_client, "office-a", overdue="true")["items"]) == 3
+    assert len(items(clocked_client, "office-a", overdue="false")["items"]) == 2
+
+
+def test_keyset_pages_visit_each_once(clocked_client, many):
+    seen, cursor = [], None
+    while True:
+        page = items(clocked_client, "office-a", limit=2, **({"cursor": cursor} if cursor else {}))
+        seen += [i["id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == many
+
+
+def test_filters(clocked_client, many, units):
+    c = clocked_client
+    assert {i["place"]["place_class"] for i in items(c, "office-a", place_class="rental")["items"]} == {"rental"}
+    assert len(items(c, "office-a", place_class="rental")["items"]) == 3
+    assert items(c, "office-a", severity="major")["items"] == []
+    assert len(items(c, "office-a", grid_id=units["grid-a-1-1"].id)["items"]) == 5
+    assert items(c, "office-a", grid_id=units["grid-a-2-1"].id)["items"] == []
+    assert items(c, "office-a", status="closed")["items"] == []
+    r = c.get("/api/v1/queue", params={"cursor": "garbage"}, headers=login(c, "office-a"))
+    assert r.status_code == 422 and r.json()["error"]["field"] == "cursor"
+
+
+def test_queue_is_the_callers_unit(clocked_client, many):
+    assert items(clocked_client, "office-b")["items"] == []
+    assert items(clocked_client, "police-a")["items"] == []  # not referred to it
+    assert len(items(clocked_client, "worker-a1")["items"]) == 5  # its grid's hazards to follow
+    assert items(clocked_client, "worker-a2")["items"] == []
+
+
+def test_figures_by_tier(clocked_client, clock, many):
+    c = clocked_client
+    office = login(c, "office-a")
+    c.post(f"/api/v1/hazards/{many[0]}/actions", json={"action": "accept"}, headers=office)
+    c.post(f"/api/v1/hazards/{many[0]}/actions", json={"action": "record_reinspection", "rectified": True,
+                                                        "photos": ["e" * 64]}, headers=office)
+    clock.now = at("2026-03-10T09:00")
+    f = c.get("/api/v1/figures", params={"from": "2026-03-01T00:00:00+08:00", "to": "2026-03-31T00:00:00+08:00"},
+              headers=office).json()
+    assert f["total"]["found"] == 5 and f["total"]["closed"] == 1 and f["total"]["open"] == 4
+    assert f["total"]["overdue"] == 4
+    assert f["total"]["cleared_by_deadline_rate"] == 0.2
+    assert f["total"]["median_hours_to_close"] is not None
+    assert [r["key"] for r in f["rows"]] == ["town_office"]
+    other = c.get("/api/v1/figures", headers=login(c, "office-b")).json()
+    assert other["total"]["found"] == 0

@@ -1,0 +1,124 @@
+"""Push: every op applied at most once, each all-or-nothing, bad ones rejected with a clear code."""
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from sqlmodel import select
+
+from app.hazards.models import Hazard
+from tests.conftest import login
+from tests.helpers import hazard_data, op, place_of, push, uid
+
+CN = timezone(timedelta(hours=8))
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=CN)
+
+
+@pytest.fixture
+def worker(clocked_client, clock):
+    clock.now = NOW
+    return login(clocked_client, "worker-a1")
+
+
+@pytest.fixture
+def place(session, units):
+    return place_of(session, units, "grid-a-1-1", "rental")
+
+
+def test_resent_op_is_duplicate_with_same_result(clocked_client, worker, place, session):
+    o = op("hazard.report", hazard_data(place.id, NOW))
+    [first] = push(clocked_client, worker, o)
+    [again] = push(clocked_client, worker, o)
+    [third, fourth] = push(clocked_client, worker, o, o)
+    assert first["status"] == "applied"
+    assert again["status"] == third["status"] == fourth["status"] == "duplicate"
+    assert again["result"] == first["result"] == third["result"]
+    assert len(session.exec(select(Hazard).where(Hazard.id == o["data"]["id"])).all()) == 1
+
+
+def test_same_op_twice_in_one_batch_applies_once(clocked_client, worker, place, session):
+    o = op("hazard.report", hazard_data(place.id, NOW))
+    a, b = push(clocked_client, worker, o, o)
+    assert (a["status"], b["status"]) == ("applied", "duplicate") and a["result"] == b["result"]
+
+
+@pytest.mark.parametrize("mutate,code,field", [
+    (lambda d: d.update(category="dragons"), "unknown_category", "data.category"),
+    (lambda d: d.update(found_at="2026-03-10T09:00:00+08:00"), "time_in_future", "data.found_at"),
+    (lambda d: d.update(description="火" * 2001), "validation_error", "data.description"),
+    (lambda d: d.update(severity="catastrophic"), "validation_error", "data.severity"),
+    (lambda d: d.update(found_at="2026-03-02T08:00:00"), "validation_error", "data.found_at"),  # no offset
+    (lambda d: d.update(photos=["not-a-hash"]), "validation_error", "data.photos"),
+    (lambda d: d.update(place_id="00000000-0000-0000-0000-000000000000"), "unknown_place", "data.place_id"),
+    (lambda d: d.pop("category"), "validation_error", "data.category"),
+])
+def test_bad_hazard_rejected_rest_of_batch_applies(clocked_client, worker, place, session, mutate, code, field):
+    good1, bad, good2 = (hazard_data(place.id, NOW) for _ in range(3))
+    mutate(bad)
+    results = push(clocked_client, worker, op("hazard.report", good1), op("hazard.report", bad), op("hazard.report", good2))
+    assert [r["status"] for r in results] == ["applied", "rejected", "applied"]
+    assert results[1]["error"]["code"] == code
+    assert results[1]["error"]["field"].startswith(field), results[1]["error"]
+    assert results[1]["error"]["message"]
+    stored = set(session.exec(select(Hazard.id).where(Hazard.id.in_([good1["id"], bad["id"], good2["id"]]))).all())
+    assert stored == {good1["id"], good2["id"]}
+
+
+def test_place_outside_scope_is_rejected(clocked_client, worker, session, units):
+    elsewhere = place_of(session, units, "grid-b-1-1", "rental")
+    [r] = push(clocked_client, worker, op("hazard.report", hazard_data(elsewhere.id, NOW)))
+    assert r["status"] == "rejected" and r["error"]["code"] == "unknown_place"
+
+
+def test_coordinates_out_of_range(clocked_client, worker, place):
+    [r] = push(clocked_client, worker, op("inspection.submit", {
+        "id": uid(), "place_id": place.id, "started_at": NOW.isoformat(), "lat": 95, "lon": 105}))
+    assert r["status"] == "rejected" and r["error"]["field"] == "data.lat"
+
+
+def test_unknown_op_type(clocked_client, worker):
+    [r] = push(clocked_client, worker, op("hazard.explode", {}))
+    assert r["status"] == "rejected" and r["error"]["code"] == "unknown_op_type"
+
+
+def test_inspection_is_all_or_nothing(clocked_client, worker, place, session):
+    good = hazard_data(place.id, NOW)
+    bad = hazard_data(place.id, NOW, category="dragons")
+    insp = {"id": uid(), "place_id": place.id, "started_at": NOW.isoformat(), "hazards": [good, bad]}
+    [r] = push(clocked_client, worker, op("inspection.submit", insp))
+    assert r["status"] == "rejected" and r["error"]["field"] == "data.hazards.1.category"
+    assert session.exec(select(Hazard).where(Hazard.id == good["id"])).first() is None  # nothing of it applied
+    insp["hazards"] = [good]
+    [r] = push(clocked_client, worker, op("inspection.submit", insp))  # fixed and re-sent under a new op id
+    assert r["status"] == "applied" and r["result"]["hazards"][0]["hazard_id"] == good["id"]
+
+
+def test_batch_over_500_is_413(clocked_client, worker, place):
+    ops = [op("hazard.report", hazard_data(place.id, NOW)) for _ in range(501)]
+    r = clocked_client.post("/api/v1/sync/push", json={"ops": ops}, headers=worker)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "batch_too_large"
+
+
+def test_place_upsert_then_report(clocked_client, worker, units):
+    pid = uid()
+    [r] = push(clocked_client, worker, op("place.upsert", {
+        "id": pid, "name": "新开麻辣烫", "address": "中心路12号", "grid_id": units["grid-a-1-1"].id,
+        "place_class": "nine_small", "lat": 29.35, "lon": 105.92}))
+    assert r["status"] == "applied"
+    [r] = push(clocked_client, worker, op("hazard.report", hazard_data(pid, NOW)))
+    assert r["status"] == "applied"
+    [r] = push(clocked_client, worker, op("place.upsert", {
+        "id": uid(), "name": "别处", "grid_id": units["grid-b-1-1"].id, "place_class": "nine_small"}))
+    assert r["status"] == "rejected" and r["error"]["field"] == "grid_id"
+
+
+def test_device_id_must_match_token(clocked_client, worker, place):
+    r = clocked_client.post("/api/v1/sync/push", json={"device_id": "someone-elses-phone", "ops": []}, headers=worker)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "device_mismatch"
+    r = clocked_client.post("/api/v1/sync/push", json={"device_id": "test-device", "ops": []}, headers=worker)
+    assert r.status_code == 200 and r.json() == {"results": []}
+
+
+def test_reinspect_unknown_hazard(clocked_client, worker):
+    [r] = push(clocked_client, worker, op("hazard.reinspect", {
+        "id": uid(), "hazard_id": uid(), "rectified": True, "at": NOW.isoformat()}))
+    assert r["status"] == "rejected" and r["error"]["code"] == "unknown_hazard"
