@@ -107,7 +107,11 @@ class Database:
 
 def get_session(request: Request) -> Iterator[Session]:
     db: Database = request.app.state.db
-    with db.session(write=request.method not in ("GET", "HEAD", "OPTIONS")) as session:
+    # A write request takes SQLite's write lock up front (BEGIN IMMEDIATE), unless its endpoint opens its
+    # own short write transaction after reading and planning (sync push), so other writers wait less.
+    writes = request.method not in ("GET", "HEAD", "OPTIONS") and not getattr(
+        request.scope.get("endpoint"), "opens_own_write_transaction", False)
+    with db.session(write=writes) as session:
         try:
             yield session
             session.commit()

@@ -12,6 +12,8 @@ GENESIS = "0" * 64
 
 
 def _norm(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
     if isinstance(value, datetime):
         return value.astimezone(timezone.utc).isoformat(timespec="microseconds")
     if isinstance(value, Mapping):
@@ -31,8 +33,11 @@ def jsonable(value: Any) -> Any:
     return _norm(value)
 
 
-def event_hash(prev_hash: str, fields: Mapping[str, Any]) -> str:
-    return hashlib.sha256(prev_hash.encode() + b"\n" + canonical(fields)).hexdigest()
+def event_hash(prev_hash: str, fields: Mapping[str, Any], normalized: bool = False) -> str:
+    """normalized=True: the fields are already JSON-ready (see jsonable), skip the second walk."""
+    body = (json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() if normalized
+            else canonical(fields))
+    return hashlib.sha256(prev_hash.encode() + b"\n" + body).hexdigest()
 
 
 HASHED_FIELDS = ("hazard_id", "seq", "kind", "actor_user_id", "actor_unit_id", "device_id", "server_time",

@@ -45,7 +45,8 @@ def event_row(hazard, kind: str, actor: Actor, now: datetime, data: dict[str, An
         "flagged": flagged,
     }
     prev = hazard.last_event_hash or GENESIS
-    digest = event_hash(prev, fields)
+    hashed = dict(fields, server_time=jsonable(now), device_time=jsonable(device_time))
+    digest = event_hash(prev, hashed, normalized=True)
     hazard.event_seq += 1
     hazard.last_event_hash = digest
     return {**fields, "prev_hash": prev, "hash": digest}
@@ -53,7 +54,7 @@ def event_row(hazard, kind: str, actor: Actor, now: datetime, data: dict[str, An
 
 def insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
     if rows:
-        session.execute(sa.insert(HazardEvent), rows)
+        session.execute(sa.insert(HazardEvent.__table__), rows)  # Core executemany: no per-row ORM work
 
 
 def timeline(session: Session, hazard_id: str) -> list[HazardEvent]:

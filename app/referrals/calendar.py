@@ -63,6 +63,7 @@ class WorkCalendar:
         # Years for which neither the package nor the overrides had data and the
         # Monday–Friday fallback was used. Grows as queries touch such years.
         self.unknown_years: set[int] = set()
+        self._memo: dict[tuple[date, int], datetime] = {}
 
     # -- days ------------------------------------------------------------------
 
@@ -112,13 +113,16 @@ class WorkCalendar:
             raise TypeError(f"n must be an int, got {n!r}")
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        day = self._count_day(start)
-        counted = 0
-        while counted < n:
-            day += _ONE_DAY
-            if self.is_workday(day):
-                counted += 1
-        return self.end_of_local_day(day)
+        first = self._count_day(start)
+        key = (first, n)
+        if key not in self._memo:  # a sync batch asks the same question hundreds of times
+            day, counted = first, 0
+            while counted < n:
+                day += _ONE_DAY
+                if self.is_workday(day):
+                    counted += 1
+            self._memo[key] = self.end_of_local_day(day)
+        return self._memo[key]
 
     def workdays_between(self, a: datetime, b: datetime) -> int:
         """Working days after a's local date up to and including b's local date.

@@ -7,10 +7,12 @@ advance one hazard or its audit chain.
 """
 
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 from datetime import datetime, timezone
 from typing import Any
 
 import sqlalchemy as sa
+from pydantic_core import PydanticUndefined
 from sqlmodel import Session, select
 
 from app.audit.service import Actor, event_row, insert_events
@@ -123,36 +125,60 @@ class HazardReport:
     inspection_id: str | None = None
 
 
-def report_hazard(session: Session, rules: Rules, report: HazardReport, place: Place, actor: Actor,
-                  now: datetime, device_time: datetime | None = None) -> Hazard:
-    """A new hazard from the field: routed by the policy, its first hop and its first events recorded."""
-    if session.get(Hazard, report.id) is not None:
-        raise Conflict(f"hazard {report.id} already exists", code="hazard_exists")
+# A plain namespace stands in for the row while planning: building thousands of ORM instances per
+# sync batch cost more than routing them (measured: 0.4 ms each).
+_HAZARD_DEFAULTS = {
+    name: (f.default_factory() if f.default_factory is not None else f.default)
+    for name, f in Hazard.model_fields.items()
+    if name in Hazard.__table__.columns and (f.default_factory is not None or f.default is not PydanticUndefined)
+}
+
+
+@dataclass
+class PlannedHazard:
+    """Every row a new hazard writes, computed without touching the database."""
+
+    hazard: SimpleNamespace  # the hazards row, attribute-accessible like a Hazard
+    referral: dict[str, Any]
+    cc: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class TownFacts:
+    """What routing needs to know about the place's town: enforcement power and the unit of each tier."""
+
+    enforcement_power: bool
+    units: dict[str, str]
+
+
+def town_facts(session: Session, place: Place) -> TownFacts:
     town = session.get(OrgUnit, place.town_id)
-    units = tier_units(session, place.town_id, place.community_id)
+    return TownFacts(bool(town.enforcement_power), tier_units(session, place.town_id, place.community_id))
+
+
+def plan_hazard(rules: Rules, report: HazardReport, place: Place, town: TownFacts, duplicate_of: str | None,
+                actor: Actor, now: datetime, device_time: datetime | None = None) -> PlannedHazard:
+    """Route a new hazard and lay out its rows and its first two audit events. Pure apart from the calendar."""
     try:
         decision = route(
             Facts(place_class=place.place_class, severity=report.severity, violation=report.violation,
-                  category=report.category, town_enforcement=bool(town.enforcement_power), units=units, now=now,
+                  category=report.category, town_enforcement=town.enforcement_power, units=town.units, now=now,
                   sector_regulator_unit_id=place.sector_regulator_id),
             rules.policy, rules.calendar,
         )
     except RoutingError as exc:
         raise Invalid(f"cannot route this hazard: {exc}", code="routing_failed") from exc
-    duplicate = session.exec(
-        select(Hazard.id).where(Hazard.place_id == place.id, Hazard.category == report.category,
-                                Hazard.status.in_(OPEN_STATUSES)).order_by(Hazard.created_at).limit(1)
-    ).first()
-    h = Hazard(
+    h = SimpleNamespace(**{**_HAZARD_DEFAULTS, **dict(
         id=report.id, place_id=place.id, inspection_id=report.inspection_id, category=report.category,
         severity=report.severity, violation=report.violation, description=report.description,
-        found_at=report.found_at, photos=list(report.photos), reporter_user_id=actor.user_id,
+        found_at=report.found_at.astimezone(timezone.utc), photos=list(report.photos), reporter_user_id=actor.user_id,
         reporter_device_id=actor.device_id, town_id=place.town_id, community_id=place.community_id,
         grid_id=place.grid_id, place_class=place.place_class, status=Status.REFERRED.value, tier=decision.tier,
         holder_unit_id=decision.unit_id, ack_due=decision.ack_due, listed_supervision=decision.listed_supervision,
         rule=decision.rule, reason_zh=decision.reason_zh, reason_en=decision.reason_en,
-        policy_version=decision.policy_version, duplicate_of_id=duplicate, created_at=now, updated_at=now,
-    )
+        policy_version=decision.policy_version, duplicate_of_id=duplicate_of, created_at=now, updated_at=now,
+    )})
     derive_clocks(h, state_of(h))
     events = [
         event_row(h, "reported", actor, now, device_time=device_time or report.found_at, data={
@@ -164,17 +190,48 @@ def report_hazard(session: Session, rules: Rules, report: HazardReport, place: P
             "rule": decision.rule, "reason_zh": decision.reason_zh, "reason_en": decision.reason_en,
             "policy_version": decision.policy_version, "listed_supervision": decision.listed_supervision,
             "ack_due": decision.ack_due, "default_rectify_workdays": decision.rectify_days,
-            "duplicate_of_id": duplicate}),
+            "duplicate_of_id": duplicate_of}),
     ]
-    session.add(h)
-    session.flush()
-    session.add(Referral(hazard_id=h.id, seq=1, from_unit_id=None, to_unit_id=decision.unit_id, tier=decision.tier,
-                         via="route", reason=decision.reason_zh, rule=decision.rule, sent_at=now,
-                         ack_due=decision.ack_due))
-    for unit_id in decision.cc:
-        session.add(HazardCC(hazard_id=h.id, unit_id=unit_id, reason="routing", added_at=now))
-    insert_events(session, events)
-    return h
+    referral = dict(hazard_id=h.id, seq=1, from_unit_id=None, to_unit_id=decision.unit_id, tier=decision.tier,
+                    via="route", reason=decision.reason_zh, rule=decision.rule, sent_at=now, ack_due=decision.ack_due,
+                    acknowledged_at=None, order_due=None, rectify_due=None, reinspect_due=None, ended_at=None,
+                    outcome=None)
+    cc = [dict(hazard_id=h.id, unit_id=u, reason="routing", added_at=now) for u in decision.cc]
+    return PlannedHazard(h, referral, cc, events)
+
+
+_HAZARD_COLUMNS = [c.name for c in Hazard.__table__.columns]
+
+
+def write_planned(session: Session, planned: list[PlannedHazard]) -> None:
+    """Insert planned hazards with one multi-row statement per table (the sync batch's fast path)."""
+    if not planned:
+        return
+    session.execute(sa.insert(Hazard.__table__), [{c: getattr(p.hazard, c) for c in _HAZARD_COLUMNS} for p in planned])
+    session.execute(sa.insert(Referral.__table__), [p.referral for p in planned])
+    cc = [row for p in planned for row in p.cc]
+    if cc:
+        session.execute(sa.insert(HazardCC.__table__), cc)
+    insert_events(session, [e for p in planned for e in p.events])
+
+
+def open_duplicate(session: Session, place_id: str, category: str) -> str | None:
+    return session.exec(
+        select(Hazard.id).where(Hazard.place_id == place_id, Hazard.category == category,
+                                Hazard.status.in_(OPEN_STATUSES)).order_by(Hazard.created_at).limit(1)
+    ).first()
+
+
+def report_hazard(session: Session, rules: Rules, report: HazardReport, place: Place, actor: Actor,
+                  now: datetime, device_time: datetime | None = None) -> Hazard:
+    """A new hazard from the field: routed by the policy, its first hop and its first events recorded."""
+    if session.get(Hazard, report.id) is not None:
+        raise Conflict(f"hazard {report.id} already exists", code="hazard_exists")
+    planned = plan_hazard(rules, report, place, town_facts(session, place),
+                          open_duplicate(session, place.id, report.category), actor, now, device_time)
+    session.flush()  # pending ORM rows (the place, an inspection) go first: the hazard refers to them
+    write_planned(session, [planned])
+    return session.get(Hazard, report.id)
 
 
 # -- actions -------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ One bad op is rejected with a code and a message; the rest of the batch applies.
 response leaves, so an acknowledged op is durable and an unacknowledged one is simply re-sent.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +23,8 @@ from app.inspections.models import Inspection
 from app.places.models import Place, PlaceCreate, PlaceUpdate
 from app.places import service as places
 from app.referrals.lifecycle import Action
-from app.referrals.service import HazardReport, ReinspectionReport, Rules, record_field_reinspection, report_hazard
+from app.referrals.service import (OPEN_STATUSES, HazardReport, PlannedHazard, ReinspectionReport, Rules, TownFacts,
+                                   plan_hazard, record_field_reinspection, report_hazard, town_facts, write_planned)
 from app.sync.models import SyncOp
 from app.sync.schemas import (MAX_OPS, OP_TYPES, HazardReinspectData, HazardReportData, InspectionSubmitData, Op,
                               OpError, OpResult, PlaceUpsertData)
@@ -51,47 +52,245 @@ class PushContext:
         return Actor(self.user.id, self.user.org_unit_id, self.device.id)
 
 
-def push(ctx: PushContext, ops: list[Op]) -> list[OpResult]:
+# Ops that only create records: planned in Python for the whole run and written with one statement
+# per table. Everything else (and any run the database refuses) takes the one-op-at-a-time path.
+BULK_TYPES = frozenset({"hazard.report", "inspection.submit"})
+
+
+def plan_push(ctx: PushContext, ops: list[Op]) -> "_RunPlan | None":
+    """Phase 1, on ctx.session (may be a read transaction): a batch made only of creations is validated
+    and routed here, so SQLite's single write lock is later held for the inserts alone. None for
+    other batches: they are applied op by op in phase 2."""
     if len(ops) > MAX_OPS:
         raise BatchTooLarge(f"a batch holds at most {MAX_OPS} ops; this one has {len(ops)}: split it", max_ops=MAX_OPS)
-    session = ctx.session
-    ids = list({op.op_id for op in ops})
-    done: dict[str, dict] = dict(session.execute(select(SyncOp.op_id, SyncOp.result).where(SyncOp.op_id.in_(ids))).all()) if ids else {}
+    if ops and all(op.type in BULK_TYPES for op in ops):
+        return _plan_run(ctx, ops, _done(ctx.session, ops))
+    return None
+
+
+def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer: Session) -> list[OpResult]:
+    """Phase 2, on the writer session: write the plan, or apply the batch in order, each op
+    all-or-nothing. The caller commits."""
+    wctx = replace(ctx, session=writer)
+    if plan is not None:
+        results = _write_run(wctx, plan)
+        if results is not None:
+            return results
+    done = _done(writer, ops)
     results: list[OpResult] = []
-    for op in ops:
+    i = 0
+    while i < len(ops):
+        if ops[i].type in BULK_TYPES:
+            j = i
+            while j < len(ops) and ops[j].type in BULK_TYPES:
+                j += 1
+            bulk = _write_run(wctx, _plan_run(wctx, ops[i:j], done))
+            results += bulk if bulk is not None else [_apply_one(wctx, op, done) for op in ops[i:j]]
+            i = j
+        else:
+            results.append(_apply_one(wctx, ops[i], done))
+            i += 1
+    return results
+
+
+def push(ctx: PushContext, ops: list[Op]) -> list[OpResult]:
+    """Both phases on one session (tests, scripts)."""
+    return apply_push(ctx, ops, plan_push(ctx, ops), ctx.session)
+
+
+def _done(session: Session, ops: list[Op]) -> dict[str, dict]:
+    """op_id -> the result it got when it was applied."""
+    ids = list({op.op_id for op in ops})
+    return dict(session.execute(select(SyncOp.op_id, SyncOp.result).where(SyncOp.op_id.in_(ids))).all()) if ids else {}
+
+
+def _apply_one(ctx: PushContext, op: Op, done: dict[str, dict]) -> OpResult:
+    """One op in its own savepoint: all of it or none of it."""
+    session = ctx.session
+    if op.op_id in done:
+        return OpResult(op_id=op.op_id, status="duplicate", result=done[op.op_id])
+    savepoint = session.begin_nested()
+    try:
+        result = apply_op(ctx, op)
+        session.add(SyncOp(op_id=op.op_id, type=op.type, user_id=ctx.user.id, device_id=ctx.device.id,
+                           result=result, applied_at=ctx.now))
+        session.flush()
+        savepoint.commit()
+    except DomainError as exc:
+        savepoint.rollback()
+        return _rejected(op, exc.code, exc.message, exc.extra.get("field"))
+    except ValidationError as exc:
+        savepoint.rollback()
+        return _validation_rejected(op, exc)
+    except sa.exc.IntegrityError:
+        savepoint.rollback()
+        # another phone (or this one, retrying in parallel) applied the same op_id meanwhile
+        prior = session.execute(select(SyncOp.result).where(SyncOp.op_id == op.op_id)).scalar_one_or_none()
+        if prior is not None:
+            done[op.op_id] = prior
+            return OpResult(op_id=op.op_id, status="duplicate", result=prior)
+        return _rejected(op, "conflict", "a record with one of these ids already exists")
+    done[op.op_id] = result
+    return OpResult(op_id=op.op_id, status="applied", result=result)
+
+
+def _validation_rejected(op: Op, exc: ValidationError) -> OpResult:
+    first = exc.errors()[0]
+    field = ".".join(str(p) for p in first["loc"])
+    return _rejected(op, "validation_error", f"data.{field}: {first['msg']}", f"data.{field}")
+
+
+class _RunState:
+    """What a bulk run knows up front (one query each) and has planned so far."""
+
+    def __init__(self, ctx: PushContext, parsed: list):
+        session = ctx.session
+        place_ids = {d.place_id for d in parsed if d is not None}
+        self.places = {p.id: p for p in session.exec(select(Place).where(Place.id.in_(place_ids)))} if place_ids else {}
+        hazard_ids = [h.id for d in parsed if d is not None for h in _hazards_of(d)]
+        self.taken_hazards = set(session.exec(select(Hazard.id).where(Hazard.id.in_(hazard_ids)))) if hazard_ids else set()
+        insp_ids = [d.id for d in parsed if isinstance(d, InspectionSubmitData)]
+        self.taken_inspections = set(session.exec(select(Inspection.id).where(Inspection.id.in_(insp_ids)))) if insp_ids else set()
+        self.open_by_place: dict[tuple[str, str], str] = {}
+        if self.places:
+            for pid, cat, hid in session.execute(
+                select(Hazard.place_id, Hazard.category, Hazard.id)
+                .where(Hazard.place_id.in_(list(self.places)), Hazard.status.in_(OPEN_STATUSES))
+                .order_by(Hazard.created_at.desc())
+            ).all():
+                self.open_by_place[(pid, cat)] = hid  # ends on the earliest: the original
+        self.towns: dict[tuple[str, str], TownFacts] = {}
+        self.session = session
+
+    def town(self, place: Place) -> TownFacts:
+        key = (place.town_id, place.community_id)
+        if key not in self.towns:
+            self.towns[key] = town_facts(self.session, place)
+        return self.towns[key]
+
+
+def _hazards_of(d) -> list[HazardReportData]:
+    return d.hazards if isinstance(d, InspectionSubmitData) else [d]
+
+
+@dataclass
+class _RunPlan:
+    ops: list[Op]
+    results: list[OpResult]
+    planned: list[PlannedHazard]
+    inspections: list[dict]
+    sync_rows: list[dict]
+
+
+def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPlan:
+    """Validate and route every op of the run in Python; nothing is written yet."""
+    parsed: list = []
+    early: dict[int, OpResult] = {}
+    for k, op in enumerate(run):
         if op.op_id in done:
-            results.append(OpResult(op_id=op.op_id, status="duplicate", result=done[op.op_id]))
+            parsed.append(None)
             continue
-        savepoint = session.begin_nested()
         try:
-            result = apply_op(ctx, op)
-            session.add(SyncOp(op_id=op.op_id, type=op.type, user_id=ctx.user.id, device_id=ctx.device.id,
-                               result=result, applied_at=ctx.now))
-            session.flush()
-            savepoint.commit()
+            parsed.append(OP_TYPES[op.type].model_validate(op.data))
+        except ValidationError as exc:
+            parsed.append(None)
+            early[k] = _validation_rejected(op, exc)
+    state = _RunState(ctx, parsed)
+    plan = _RunPlan(run, [], [], [], [])
+    results: list[OpResult | None] = []
+    applied: dict[str, dict] = {}
+    for k, (op, data) in enumerate(zip(run, parsed)):
+        if k in early:
+            results.append(early[k])
+            continue
+        if op.op_id in done or op.op_id in applied:
+            results.append(None)  # a duplicate: filled in below
+            continue
+        try:
+            result, planned, insp = _plan_op(ctx, state, data)
         except DomainError as exc:
-            savepoint.rollback()
             results.append(_rejected(op, exc.code, exc.message, exc.extra.get("field")))
             continue
-        except ValidationError as exc:
-            savepoint.rollback()
-            first = exc.errors()[0]
-            field = ".".join(str(p) for p in first["loc"])
-            results.append(_rejected(op, "validation_error", f"data.{field}: {first['msg']}", f"data.{field}"))
-            continue
-        except sa.exc.IntegrityError:
-            savepoint.rollback()
-            # another phone (or this one, retrying in parallel) applied the same op_id meanwhile
-            prior = session.execute(select(SyncOp.result).where(SyncOp.op_id == op.op_id)).scalar_one_or_none()
-            if prior is not None:
-                done[op.op_id] = prior
-                results.append(OpResult(op_id=op.op_id, status="duplicate", result=prior))
-            else:
-                results.append(_rejected(op, "conflict", "a record with one of these ids already exists"))
-            continue
-        done[op.op_id] = result
+        plan.planned += planned
+        if insp:
+            plan.inspections.append(insp)
+        plan.sync_rows.append(dict(op_id=op.op_id, type=op.type, user_id=ctx.user.id, device_id=ctx.device.id,
+                                   result=result, applied_at=ctx.now))
+        applied[op.op_id] = result
         results.append(OpResult(op_id=op.op_id, status="applied", result=result))
-    return results
+    known = {**done, **applied}
+    plan.results = [r if r is not None else OpResult(op_id=op.op_id, status="duplicate", result=known[op.op_id])
+                    for r, op in zip(results, run)]
+    return plan
+
+
+def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
+    """Write a planned run with one statement per table. None (nothing written) if the database refuses
+    it — an op_id or record id taken meanwhile — so the caller re-applies the run op by op."""
+    savepoint = ctx.session.begin_nested()
+    try:
+        if plan.inspections:
+            ctx.session.execute(sa.insert(Inspection.__table__), plan.inspections)
+        write_planned(ctx.session, plan.planned)
+        if plan.sync_rows:
+            ctx.session.execute(sa.insert(SyncOp.__table__), plan.sync_rows)
+        savepoint.commit()
+    except sa.exc.IntegrityError:
+        savepoint.rollback()
+        return None
+    return plan.results
+
+
+def _plan_op(ctx: PushContext, state: _RunState, data) -> tuple[dict, list[PlannedHazard], dict | None]:
+    place = state.places.get(data.place_id)
+    if place is None or not ctx.scope.sees_place(place):
+        raise NotFound(f"data.place_id: no premises {data.place_id} in your grids", code="unknown_place",
+                       field="data.place_id")
+    if isinstance(data, HazardReportData):
+        planned = _plan_hazard(ctx, state, data, place, None, "data.")
+        return _hazard_result(planned.hazard), [planned], None
+    _not_future(ctx, data.started_at, "started_at")
+    _not_future(ctx, data.finished_at, "finished_at")
+    if data.id in state.taken_inspections:
+        raise Conflict(f"data.id: inspection {data.id} already exists", code="inspection_exists", field="data.id")
+    planned = []
+    for i, hz in enumerate(data.hazards):
+        if hz.place_id != place.id:
+            raise Invalid(f"data.hazards.{i}.place_id: a hazard of this inspection must be on its premises",
+                          code="place_mismatch", field=f"data.hazards.{i}.place_id")
+        planned.append(_plan_hazard(ctx, state, hz, place, data.id, f"data.hazards.{i}."))
+    state.taken_inspections.add(data.id)
+    for p in planned:  # only now: a rejected op must not leave its ids or duplicates behind
+        state.taken_hazards.add(p.hazard.id)
+        state.open_by_place.setdefault((place.id, p.hazard.category), p.hazard.id)
+    insp = dict(id=data.id, place_id=place.id, grid_id=place.grid_id, town_id=place.town_id, user_id=ctx.user.id,
+                device_id=ctx.device.id, started_at=data.started_at, finished_at=data.finished_at, lat=data.lat,
+                lon=data.lon, checklist=[c.model_dump() for c in data.checklist], created_at=ctx.now)
+    return {"inspection_id": data.id, "hazards": [_hazard_result(p.hazard) for p in planned]}, planned, insp
+
+
+def _plan_hazard(ctx: PushContext, state: _RunState, data: HazardReportData, place: Place,
+                 inspection_id: str | None, prefix: str) -> PlannedHazard:
+    if data.category not in ctx.rules.policy.category_codes:
+        raise Invalid(f"{prefix}category: unknown category {data.category!r}", code="unknown_category",
+                      field=f"{prefix}category")
+    _not_future(ctx, data.found_at, prefix.removeprefix("data.") + "found_at")
+    if data.id in state.taken_hazards:
+        raise Conflict(f"{prefix}id: hazard {data.id} already exists", code="hazard_exists", field=f"{prefix}id")
+    report = HazardReport(id=data.id, place_id=place.id, category=data.category, severity=data.severity,
+                          violation=data.violation, description=data.description, found_at=data.found_at,
+                          photos=tuple(data.photos), inspection_id=inspection_id or data.inspection_id)
+    planned = plan_hazard(ctx.rules, report, place, state.town(place), state.open_by_place.get((place.id, data.category)),
+                          ctx.actor, ctx.now)
+    if inspection_id is None:
+        state.taken_hazards.add(data.id)
+        state.open_by_place.setdefault((place.id, data.category), data.id)
+    return planned
+
+
+def _hazard_result(h: Hazard) -> dict:
+    return {"hazard_id": h.id, "status": h.status, "tier": h.tier, "holder_org_unit_id": h.holder_unit_id,
+            "rule": h.rule, "ack_due": h.ack_due.isoformat(), "duplicate_of_id": h.duplicate_of_id}
 
 
 def _rejected(op: Op, code: str, message: str, field: str | None = None) -> OpResult:
@@ -137,8 +336,7 @@ def _new_hazard(ctx: PushContext, data: HazardReportData, place: Place, inspecti
                      photos=tuple(data.photos), inspection_id=inspection_id or data.inspection_id),
         place, ctx.actor, ctx.now,
     )
-    return {"hazard_id": h.id, "status": h.status, "tier": h.tier, "holder_org_unit_id": h.holder_unit_id,
-            "rule": h.rule, "ack_due": h.ack_due.isoformat(), "duplicate_of_id": h.duplicate_of_id}
+    return _hazard_result(h)
 
 
 def _hazard_report(ctx: PushContext, data: HazardReportData) -> dict:
