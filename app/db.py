@@ -92,6 +92,8 @@ class Database:
     """Holds the engine for one app instance; tests build their own around a migrated database."""
 
     def __init__(self, engine: Engine):
+        import app.sync.feed  # noqa: F401  registers the change feed's session events (CLI and server alike)
+
         self.engine = engine
 
     @classmethod

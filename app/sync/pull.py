@@ -1,0 +1,278 @@
+"""Pull: what changed in the device's scope since its cursor (API.md `GET /api/v1/sync/pull`).
+
+A pull is a run of pages. Its first page fixes an upper bound (``upto``, the newest seq at that
+moment) that travels in the cursor, so a pull ends even while writers keep writing; what commits
+later comes on the next pull. With no cursor the pull is a snapshot of the whole scope (reference
+data, premises, hazards, inspections, keyset-paged by id) taken after ``upto`` was fixed, so every
+change up to ``upto`` is in it and the next pull continues from ``upto``. A change that lands
+while the snapshot is paged (a premises moving in behind the keyset) has a seq above ``upto`` and
+comes on the next pull.
+
+Each change row is served once, in seq order, to the readers whose scope holds the row's grid (grid
+workers) or town (town office, police station; a police station also by holder): an upsert with
+the record as it was committed, or a tombstone for what left (moved, merged, deleted). A device is
+not sent the upserts it caused itself (its push already holds them); tombstones it caused still
+reach it, except a "moved" tombstone whose destination the device can still see (the record
+stayed in its scope). A change made by anyone else later, the server included, reaches it.
+
+The cursor is opaque to the client: base64url JSON with a version, the feed's epoch and a
+fingerprint of the caller's scope. One the server cannot serve -- malformed, from another
+database, pruned away, or made for another scope (a worker moved to another grid) -- is a ``410``
+and the client starts over with a full pull, which also clears what left its scope.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+from sqlmodel import Session, select
+
+from app.auth.scope import Scope, hazard_clause
+from app.errors import DomainError
+from app.hazards.models import Hazard
+from app.inspections.models import Inspection
+from app.places.models import PLACE_CLASS_NAMES, Place, key_unit_level
+from app.referrals.policy import Policy
+from app.sync.feed import Change, hazard_data, high_water, inspection_data, place_data, read_state
+
+DEFAULT_LIMIT = 500
+MAX_LIMIT = 1000
+CURSOR_VERSION = 1
+
+# the phases of a pull, in order
+REF, PLACES, HAZARDS, INSPECTIONS, CHANGES = "ref", "place", "hazard", "inspection", "changes"
+SNAPSHOT_PHASES = (REF, PLACES, HAZARDS, INSPECTIONS)
+INCREMENTAL_PHASES = (REF, CHANGES)  # REF only when the reference data changed since the last pull
+
+
+class PullChange(BaseModel):
+    type: str
+    id: str
+    deleted: bool
+    data: dict[str, Any] | None
+
+
+class PullResponse(BaseModel):
+    changes: list[PullChange]
+    cursor: str
+    more: bool
+
+
+@dataclass
+class PullPage:
+    changes: list[dict[str, Any]]
+    cursor: str
+    more: bool
+
+
+class CursorExpired(DomainError):
+    status = 410
+    code = "cursor_expired"
+
+
+# -- the cursor -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cursor:
+    e: str  # feed epoch
+    f: str  # scope fingerprint
+    r: str  # reference-data version the device holds
+    a: int  # every change at or below this seq is on the device (or in the snapshot being paged)
+    u: int | None = None  # this pull's upper bound; None between pulls
+    m: str | None = None  # "s" snapshot or "c" changes while a pull is under way
+    p: str | None = None  # phase
+    k: Any = None  # keyset position in the phase (last id / last index / last seq)
+    v: int = CURSOR_VERSION
+
+    def encode(self) -> str:
+        raw = json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> "Cursor":
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            d = json.loads(raw)
+            if not isinstance(d, dict) or d.get("v") != CURSOR_VERSION:
+                raise ValueError("unknown cursor version")
+            c = cls(**d)
+            if not (isinstance(c.a, int) and (c.u is None or isinstance(c.u, int)) and c.m in (None, "s", "c")
+                    and isinstance(c.e, str) and isinstance(c.f, str) and isinstance(c.r, str)):
+                raise ValueError("bad field")
+            if c.m is not None and (c.u is None or c.p not in (SNAPSHOT_PHASES if c.m == "s" else INCREMENTAL_PHASES)):
+                raise ValueError("bad phase")
+            if c.k is not None and not isinstance(c.k, str if c.p in (PLACES, HAZARDS, INSPECTIONS) else int):
+                raise ValueError("bad position")
+            return c
+        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+            raise CursorExpired("cursor: not a cursor this server can serve; start over with a pull without a cursor",
+                                reason="malformed") from None
+
+
+def scope_fingerprint(scope: Scope) -> str:
+    key = [scope.role.value, scope.unit_id,
+           sorted(scope.grid_ids) if scope.grid_ids is not None else None,
+           sorted(scope.town_ids) if scope.town_ids is not None else None]
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+# -- reference data ------------------------------------------------------------------------------
+
+
+def reference_items(policy: Policy) -> list[dict[str, Any]]:
+    """Categories, premises classes and the checklist template derived from the policy's categories."""
+    items: list[dict[str, Any]] = []
+    for c in policy.categories:
+        items.append({"type": "category", "id": c.code, "deleted": False, "data": {
+            "code": c.code, "name_zh": c.name_zh, "name_en": c.name_en,
+            "default_severity": c.default_severity.value if hasattr(c.default_severity, "value") else c.default_severity,
+            "rectify_workdays": policy.rectify_days(c.code), "policy_version": policy.version}})
+    for pc, (zh, en) in PLACE_CLASS_NAMES.items():
+        items.append({"type": "place_class", "id": pc.value, "deleted": False, "data": {
+            "code": pc.value, "name_zh": zh, "name_en": en, "key_unit_level": key_unit_level(pc.value)}})
+    items.append({"type": "checklist_template", "id": "default", "deleted": False, "data": {
+        "id": "default", "version": policy.version, "name_zh": "消防安全检查表", "name_en": "Fire safety checklist",
+        "items": [{"item": c.code, "label_zh": c.name_zh, "label_en": c.name_en,
+                   "results": ["pass", "fail", "na"]} for c in policy.categories]}})
+    return items
+
+
+# -- scope filters ------------------------------------------------------------------------------
+
+
+def _change_rows_in(scope: Scope) -> sa.ColumnElement[bool]:
+    c = Change.__table__.c
+    if scope.grid_ids is not None:
+        return c.grid_id.in_(sorted(scope.grid_ids))
+    if scope.town_ids is None:
+        return sa.true()
+    return c.town_id.in_(sorted(scope.town_ids)) | (c.holder_unit_id == scope.unit_id)
+
+
+def _sees_location(scope: Scope, loc: dict[str, Any] | None) -> bool:
+    if not loc:
+        return False
+    if scope.grid_ids is not None:
+        return loc.get("grid_id") in scope.grid_ids
+    return scope.town_ids is None or loc.get("town_id") in scope.town_ids
+
+
+def _inspection_clause(scope: Scope) -> sa.ColumnElement[bool]:
+    if scope.grid_ids is not None:
+        return Inspection.grid_id.in_(scope.grid_ids)
+    if scope.town_ids is not None:
+        return Inspection.town_id.in_(scope.town_ids)
+    return sa.true()
+
+
+# -- the pull -----------------------------------------------------------------------------------
+
+
+def clamp_limit(limit: int | None) -> int:
+    return max(1, min(int(limit or DEFAULT_LIMIT), MAX_LIMIT))
+
+
+def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | None = None,
+         cursor: str | None = None, limit: int | None = DEFAULT_LIMIT) -> PullPage:
+    limit = clamp_limit(limit)
+    epoch, _ = read_state(session)
+    fp = scope_fingerprint(scope)
+    if cursor is None:
+        upto = high_water(session)
+        c = Cursor(e=epoch, f=fp, r=policy.version, a=upto, u=upto, m="s", p=REF, k=None)
+    else:
+        c = Cursor.decode(cursor)
+        if c.e != epoch:
+            raise CursorExpired("cursor: made by another database; start over with a pull without a cursor",
+                                reason="other_feed")
+        if c.f != fp:
+            raise CursorExpired("cursor: your jurisdiction changed since it was made; start over with a pull "
+                                "without a cursor", reason="scope_changed")
+        if c.m is None:  # a new pull: fix its upper bound now
+            upto = high_water(session)
+            if c.a > upto:
+                raise CursorExpired("cursor: ahead of this server's feed; start over with a pull without a cursor",
+                                    reason="other_feed")
+            c = replace(c, u=upto, m="c", p=REF if c.r != policy.version else CHANGES, k=None)
+    reads_from = (c.k if c.p == CHANGES and c.k is not None else c.a) if c.m == "c" else None
+    out: list[dict[str, Any]] = []
+    phases = SNAPSHOT_PHASES if c.m == "s" else INCREMENTAL_PHASES
+    while c.p is not None and len(out) < limit:
+        room = limit - len(out)
+        if c.p == REF:
+            refs = reference_items(policy)
+            start = c.k or 0
+            out += refs[start:start + room]
+            if start + room < len(refs):
+                c = replace(c, k=start + room)
+                break
+        elif c.p == CHANGES:
+            last, done = _changes(session, scope, device_id, after=c.k if c.k is not None else c.a, upto=c.u,
+                                  room=room, out=out)
+            if not done:
+                c = replace(c, k=last)
+                break
+        else:
+            last, done = _snapshot(session, scope, c.p, c.k, room, out)
+            if not done:
+                c = replace(c, k=last)
+                break
+        nxt = phases.index(c.p) + 1
+        c = replace(c, p=phases[nxt] if nxt < len(phases) else None, k=None)
+    # a cursor older than the retained feed: checked after reading, so a prune that committed while
+    # we read cannot have taken rows from under this page unnoticed
+    _, pruned_through = read_state(session)
+    if reads_from is not None and reads_from < pruned_through:
+        raise CursorExpired("cursor: older than the retained change feed; start over with a pull without a cursor",
+                            reason="pruned")
+    if c.p is None:  # this pull is complete: rest at its upper bound
+        c = Cursor(e=c.e, f=c.f, r=policy.version, a=c.u, u=None, m=None, p=None, k=None)
+        return PullPage(changes=out, cursor=c.encode(), more=False)
+    return PullPage(changes=out, cursor=c.encode(), more=True)
+
+
+def _snapshot(session: Session, scope: Scope, phase: str, after_id: str | None, room: int,
+              out: list[dict[str, Any]]) -> tuple[str | None, bool]:
+    if phase == PLACES:
+        model, clause, payload = Place, scope.place_clause(), place_data
+    elif phase == HAZARDS:
+        model, clause, payload = Hazard, hazard_clause(scope) & (Hazard.status != "merged"), hazard_data
+    else:
+        model, clause, payload = Inspection, _inspection_clause(scope), inspection_data
+    stmt = select(model).where(clause)
+    if after_id is not None:
+        stmt = stmt.where(model.id > after_id)
+    rows = session.exec(stmt.order_by(model.id).limit(room + 1)).all()
+    for r in rows[:room]:
+        out.append({"type": phase, "id": r.id, "deleted": False, "data": payload(r)})
+    if len(rows) > room:
+        return rows[room - 1].id, False
+    return None, True
+
+
+def _changes(session: Session, scope: Scope, device_id: str | None, *, after: int, upto: int, room: int,
+             out: list[dict[str, Any]]) -> tuple[int, bool]:
+    t = Change.__table__
+    rows = session.execute(
+        sa.select(t.c.seq, t.c.entity_type, t.c.entity_id, t.c.deleted, t.c.origin_device_id, t.c.data)
+        .where(t.c.seq > after, t.c.seq <= upto, _change_rows_in(scope))
+        .order_by(t.c.seq).limit(room + 1)
+    ).all()
+    for r in rows[:room]:
+        if r.origin_device_id is not None and r.origin_device_id == device_id:
+            if not r.deleted:
+                continue  # the device's own write: its push already holds it
+        if r.deleted and (r.data or {}).get("reason") == "moved" and _sees_location(scope, r.data.get("to")):
+            continue  # moved within this scope: the upsert for where it is now follows
+        out.append({"type": r.entity_type, "id": r.entity_id, "deleted": r.deleted, "data": r.data})
+    if len(rows) > room:
+        return rows[room - 1].seq, False
+    return upto, True

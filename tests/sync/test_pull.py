@@ -1,0 +1,348 @@
+"""GET /api/v1/sync/pull on both backends: the whole scope and only it, incremental changes since a
+cursor, bounded pages, no echo of a device's own writes, tombstones for what left the scope, 410 for a
+cursor the server cannot serve, and a pull that stops at the bound fixed on its first page."""
+
+import base64
+import json
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import select
+
+from app.auth.models import Device
+from app.hazards.models import Hazard
+from app.places.models import PLACE_CLASS_NAMES, Place
+from app.referrals.policy import load_policy
+from app.sync import feed, pull_router
+from app.sync.feed import Change, prune_changes
+from tests.conftest import login
+from tests.helpers import hazard_data, op, place_of, push, uid
+
+NOW = datetime.now(timezone.utc)
+
+
+@pytest.fixture
+def c(client):
+    """The app with the pull route (until app/main.py includes it)."""
+    app = client.app
+    if not any(getattr(r, "path", None) == "/api/v1/sync/pull" for r in app.routes):
+        before = len(app.router.routes)
+        app.include_router(pull_router.router)
+        added = app.router.routes[before:]
+        del app.router.routes[before:]
+        app.router.routes[0:0] = added  # ahead of the PWA mounted at "/"
+    return client
+
+
+def get_page(c, headers, cursor=None, limit=None, status=200):
+    params = {}
+    if cursor is not None:
+        params["cursor"] = cursor
+    if limit is not None:
+        params["limit"] = limit
+    r = c.get("/api/v1/sync/pull", params=params, headers=headers)
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def pull_all(c, headers, cursor=None, limit=None):
+    """Follow a pull to its end: (changes, resting cursor, pages)."""
+    changes, pages = [], 0
+    while True:
+        page = get_page(c, headers, cursor, limit)
+        pages += 1
+        changes += page["changes"]
+        cursor = page["cursor"]
+        if not page["more"]:
+            return changes, cursor, pages
+        assert pages < 1000
+
+
+def ids(changes, type_=None, deleted=None):
+    return [ch["id"] for ch in changes if (type_ is None or ch["type"] == type_)
+            and (deleted is None or ch["deleted"] == deleted)]
+
+
+def report(c, headers, place_id, **kw):
+    data = hazard_data(place_id, NOW - timedelta(hours=1), **kw)
+    [res] = push(c, headers, op("hazard.report", data))
+    assert res["status"] == "applied", res
+    return data["id"]
+
+
+def test_initial_pull_is_the_whole_scope_and_only_it(c, session, units):
+    w = login(c, "worker-a1", device="phone-1")
+    grid = units["grid-a-1-1"].id
+    changes, cursor, _ = pull_all(c, w)
+    mine = set(session.exec(select(Place.id).where(Place.grid_id == grid)).all())
+    assert mine and Counter(ids(changes, "place")) == Counter(mine)
+    hazards = set(session.exec(select(Hazard.id).where(Hazard.grid_id == grid, Hazard.status != "merged")).all())
+    assert Counter(ids(changes, "hazard")) == Counter(hazards)
+    for ch in changes:
+        if ch["type"] in ("place", "hazard"):
+            assert ch["data"]["grid_id"] == grid and not ch["deleted"]
+    h = next((ch["data"] for ch in changes if ch["type"] == "hazard"), None)
+    if h is not None:  # the holder and the clocks travel with the hazard
+        assert {"status", "holder_org_unit_id", "next_due", "ack_due", "rectify_due", "reinspect_due"} <= set(h)
+
+    policy = load_policy()
+    assert set(ids(changes, "category")) == {cat.code for cat in policy.categories}
+    assert set(ids(changes, "place_class")) == {pc.value for pc in PLACE_CLASS_NAMES}
+    [template] = [ch for ch in changes if ch["type"] == "checklist_template"]
+    assert template["id"] == "default"
+    assert [i["item"] for i in template["data"]["items"]] == [cat.code for cat in policy.categories]
+
+    # the same snapshot in small pages: every record exactly once
+    small, _, pages = pull_all(c, w, limit=7)
+    assert pages > 3
+    assert Counter((ch["type"], ch["id"]) for ch in small) == Counter((ch["type"], ch["id"]) for ch in changes)
+
+    # nothing happened since: the next pull is empty
+    again, _, _ = pull_all(c, w, cursor)
+    assert again == []
+
+
+def test_a_town_office_pulls_its_town(c, session, units):
+    changes, _, _ = pull_all(c, login(c, "office-a"), limit=1000)
+    town = units["town-a"].id
+    assert Counter(ids(changes, "place")) == Counter(session.exec(select(Place.id).where(Place.town_id == town)).all())
+
+
+def test_incremental_pull_returns_only_what_changed_in_scope(c, session, units):
+    d1, d2 = login(c, "worker-a1", device="phone-1"), login(c, "worker-a1", device="phone-2")
+    _, cursor, _ = pull_all(c, d1)
+    place = place_of(session, units, "grid-a-1-1", "nine_small")
+    hid = report(c, d2, place.id, category="blocked_exit")
+    report(c, login(c, "worker-b1"), place_of(session, units, "grid-b-1-1", "rental").id)  # another town
+    changes, cursor, _ = pull_all(c, d1, cursor)
+    assert [(ch["type"], ch["id"], ch["deleted"]) for ch in changes] == [("hazard", hid, False)]
+    data = changes[0]["data"]
+    assert data["status"] == "referred" and data["holder_org_unit_id"] == units["office-a"].id
+    assert data["ack_due"] and data["place_id"] == place.id
+    assert pull_all(c, d1, cursor)[0] == []
+
+
+def test_paging_with_a_small_limit_visits_every_change_once(c, session, units):
+    d1, d2 = login(c, "worker-a1", device="phone-1"), login(c, "worker-a1", device="phone-2")
+    _, cursor, _ = pull_all(c, d1)
+    place = place_of(session, units, "grid-a-1-1", "nine_small")
+    made = [report(c, d2, place.id, category=cat) for cat in
+            ("blocked_exit", "ebike_indoor", "lpg_misuse", "window_bars", "improvised_wiring")]
+    seen, pages = [], []
+    while True:
+        page = get_page(c, d1, cursor, limit=2)
+        assert len(page["changes"]) <= 2
+        seen += ids(page["changes"])
+        pages.append(page["more"])
+        cursor = page["cursor"]
+        if not page["more"]:
+            break
+    assert Counter(seen) == Counter(made)
+    assert pages == [True, True, False]
+
+
+def test_a_devices_own_writes_are_not_echoed_but_later_server_changes_are(c, session, units):
+    d1, d2 = login(c, "worker-a1", device="phone-1"), login(c, "worker-a1", device="phone-2")
+    _, c1, _ = pull_all(c, d1)
+    _, c2, _ = pull_all(c, d2)
+    place = place_of(session, units, "grid-a-1-1", "nine_small")
+    hid = report(c, d1, place.id, category="blocked_exit")
+    changes, c1, _ = pull_all(c, d1, c1)
+    assert hid not in ids(changes)  # phone 1 made it
+    changes, c2, _ = pull_all(c, d2, c2)
+    assert ids(changes) == [hid]  # the same worker's other phone did not
+    # the town office acts on it: a server-side change after the device's write reaches the device
+    r = c.post(f"/api/v1/hazards/{hid}/actions", json={"action": "accept"}, headers=login(c, "office-a"))
+    assert r.status_code == 200, r.text
+    changes, c1, _ = pull_all(c, d1, c1)
+    assert [(ch["id"], ch["data"]["status"]) for ch in changes] == [(hid, "accepted")]
+
+
+def test_a_place_moved_to_another_grid_is_a_tombstone_there_and_an_upsert_here(c, session, units):
+    a1, a2, office = login(c, "worker-a1"), login(c, "worker-a2"), login(c, "office-a", device="desk")
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    first, a1_cursor, _ = pull_all(c, a1)
+    assert place.id in ids(first, "place")
+    _, a2_cursor, _ = pull_all(c, a2)
+    _, office_cursor, _ = pull_all(c, office)
+
+    r = c.patch(f"/api/v1/places/{place.id}", json={"grid_id": units["grid-a-2-1"].id}, headers=office)
+    assert r.status_code == 200, r.text
+
+    changes, _, _ = pull_all(c, a1, a1_cursor)
+    assert [(ch["type"], ch["id"], ch["deleted"]) for ch in changes] == [("place", place.id, True)]
+    changes, _, _ = pull_all(c, a2, a2_cursor)
+    assert [(ch["type"], ch["id"], ch["deleted"]) for ch in changes] == [("place", place.id, False)]
+    assert changes[0]["data"]["grid_id"] == units["grid-a-2-1"].id and changes[0]["data"]["name"] == place.name
+    # the town office sees both grids: it keeps the premises, no tombstone
+    changes, _, _ = pull_all(c, office, office_cursor)
+    assert [(ch["id"], ch["deleted"]) for ch in changes] == [(place.id, False)]
+
+    rows = session.exec(select(Change).where(Change.entity_id == place.id).order_by(Change.seq)).all()
+    assert [(r.grid_id, r.deleted) for r in rows[-2:]] == [(units["grid-a-1-1"].id, True), (units["grid-a-2-1"].id, False)]
+
+
+def test_a_move_within_the_devices_own_scope_is_not_echoed_and_the_old_grid_gets_a_tombstone(c, session, units):
+    office_b = login(c, "office-b", device="desk-b")
+    w = login(c, "worker-b1")
+    place = place_of(session, units, "grid-b-1-1", "rental")
+    _, cursor, _ = pull_all(c, office_b)
+    _, wc, _ = pull_all(c, w)
+
+    def move(grid_code):
+        [res] = push(c, office_b, op("place.upsert", {"id": place.id, "name": place.name, "address": place.address,
+                                                      "grid_id": units[grid_code].id, "place_class": "rental"}))
+        assert res["status"] == "applied", res
+
+    move("grid-b-2-1")  # pushed by this device, to another grid of its town: no echo, no tombstone
+    changes, cursor, _ = pull_all(c, office_b, cursor)
+    assert changes == []
+    changes, wc, _ = pull_all(c, w, wc)  # the worker of the old grid loses it
+    assert [(ch["id"], ch["deleted"], ch["data"]["reason"]) for ch in changes] == [(place.id, True, "moved")]
+    move("grid-b-1-1")  # and back
+    changes, wc, _ = pull_all(c, w, wc)
+    assert [(ch["id"], ch["deleted"]) for ch in changes] == [(place.id, False)]
+
+
+def test_a_tombstone_the_device_caused_itself_still_reaches_it(session, units):
+    """Echo suppression is for upserts only: a device that moved a record out of its own scope must drop it."""
+    from app.auth.models import User
+    from app.auth.scope import scope_for
+    from app.places.models import PlaceUpdate
+    from app.places.service import update_place
+    from app.sync.pull import pull
+
+    policy = load_policy()
+    user = session.exec(select(User).where(User.username == "worker-a1")).one()
+    scope = scope_for(session, user)
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    page = pull(session, scope, policy, device_id="phone-x", limit=1000)
+    while page.more:
+        page = pull(session, scope, policy, device_id="phone-x", cursor=page.cursor, limit=1000)
+    session.info[feed.ORIGIN_KEY] = "phone-x"
+    update_place(session, None, place, PlaceUpdate(grid_id=units["grid-b-1-1"].id, owner_name="换了"))
+    session.commit()
+    session.info.pop(feed.ORIGIN_KEY)
+    page = pull(session, scope, policy, device_id="phone-x", cursor=page.cursor)
+    assert [(ch["id"], ch["deleted"]) for ch in page.changes] == [(place.id, True)] and not page.more
+
+
+def test_a_merged_hazard_is_a_tombstone(c, session, units):
+    w, other = login(c, "worker-a1", device="phone-1"), login(c, "worker-a1", device="phone-2")
+    office = login(c, "office-a", device="desk")
+    place = place_of(session, units, "grid-a-1-1", "nine_small")
+    first = report(c, other, place.id, category="flammables_storage")
+    dup = report(c, other, place.id, category="flammables_storage")
+    _, cursor, _ = pull_all(c, w)
+    r = c.post(f"/api/v1/hazards/{dup}/actions", json={"action": "merge", "merge_into_id": first}, headers=office)
+    assert r.status_code == 200, r.text
+    changes, cursor, _ = pull_all(c, w, cursor)
+    by_id = {ch["id"]: ch for ch in changes}
+    assert by_id[dup]["deleted"] is True and by_id[dup]["data"] == {"reason": "merged", "merged_into_id": first}
+    assert by_id[first]["deleted"] is False and by_id[first]["data"]["version"] >= 2
+    # and a fresh pull no longer lists it
+    assert dup not in ids(pull_all(c, w)[0], "hazard")
+
+
+def test_a_cursor_the_server_cannot_serve_is_410(c, session, units):
+    w = login(c, "worker-a1")
+    for bad in ("not-a-cursor", "e30", base64.urlsafe_b64encode(b'{"v": 99}').decode(), "%%%", "x" * 500):
+        body = get_page(c, w, bad, status=410)
+        assert body["error"]["code"] == "cursor_expired" and body["error"]["message"]
+    _, cursor, _ = pull_all(c, w)
+    # another jurisdiction's cursor
+    assert get_page(c, login(c, "worker-a2"), cursor, status=410)["error"]["code"] == "cursor_expired"
+    # tampered: a cursor from another feed
+    d = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    forged = base64.urlsafe_b64encode(json.dumps({**d, "e": "0" * 32}).encode()).decode()
+    assert get_page(c, w, forged, status=410)["error"]["code"] == "cursor_expired"
+
+    # pruned past the cursor: 410, and a full pull starts over
+    report(c, login(c, "worker-a1", device="phone-2"), place_of(session, units, "grid-a-1-1", "nine_small").id)
+    newest = session.exec(select(sa.func.max(Change.seq))).one()
+    assert prune_changes(session, newest + 1) > 0
+    session.commit()
+    assert session.exec(select(sa.func.count()).select_from(Change)).one() == 0
+    body = get_page(c, w, cursor, status=410)
+    assert body["error"]["code"] == "cursor_expired" and "older" in body["error"]["message"]
+    _, fresh, _ = pull_all(c, w)
+    assert pull_all(c, w, fresh)[0] == []  # at the low-water mark exactly is fine
+    # and the feed goes on above the mark
+    hid = report(c, login(c, "worker-a1", device="phone-2"), place_of(session, units, "grid-a-1-1", "nine_small").id,
+                 category="blocked_exit")
+    assert ids(pull_all(c, w, fresh)[0]) == [hid]
+
+
+def test_a_pull_stops_at_the_bound_fixed_on_its_first_page(c, session, units):
+    d1, d2 = login(c, "worker-a1", device="phone-1"), login(c, "worker-a1", device="phone-2")
+    _, cursor, _ = pull_all(c, d1)
+    place = place_of(session, units, "grid-a-1-1", "nine_small")
+    made = [report(c, d2, place.id, category=cat) for cat in ("blocked_exit", "ebike_indoor", "lpg_misuse")]
+    page1 = get_page(c, d1, cursor, limit=2)
+    assert ids(page1["changes"]) == made[:2] and page1["more"]
+    late = report(c, d2, place.id, category="window_bars")  # lands between page 1 and page 2
+    page2 = get_page(c, d1, page1["cursor"], limit=2)
+    assert ids(page2["changes"]) == made[2:] and not page2["more"]
+    nxt, _, _ = pull_all(c, d1, page2["cursor"], limit=2)
+    assert ids(nxt) == [late]
+
+
+def test_the_snapshot_bound_holds_for_a_first_pull_too(c, session, units):
+    d1, d2 = login(c, "worker-a1", device="phone-1"), login(c, "worker-a1", device="phone-2")
+    page = get_page(c, d1, limit=3)
+    assert page["more"]
+    late = report(c, d2, place_of(session, units, "grid-a-1-1", "nine_small").id, category="window_bars")
+    rest, cursor, _ = pull_all(c, d1, page["cursor"], limit=50)
+    # the snapshot reads current rows, so the new hazard may be in it; either way the next pull has it
+    nxt, _, _ = pull_all(c, d1, cursor)
+    assert ids(nxt) == [late]
+
+
+def test_the_limit_is_bounded(c):
+    w = login(c, "worker-a1")
+    assert len(get_page(c, w, limit=1)["changes"]) == 1
+    page = get_page(c, w, limit=5000)
+    assert len(page["changes"]) <= 1000
+    get_page(c, w, limit=0, status=422)
+
+
+def test_a_pull_records_when_the_device_was_last_seen(c, session):
+    w = login(c, "worker-a1", device="phone-9")
+    device = session.exec(select(Device).where(Device.device_key == "phone-9")).one()
+    long_ago = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    device.last_seen_at = long_ago
+    session.add(device)
+    session.commit()
+    get_page(c, w, limit=1)
+    session.expire_all()
+    seen = session.exec(select(Device).where(Device.device_key == "phone-9")).one().last_seen_at
+    assert seen is not None and seen > long_ago
+
+
+def test_feed_rows_follow_savepoints_and_rollbacks(session, units):
+    """A change rolled back (a rejected op's savepoint, or the whole transaction) leaves no change row."""
+    grid = units["grid-a-1-1"]
+
+    def place(**kw):
+        return Place(id=uid(), name="回滚测试", address="", grid_id=grid.id, town_id=grid.town_id,
+                     community_id=grid.community_id, place_class="other", **kw)
+
+    before = session.exec(select(sa.func.max(Change.seq))).one() or 0
+    kept, dropped = place(), place()
+    session.add(kept)
+    session.flush()
+    sp = session.begin_nested()
+    session.add(dropped)
+    session.flush()
+    sp.rollback()
+    session.commit()
+    rows = session.exec(select(Change).where(Change.seq > before)).all()
+    assert [(r.entity_id, r.deleted) for r in rows] == [(kept.id, False)]
+
+    session.add(place())
+    session.flush()
+    session.rollback()
+    session.commit()
+    assert session.exec(select(sa.func.count()).select_from(Change).where(Change.seq > before)).one() == 1
