@@ -8,6 +8,7 @@ from app.auth.deps import CurrentPrincipal
 from app.db import SessionDep
 from app.hazards import service
 from app.hazards.schemas import ActionRequest, Figures, FiguresRow, HazardDetail, HazardItem, QueuePage
+from app.photos.service import register_refs
 from app.referrals.deps import NowDep, RulesDep
 from app.referrals.lifecycle import Action, ActionParams
 from app.referrals.service import act, lock_hazard
@@ -58,6 +59,8 @@ def post_action(hazard_id: str, body: ActionRequest, p: CurrentPrincipal, sessio
         h.photos = list(dict.fromkeys([*(h.photos or []), *body.photos]))
     act(session, rules, h, action, params, Actor(p.user.id, p.user.org_unit_id, p.device.id), now,
         extra={"photos": body.photos} if body.photos else None)
+    if body.photos:  # the action event's own number names the record the photos belong to
+        register_refs(session, h.id, "action", f"{h.id}:{h.event_seq}", body.photos)
     return service.detail(session, p.scope, h, now)
 
 

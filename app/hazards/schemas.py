@@ -49,6 +49,7 @@ class Routing(BaseModel):
 class HazardDetail(HazardItem):
     description: str
     photos: list[str]
+    photos_pending: list[str]  # referenced by a record but not uploaded yet: still on the phone
     routing: Routing
     clocks: dict[str, dict[str, Any]]
     cc_org_unit_ids: list[str]

@@ -17,6 +17,7 @@ from app.errors import Forbidden, Invalid, NotFound
 from app.hazards.models import NO_DEADLINE, Hazard, HazardCC, Referral, Reinspection
 from app.hazards.schemas import HazardDetail, HazardItem, PlaceBrief, Routing
 from app.org.models import OrgUnit, UnitKind
+from app.photos.service import pending_for_hazard
 from app.places.models import Place
 from app.referrals import lifecycle
 from app.referrals.lifecycle import Action, Status
@@ -134,6 +135,7 @@ def detail(session: Session, scope: Scope, h: Hazard, now: datetime) -> HazardDe
     allowed = sorted(a.value for a in lifecycle.ALLOWED[Status(h.status)] if may_act(scope, h, a))
     return HazardDetail(
         **base.model_dump(), description=h.description, photos=h.photos or [],
+        photos_pending=pending_for_hazard(session, h.id),
         routing=Routing(rule=h.rule, reason=f"{h.reason_zh} / {h.reason_en}", reason_zh=h.reason_zh,
                         reason_en=h.reason_en, policy_version=h.policy_version),
         clocks=clocks_public(h, now), cc_org_unit_ids=sorted(cc), merged_into_id=h.merged_into_id,

@@ -165,19 +165,18 @@ def _classify(e: Exception, mime: str) -> ImageRejected:
     return ImageRejected("corrupt_image", f"{mime} image is corrupt: {type(e).__name__}: {text}"[:300], 422)
 
 
-def inspect_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> ImageInfo:
-    """Fully verify the file at ``path`` and return what we need to know about it.
+def inspect_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, full_decode: bool = False) -> ImageInfo:
+    """Check the file at ``path`` is a complete image of an accepted type and return what we need
+    to know about it. Raises ``ImageRejected`` (415 for a type we do not accept, 422 for a corrupt,
+    truncated or oversized image).
 
-    Raises ``ImageRejected`` (415 for a type we do not accept, 422 for a corrupt, truncated
-    or oversized image).
-
-    Decision (measured, see bench snippet in the hand-over): ``verify()`` is a no-op for JPEG
-    (it only checks PNG chunk CRCs etc.), so truncation can only be caught by decoding the
-    entropy-coded data. A full ``load()`` of a 3 MP JPEG costs ~15 ms here, a 1/8 ``draft``
-    load ~9 ms (Huffman decoding dominates and draft cannot skip it), sha256 of the same
-    1.2 MB ~0.6 ms. The 6 ms saved is not worth a second code path, so validation does a
-    FULL decode; ``draft()`` is used only in ``make_derivative``. Peak memory of a full
-    decode is bounded by ``max_pixels`` x 3-4 bytes.
+    Decision (measured, docs/PERFORMANCE.md): a full decode of a 3 MP JPEG costs ~15 ms, five times
+    hashing and writing the same bytes, and decoding is the upload's whole CPU bill. What the decode
+    would catch is already caught more cheaply: bytes damaged or cut in transit fail the sha256 the
+    phone computed; a file cut on the phone lacks its end marker (JPEG EOI, PNG IEND with every chunk
+    CRC checked, the RIFF length of WebP); a bomb shows in the header's dimensions; a non-image fails
+    the sniff or the header parse. So an upload gets this structural check, and the full decode
+    (``full_decode=True``) happens when the first derivative is made, off the upload path.
     """
     _require_strict_loading()
     path = Path(path)
@@ -192,14 +191,17 @@ def inspect_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> I
             "unsupported_media_type", "not an image of an accepted type (" + ", ".join(sorted(ACCEPTED_MIME)) + ")", 415
         )
     try:
-        # 1. structural check (PNG: every chunk CRC up to IEND; cheap for all formats)
+        # 1. structural check (PNG: every chunk CRC up to IEND; JPEG/WebP: headers parse)
         with _open(path, mime, max_pixels) as im:
             im.verify()
-        # 2. verify() leaves the object unusable: reopen and decode every pixel
+        # 2. verify() leaves the object unusable: reopen for the size and the EXIF
         with _open(path, mime, max_pixels) as im:
-            im.load()
             width, height = im.size
             meta = _read_exif(im)
+            if full_decode or mime not in _END_CHECKS:
+                im.load()
+        if not full_decode and mime in _END_CHECKS:
+            _END_CHECKS[mime](path)
     except ImageRejected:
         raise
     except MemoryError as e:
@@ -207,6 +209,29 @@ def inspect_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS) -> I
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ... on bad input
         raise _classify(e, mime) from e
     return ImageInfo(mime=mime, width=width, height=height, **meta)
+
+
+def _jpeg_complete(path: Path) -> None:
+    """A JPEG ends with EOI (FF D9); some cameras pad after it with zeros."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 4096))
+        tail = f.read().rstrip(b"\x00")
+    if not tail.endswith(b"\xff\xd9"):
+        raise ImageRejected("truncated_image", "image/jpeg image is truncated (no end-of-image marker)", 422)
+
+
+def _webp_complete(path: Path) -> None:
+    """RIFF header: 'RIFF' <little-endian length of the rest> 'WEBP'; the file must be that long."""
+    with open(path, "rb") as f:
+        header = f.read(12)
+    declared = int.from_bytes(header[4:8], "little") + 8
+    if path.stat().st_size < declared:
+        raise ImageRejected("truncated_image", "image/webp image is truncated", 422)
+
+
+# PNG needs no entry: verify() walks every chunk and its CRC up to IEND.
+_END_CHECKS = {"image/jpeg": _jpeg_complete, "image/webp": _webp_complete, "image/png": lambda path: None}
 
 
 # ---------------------------------------------------------------------------------- EXIF

@@ -19,6 +19,7 @@ from app.audit.service import Actor, event_row, insert_events
 from app.errors import Conflict, Invalid, NotFound
 from app.hazards.models import NO_DEADLINE, Hazard, HazardCC, Referral, Reinspection
 from app.org.models import OrgUnit, UnitKind
+from app.photos.service import register_refs, register_refs_bulk
 from app.places.models import Place
 from app.referrals import lifecycle
 from app.referrals.calendar import WorkCalendar
@@ -208,6 +209,8 @@ def write_planned(session: Session, planned: list[PlannedHazard]) -> None:
     if not planned:
         return
     session.execute(sa.insert(Hazard.__table__), [{c: getattr(p.hazard, c) for c in _HAZARD_COLUMNS} for p in planned])
+    # which photos each record uses: the blob may still be on the phone ("waiting for media")
+    register_refs_bulk(session, [(p.hazard.id, "hazard", p.hazard.id, p.hazard.photos) for p in planned if p.hazard.photos])
     session.execute(sa.insert(Referral.__table__), [p.referral for p in planned])
     cc = [row for p in planned for row in p.cc]
     if cc:
@@ -355,6 +358,7 @@ def _merge_into(session: Session, dup: Hazard, target_id: str, actor: Actor, now
     session.add(target)
     session.flush()
     insert_events(session, [ev])
+    register_refs(session, target.id, "hazard", target.id, dup.photos)
 
 
 def follow_merges(session: Session, hazard_id: str) -> Hazard | None:
@@ -416,6 +420,7 @@ def record_field_reinspection(session: Session, rules: Rules, report: Reinspecti
         session.flush()
         insert_events(session, [ev])
     session.add(row)
+    register_refs(session, h.id, "reinspection", report.id, report.photos)
     return h, row.outcome
 
 

@@ -1,0 +1,185 @@
+"""/api/v1/blobs: content-addressed photo upload and download (HTTP only; the work is in service.py).
+
+None of these routes uses ``SessionDep``: an upload or a download of a 15 MB photo over a weak
+link can last minutes, and a session held that long is the SQLite write lock (the dependency
+opens write transactions for PUT/POST) or a pooled PostgreSQL connection. Each route opens a
+short session for the permission check and lets it go before the bytes flow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.requests import ClientDisconnect
+
+from app.auth import service as auth_service
+from app.auth.models import Device, User
+from app.auth.scope import scope_for
+from app.errors import NotFound, Unauthorized, error_body
+from app.photos import service
+from app.photos.imaging import ACCEPTED_MIME
+from app.photos.models import Blob
+from app.photos.schemas import BlobPublic, MissingAnswer, MissingQuery
+from app.photos.storage import FilesystemBlobStore, InvalidName, validate_sha256
+
+router = APIRouter(prefix="/api/v1/blobs", tags=["photos"])
+
+CACHE_CONTROL = "private, max-age=31536000, immutable"
+_bearer = HTTPBearer(auto_error=False)
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+
+
+# -- dependencies ----------------------------------------------------------------------------
+
+
+def get_store(request: Request) -> FilesystemBlobStore:
+    """One store per app, made on first use (and then clears temp files left by a crash)."""
+    store = getattr(request.app.state, "blob_store", None)
+    if store is None:
+        store = FilesystemBlobStore(request.app.state.settings.storage_dir)
+        store.cleanup_tmp()
+        request.app.state.blob_store = store
+    return store
+
+
+StoreDep = Annotated[FilesystemBlobStore, Depends(get_store)]
+
+
+def _authenticate(request: Request, session, creds: HTTPAuthorizationCredentials | None) -> tuple[User, Device]:
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise Unauthorized("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    user, device, _ = auth_service.authenticate(session, request.app.state.settings, creds.credentials)
+    return user, device
+
+
+@dataclass(frozen=True)
+class Uploader:
+    user_id: str
+    device_id: str
+
+
+def get_uploader(request: Request, creds: BearerDep) -> Uploader:
+    """Who is uploading, checked in a short read session before any byte of the body is read."""
+    with request.app.state.db.session() as session:
+        user, device = _authenticate(request, session, creds)
+        return Uploader(user.id, device.id)
+
+
+def viewable_blob(sha256: str, request: Request, creds: BearerDep) -> Blob:
+    """The photo's row, for a caller who may see a record that uses it (else 404, as for any unseen thing)."""
+    with request.app.state.db.session() as session:
+        user, _ = _authenticate(request, session, creds)
+        try:
+            validate_sha256(sha256)
+        except InvalidName:
+            raise NotFound(f"photo {sha256[:80]} not found") from None
+        if not service.can_view(session, scope_for(session, user), sha256):
+            raise NotFound(f"photo {sha256} not found")
+        blob = session.get(Blob, sha256)
+    if blob is None:
+        raise NotFound(f"photo {sha256} has not arrived from the phone yet", code="photo_pending")
+    return blob
+
+
+UploaderDep = Annotated[Uploader, Depends(get_uploader)]
+ViewableBlob = Annotated[Blob, Depends(viewable_blob)]
+
+
+# -- routes ----------------------------------------------------------------------------------
+
+
+@router.post("/missing", response_model=MissingAnswer)
+def post_missing(body: MissingQuery, request: Request, creds: BearerDep, store: StoreDep) -> MissingAnswer:
+    """Which of these photos the server does not have yet (the phone then PUTs those). At most 500 names."""
+    with request.app.state.db.session() as session:  # a short read session: no write lock for a question
+        _authenticate(request, session, creds)
+        for i, sha in enumerate(body.sha256):
+            service.valid_name(sha, field=f"sha256.{i}")
+        return MissingAnswer(missing=service.missing(session, body.sha256, store=store))
+
+
+_IMAGE_BODY = {"required": True, "content": {m: {"schema": {"type": "string", "format": "binary"}}
+                                             for m in sorted(ACCEPTED_MIME)}}
+
+
+@router.put(
+    "/{sha256}", status_code=201, response_model=BlobPublic,
+    openapi_extra={"requestBody": _IMAGE_BODY},
+    responses={200: {"model": BlobPublic, "description": "already stored"},
+               413: {"description": "too large (`too_large`)"},
+               415: {"description": "not an image of an accepted type (`unsupported_media_type`)"},
+               422: {"description": "`invalid_sha256`, `hash_mismatch`, `truncated_image`, `corrupt_image`, "
+                                    "`decompression_bomb`"}},
+)
+async def put_blob(sha256: str, request: Request, who: UploaderDep, store: StoreDep) -> Response:
+    """Upload one photo, named by the sha256 of its bytes; the raw image is the body.
+
+    Already stored: 200 at once, without reading the body (with `Expect: 100-continue` the phone
+    does not even send it). Otherwise the body is streamed to disk, checked and decoded off the
+    event loop: 201 once it is durably stored.
+    """
+    max_bytes = request.app.state.settings.max_photo_bytes
+    service.valid_name(sha256)
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > max_bytes:
+        raise service.PhotoTooLarge(f"a photo may be at most {max_bytes} bytes", max_bytes=max_bytes)
+    try:
+        res = await service.ingest(request.app.state.db, store, sha256, request.stream(), max_bytes=max_bytes,
+                                   user_id=who.user_id, device_id=who.device_id)
+    except ClientDisconnect:  # the phone went away mid-upload: nothing was kept, nobody reads this
+        return JSONResponse(error_body("client_disconnected", "upload interrupted"), status_code=400)
+    headers = None
+    if res.short_circuit and "100-continue" in request.headers.get("expect", "").lower():
+        headers = {"Connection": "close"}  # the body was never asked for: do not reuse the connection
+    return JSONResponse(res.blob.model_dump(mode="json"), status_code=201 if res.created else 200, headers=headers)
+
+
+def _cache_headers(etag: str) -> dict[str, str]:
+    return {"ETag": etag, "Cache-Control": CACHE_CONTROL, "X-Content-Type-Options": "nosniff"}
+
+
+def _not_modified(request: Request, etag: str) -> bool:
+    header = request.headers.get("if-none-match")
+    if not header:
+        return False
+    return any(t.strip() == "*" or t.strip().removeprefix("W/") == etag for t in header.split(","))
+
+
+@router.get("/{sha256}", response_class=FileResponse,
+            responses={200: {"content": {m: {} for m in sorted(ACCEPTED_MIME)}}, 304: {"description": "not modified"}})
+def get_blob(request: Request, blob: ViewableBlob, store: StoreDep) -> Response:
+    """The original as uploaded (with its EXIF: evidence), for those who may see a record that uses it."""
+    etag = f'"{blob.sha256}"'
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=_cache_headers(etag))
+    path = store.path(blob.sha256)
+    if path is None:
+        raise NotFound(f"photo {blob.sha256} has not arrived from the phone yet", code="photo_pending")
+    return FileResponse(path, media_type=blob.mime, headers=_cache_headers(etag))
+
+
+def _derivative(request: Request, blob: Blob, store: FilesystemBlobStore, kind: str) -> Response:
+    etag = f'"{blob.sha256}-{kind}"'
+    if _not_modified(request, etag):
+        return Response(status_code=304, headers=_cache_headers(etag))
+    path = service.derivative_file(store, blob.sha256, kind)  # plain def route: runs in a worker thread
+    return FileResponse(path, media_type="image/jpeg", headers=_cache_headers(etag))
+
+
+_JPEG = {200: {"content": {"image/jpeg": {}}}, 304: {"description": "not modified"}}
+
+
+@router.get("/{sha256}/thumb", response_class=FileResponse, responses=_JPEG)
+def get_thumb(request: Request, blob: ViewableBlob, store: StoreDep) -> Response:
+    """A JPEG of at most 320 px, orientation applied, no metadata (made on first request, then cached)."""
+    return _derivative(request, blob, store, "thumb")
+
+
+@router.get("/{sha256}/display", response_class=FileResponse, responses=_JPEG)
+def get_display(request: Request, blob: ViewableBlob, store: StoreDep) -> Response:
+    """A JPEG of at most 1600 px, orientation applied, no metadata (made on first request, then cached)."""
+    return _derivative(request, blob, store, "display")

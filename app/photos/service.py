@@ -1,0 +1,277 @@
+"""Photo use cases: which records use which photo, what is still on the phone, who may see a photo,
+and ingesting an upload (stream to disk -> hash check -> full decode -> publish -> ``blobs`` row).
+
+Refs (``photo_refs``) are written by the hazard services inside their own transaction
+(``register_refs``). Uploads are different: a 15 MB photo over a weak link can take minutes,
+so ``ingest`` never holds a transaction (on SQLite the write lock, on PostgreSQL a pooled
+connection) while bytes arrive. It opens a short session to check, and another to insert the
+row once the file is safely published.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import zlib
+from collections.abc import AsyncIterable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session, select
+from starlette.concurrency import run_in_threadpool
+
+from app.auth.scope import Scope, hazard_clause
+from app.db import Database, utcnow
+from app.errors import DomainError, Invalid, NotFound
+from app.hazards.models import Hazard
+from app.photos.imaging import DISPLAY_SIDE, THUMB_SIDE, ImageInfo, ImageRejected, inspect_image, make_derivative
+from app.photos.models import Blob, PhotoRef, RecordKind
+from app.photos.schemas import BlobPublic
+from app.photos.storage import BlobStore, HashMismatch, InvalidName, PutResult, TooLarge, validate_sha256
+
+# Derivatives served by GET /blobs/{sha}/{kind}: made on first request, then cached on disk.
+DERIVATIVES: dict[str, int] = {"thumb": THUMB_SIDE, "display": DISPLAY_SIDE}
+
+
+# Decoding a photo is CPU work that needs up to 4 bytes per pixel (a 12 MP photo: ~50 MB; the
+# 60 MP ceiling: ~240 MB). Decodes beyond the CPUs only add memory, not speed: cap how many one
+# worker process runs at once (with the usual 2 workers, half the CPUs each). Uploads waiting for
+# a slot hold only their temp file on disk.
+DECODE_SLOTS = max(1, len(os.sched_getaffinity(0)) // 2) if hasattr(os, "sched_getaffinity") else 2
+_decode_slots = threading.BoundedSemaphore(DECODE_SLOTS)
+
+
+def _validate(path: Path) -> ImageInfo:
+    """The upload's validate hook: full decode (truncation shows only there), a bounded number at a time."""
+    with _decode_slots:
+        return inspect_image(path)
+
+
+class PhotoTooLarge(DomainError):
+    status = 413
+    code = "too_large"
+
+
+# -- names ---------------------------------------------------------------------------------
+
+
+def valid_name(sha256: str, field: str = "sha256") -> str:
+    try:
+        return validate_sha256(sha256)
+    except InvalidName as exc:
+        raise Invalid(f"{field}: {exc}", code="invalid_sha256", field=field) from exc
+
+
+_CHUNK = 900  # rows or IN-list entries per statement (well under SQLite's bound-parameter limit)
+
+
+def _dedupe(shas: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(shas))
+
+
+# -- refs: which records use which photo ---------------------------------------------------
+
+
+def _insert_ignore(session: Session, table: sa.Table, rows: list[dict]) -> int:
+    """INSERT … ON CONFLICT DO NOTHING on both backends; returns how many rows were new."""
+    if not rows:
+        return 0
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        stmt = postgresql.insert(table).values(rows).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table).values(rows).on_conflict_do_nothing()
+    else:  # pragma: no cover - only the two supported backends
+        raise NotImplementedError(dialect)
+    # RETURNING, not rowcount: psycopg reports -1 for a multi-row INSERT … ON CONFLICT
+    pk = list(table.primary_key.columns)[0]
+    return len(session.execute(stmt.returning(pk)).all())
+
+
+def register_refs(session: Session, hazard_id: str, record_kind: str | RecordKind, record_id: str,
+                  shas: Sequence[str]) -> list[str]:
+    """Record that ``record_kind``/``record_id`` (of hazard ``hazard_id``) uses these photos.
+
+    Idempotent (a re-sent op or a replayed batch adds nothing) and safe against a concurrent
+    registration of the same ref. Returns the photos not yet stored: still on the phone.
+    Runs inside the caller's transaction; never commits.
+    """
+    return register_refs_bulk(session, [(hazard_id, record_kind, record_id, shas)])
+
+
+def register_refs_bulk(session: Session, refs: Iterable[tuple[str, str | RecordKind, str, Sequence[str]]]) -> list[str]:
+    """``register_refs`` for a whole sync batch: (hazard_id, record_kind, record_id, shas) tuples, one
+    multi-row INSERT … ON CONFLICT DO NOTHING and one query for what is missing."""
+    now = utcnow()
+    rows: list[dict] = []
+    for hazard_id, record_kind, record_id, shas in refs:
+        kind = RecordKind(record_kind).value
+        for s in _dedupe(valid_name(x, "photos") for x in shas):
+            rows.append({"sha256": s, "hazard_id": hazard_id, "record_kind": kind, "record_id": record_id,
+                         "created_at": now})
+    for i in range(0, len(rows), _CHUNK):
+        _insert_ignore(session, PhotoRef.__table__, rows[i:i + _CHUNK])
+    return missing(session, [r["sha256"] for r in rows])
+
+
+def missing(session: Session, shas: Sequence[str], store: BlobStore | None = None) -> list[str]:
+    """The names among ``shas`` that are not stored (input order, no duplicates).
+
+    The ``blobs`` row is the truth; given the store, a row whose file is gone from disk counts
+    as missing too, so the phone sends it again and the upload heals it.
+    """
+    shas = _dedupe(shas)
+    if not shas:
+        return []
+    stored: set[str] = set()
+    for i in range(0, len(shas), _CHUNK):
+        stored.update(session.exec(select(Blob.sha256).where(Blob.sha256.in_(shas[i:i + _CHUNK]))).all())
+    if store is not None:
+        stored = {s for s in stored if store.has(s)}
+    return [s for s in shas if s not in stored]
+
+
+def pending_for_hazard(session: Session, hazard_id: str) -> list[str]:
+    """Photos the hazard's records use that have not arrived yet (the office sees them as 'on the phone')."""
+    return pending_for_hazards(session, [hazard_id]).get(hazard_id, [])
+
+
+def pending_for_hazards(session: Session, hazard_ids: Sequence[str]) -> dict[str, list[str]]:
+    """``pending_for_hazard`` for a page of hazards in one query; hazards with nothing pending are absent."""
+    if not hazard_ids:
+        return {}
+    rows = session.exec(
+        select(PhotoRef.hazard_id, PhotoRef.sha256)
+        .outerjoin(Blob, Blob.sha256 == PhotoRef.sha256)
+        .where(PhotoRef.hazard_id.in_(list(hazard_ids)), Blob.sha256.is_(None))
+        .order_by(PhotoRef.id)
+    ).all()
+    out: dict[str, list[str]] = {}
+    for hazard_id, sha in rows:
+        lst = out.setdefault(hazard_id, [])
+        if sha not in lst:
+            lst.append(sha)
+    return out
+
+
+def hazards_using(session: Session, sha256: str) -> list[str]:
+    """Ids of the hazards whose records use this photo."""
+    return list(session.exec(select(PhotoRef.hazard_id).where(PhotoRef.sha256 == sha256).distinct()).all())
+
+
+def can_view(session: Session, scope: Scope, sha256: str) -> bool:
+    """True if the scope sees a hazard that uses the photo, or the caller uploaded it."""
+    used = session.exec(
+        select(PhotoRef.id).join(Hazard, Hazard.id == PhotoRef.hazard_id)
+        .where(PhotoRef.sha256 == sha256, hazard_clause(scope)).limit(1)
+    ).first()
+    if used is not None:
+        return True
+    return session.exec(
+        select(Blob.sha256).where(Blob.sha256 == sha256, Blob.uploaded_by_user_id == scope.user_id)
+    ).first() is not None
+
+
+# -- ingest --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    blob: BlobPublic
+    created: bool  # True -> 201, False -> 200
+    short_circuit: bool = False  # already stored: the body was not read
+
+
+def _public(row: Blob, created: bool) -> BlobPublic:
+    return BlobPublic(sha256=row.sha256, size=row.size, mime=row.mime, width=row.width, height=row.height,
+                      created=created, exif_datetime=row.exif_datetime, gps_lat=row.gps_lat, gps_lon=row.gps_lon,
+                      orientation=row.orientation, created_at=row.created_at)
+
+
+def _already_stored(db: Database, store: BlobStore, sha256: str) -> Blob | None:
+    with db.session() as session:
+        row = session.get(Blob, sha256)
+    return row if row is not None and store.has(sha256) else None
+
+
+def _record_blob(db: Database, put: PutResult[ImageInfo], user_id: str | None, device_id: str | None) -> tuple[Blob, bool]:
+    info = put.info
+    assert info is not None  # the validate hook always returns one
+    with db.session(write=True) as session:
+        inserted = _insert_ignore(session, Blob.__table__, [{
+            "sha256": put.sha256, "size": put.size, "mime": info.mime, "width": info.width, "height": info.height,
+            "exif_datetime": info.exif_datetime[:32] if info.exif_datetime else None,
+            "gps_lat": info.gps_lat, "gps_lon": info.gps_lon, "orientation": info.orientation,
+            "created_at": utcnow(), "uploaded_by_user_id": user_id, "uploaded_by_device_id": device_id,
+        }])
+        session.commit()
+        row = session.get(Blob, put.sha256)
+    return row, inserted > 0
+
+
+async def ingest(db: Database, store: BlobStore, sha256: str, chunks: AsyncIterable[bytes] | Iterable[bytes], *,
+                 max_bytes: int, user_id: str | None, device_id: str | None) -> IngestResult:
+    """Store one uploaded photo under its name, or say it is already there.
+
+    Already stored (row and file): answered at once without reading the body. Otherwise the
+    body is streamed to a temp file while hashed (1 MB batches written in a worker thread),
+    checked against the name, fully decoded by ``inspect_image`` in a worker thread, and only
+    then published and recorded. Raises DomainError: 422 ``invalid_sha256`` / ``hash_mismatch``
+    / ``corrupt_image`` / ``truncated_image`` / ``decompression_bomb``, 415
+    ``unsupported_media_type``, 413 ``too_large``. A failure or a client gone mid-way leaves
+    nothing visible; the retry starts afresh.
+    """
+    sha256 = valid_name(sha256)
+    row = await run_in_threadpool(_already_stored, db, store, sha256)
+    if row is not None:
+        return IngestResult(_public(row, False), created=False, short_circuit=True)
+    try:
+        put = await store.put_stream_async(sha256, chunks, max_bytes, validate=_validate)
+    except HashMismatch as exc:
+        raise Invalid(f"the body hashes to {exc.actual}, not to its name {exc.expected}", code="hash_mismatch",
+                      expected=exc.expected, actual=exc.actual) from exc
+    except TooLarge as exc:
+        raise PhotoTooLarge(f"a photo may be at most {exc.max_bytes} bytes", max_bytes=exc.max_bytes) from exc
+    except ImageRejected as exc:
+        raise DomainError(exc.message, code=exc.code, status=exc.status) from exc
+    row, inserted = await run_in_threadpool(_record_blob, db, put, user_id, device_id)
+    # created: this request made the photo available (a file left on disk by a crash between
+    # publishing and the insert counts as not yet stored: the row is what the API goes by)
+    return IngestResult(_public(row, inserted), created=inserted)
+
+
+# -- derivatives ---------------------------------------------------------------------------
+
+_LOCKS = [threading.Lock() for _ in range(64)]  # striped: one thumbnail made once per process
+
+
+def derivative_file(store: BlobStore, sha256: str, kind: str) -> Path:
+    """Path of the cached derivative, made now if absent. Blocking CPU work: call from a worker thread.
+
+    Derivatives are JPEGs with the EXIF orientation applied and no metadata at all (no GPS),
+    made lazily so ingest pays only for what every photo needs (hash, write, full decode).
+    """
+    side = DERIVATIVES.get(kind)
+    if side is None:
+        raise NotFound(f"no derivative {kind!r}")
+    path = store.derivative_path(sha256, kind)
+    if path is not None:
+        return path
+    with _LOCKS[zlib.crc32(f"{sha256}/{kind}".encode()) % len(_LOCKS)]:
+        path = store.derivative_path(sha256, kind)
+        if path is not None:
+            return path
+        src = store.path(sha256)
+        if src is None:
+            raise NotFound(f"photo {sha256} has not arrived yet", code="photo_pending")
+        try:
+            data = make_derivative(src, side)
+        except ImageRejected as exc:  # uploads get a structural check; damage inside the data shows here
+            raise DomainError(exc.message, code=exc.code, status=exc.status) from exc
+        store.put_derivative(sha256, kind, data)
+        path = store.derivative_path(sha256, kind)
+    if path is None:  # pragma: no cover - a remote store without local paths
+        raise NotFound(f"derivative {kind} of {sha256} not available")
+    return path
