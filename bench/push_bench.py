@@ -1,0 +1,121 @@
+"""Push throughput against a running server (uvicorn, 2 workers): batches of 100 `inspection.submit`
+ops with 2 hazards each, from 4 concurrent phones, on SQLite and PostgreSQL.
+
+    .venv/bin/python -m bench.push_bench [--backend sqlite|postgresql|both] [--batches 40] [--clients 4]
+
+Prints ops/s (and hazards/s); never asserts on time.
+"""
+
+import argparse
+import statistics
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+
+import httpx
+
+from bench.common import DEFAULT_PG_URL, markdown_table
+from bench.server import running_server, token
+
+CN = timezone(timedelta(hours=8))
+WORKERS = ["worker-a1", "worker-a2", "worker-b1"]
+
+
+def places_of(base: str, headers: dict) -> list[str]:
+    r = httpx.get(base + "/api/v1/places", params={"limit": 200}, headers=headers, timeout=30)
+    r.raise_for_status()
+    return [p["id"] for p in r.json()["items"]]
+
+
+def batch(place_ids: list[str], n: int) -> dict:
+    now = datetime.now(CN)
+    ops = []
+    for i in range(n):
+        place = place_ids[i % len(place_ids)]
+        hz = [{"id": str(uuid.uuid4()), "place_id": place, "category": cat, "severity": "general", "violation": False,
+               "description": "楼道堆放杂物，电动车充电", "found_at": (now - timedelta(minutes=5)).isoformat(), "photos": []}
+              for cat in ("ebike_indoor", "blocked_exit")]
+        ops.append({"op_id": str(uuid.uuid4()), "type": "inspection.submit", "data": {
+            "id": str(uuid.uuid4()), "place_id": place, "started_at": (now - timedelta(minutes=20)).isoformat(),
+            "finished_at": (now - timedelta(minutes=2)).isoformat(), "lat": 29.35, "lon": 105.92,
+            "checklist": [{"item": "ebike_indoor", "result": "fail", "note": ""},
+                          {"item": "blocked_exit", "result": "fail", "note": ""},
+                          {"item": "missing_alarm_extinguisher", "result": "pass", "note": ""}],
+            "hazards": hz}})
+    return {"ops": ops}
+
+
+def run(backend: str, batches: int, clients: int, batch_size: int) -> dict:
+    url = None
+    schema = None
+    if backend == "postgresql":
+        import sqlalchemy as sa
+
+        schema = f"bench_push_{uuid.uuid4().hex[:8]}"
+        admin = sa.create_engine(DEFAULT_PG_URL, isolation_level="AUTOCOMMIT")
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        url = DEFAULT_PG_URL + f"?options=-csearch_path%3D{schema}"
+    try:
+        with running_server(url, workers=2) as (base, _proc, _env):
+            phones = []
+            for i in range(clients):
+                user = WORKERS[i % len(WORKERS)]
+                h = token(base, user, f"bench-phone-{i}")
+                phones.append((h, places_of(base, h)))
+            bodies = [[batch(places, batch_size) for _ in range(batches // clients)] for _, places in phones]
+            warm = batch(phones[0][1], 10)
+            httpx.post(base + "/api/v1/sync/push", json=warm, headers=phones[0][0], timeout=60).raise_for_status()
+            latencies: list[float] = []
+            errors: list[str] = []
+
+            def phone(i: int) -> None:
+                headers, _ = phones[i]
+                with httpx.Client(base_url=base, headers=headers, timeout=120) as c:
+                    for body in bodies[i]:
+                        t0 = time.perf_counter()
+                        r = c.post("/api/v1/sync/push", json=body)
+                        latencies.append(time.perf_counter() - t0)
+                        if r.status_code != 200 or any(x["status"] != "applied" for x in r.json()["results"]):
+                            errors.append(r.text[:300])
+
+            threads = [threading.Thread(target=phone, args=(i,)) for i in range(clients)]
+            t0 = time.perf_counter()
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            elapsed = time.perf_counter() - t0
+            n_ops = sum(len(b) for bs in bodies for b in (x["ops"] for x in bs))
+            if errors:
+                raise SystemExit(f"{len(errors)} batches failed, first: {errors[0]}")
+            return {"backend": backend, "ops": n_ops, "seconds": elapsed, "ops_s": n_ops / elapsed,
+                    "hazards_s": 2 * n_ops / elapsed, "batch_median_ms": statistics.median(latencies) * 1000,
+                    "batch_max_ms": max(latencies) * 1000}
+    finally:
+        if schema:
+            import sqlalchemy as sa
+
+            admin = sa.create_engine(DEFAULT_PG_URL, isolation_level="AUTOCOMMIT")
+            with admin.connect() as c:
+                c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--backend", choices=["sqlite", "postgresql", "both"], default="both")
+    ap.add_argument("--batches", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--clients", type=int, default=4)
+    a = ap.parse_args()
+    backends = ["sqlite", "postgresql"] if a.backend == "both" else [a.backend]
+    rows = []
+    for b in backends:
+        r = run(b, a.batches, a.clients, a.batch_size)
+        rows.append([r["backend"], r["ops"], r["seconds"], r["ops_s"], r["hazards_s"], r["batch_median_ms"], r["batch_max_ms"]])
+    print(markdown_table(["backend", "ops", "seconds", "ops/s", "hazards/s", "batch median ms", "batch max ms"], rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""Start a real Firegrid server (uvicorn, N workers) on a throwaway database for a benchmark."""
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+FIREGRID = str(Path(sys.executable).parent / "firegrid")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running_server(database_url: str | None = None, workers: int = 2, extra_env: dict | None = None):
+    """Yields (base_url, server Popen). Migrates and seeds the demo first."""
+    tmp = Path(tempfile.mkdtemp(prefix="fg-bench-"))
+    env = {**os.environ, "FIREGRID_DATABASE_URL": database_url or f"sqlite:///{tmp / 'bench.db'}",
+           "FIREGRID_STORAGE_DIR": str(tmp / "blobs"), "FIREGRID_SWEEP_INTERVAL_SECONDS": "0",
+           "FIREGRID_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000", **(extra_env or {})}
+    for cmd in (["migrate"], ["seed-demo"]):
+        subprocess.run([FIREGRID, *cmd], env=env, cwd=tmp, check=True, capture_output=True)
+    port = free_port()
+    proc = subprocess.Popen([FIREGRID, "serve", "--port", str(port), "--workers", str(workers)], env=env, cwd=tmp,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(200):
+            try:
+                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        else:
+            raise RuntimeError("server did not start: " + proc.stderr.read().decode()[-2000:])
+        yield base, proc, env
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def worker_pids(server: subprocess.Popen) -> list[int]:
+    """The uvicorn master and its worker processes."""
+    pids = [server.pid]
+    for child in Path(f"/proc/{server.pid}/task").glob("*/children"):
+        pids += [int(p) for p in child.read_text().split()]
+    return pids
+
+
+def rss_kb(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+def token(base: str, username: str, device: str) -> dict:
+    r = httpx.post(base + "/api/v1/auth/token", data={"username": username, "password": "firegrid-demo",
+                                                       "device_id": device}, timeout=30)
+    r.raise_for_status()
+    return {"Authorization": f"Bearer {r.json()['access_token']}"}
