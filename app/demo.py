@@ -46,13 +46,15 @@ REGULATOR_FOR = {"中心小学": "regulator-education", "第二幼儿园": "regu
 
 
 def _unit(session: Session, code: str, name: str, kind: UnitKind, parent: OrgUnit | None, **kw) -> OrgUnit:
-    return get_by_code(session, code) or create_unit(session, code=code, name=name, kind=kind, parent=parent, **kw)
+    # stable ids: every demo database names the same unit the same way (scripts, comparisons)
+    return get_by_code(session, code) or create_unit(session, code=code, name=name, kind=kind, parent=parent,
+                                                     id=str(uuid.uuid5(_NS, f"unit/{code}")), **kw)
 
 
 def _user(session: Session, username: str, role: Role, unit: OrgUnit, display: str) -> None:
     if session.exec(select(User.id).where(User.username == username)).first() is None:
         create_user(session, username=username, password=DEMO_PASSWORD, role=role, unit=unit, display_name=display,
-                    is_demo=True)
+                    is_demo=True, id=str(uuid.uuid5(_NS, f"user/{username}")))
 
 
 def seed_demo(session: Session, with_hazards: bool = True) -> dict[str, int]:

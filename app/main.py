@@ -27,6 +27,7 @@ from app.referrals.router import router as referrals_router
 from app.referrals.sweeper import periodic_sweep
 from app.photos.router import router as photos_router
 from app.sync.pull_router import router as sync_pull_router
+from app.sync.router import devices_router
 from app.sync.router import router as sync_router
 
 PWA_DIR = Path(__file__).resolve().parent.parent / "pwa"
@@ -70,7 +71,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
         return {"status": "ok", "database": db.engine.dialect.name, "version": __version__}
 
     for router in (auth_router, org_router, places_router, hazards_router, referrals_router, sync_router, sync_pull_router,
-                   photos_router):
+                   photos_router, devices_router):
         app.include_router(router)
 
     # Last: the PWA owns every path the API does not.

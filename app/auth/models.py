@@ -52,6 +52,11 @@ class Device(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     revoked_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     last_seen_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # device health: data stuck on a phone that stopped syncing is the commonest way records are lost
+    last_push_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    last_pull_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    app_version: str | None = Field(default=None, max_length=40)
+    clock_offset_s: float | None = None  # device clock minus server clock at its last push
 
 
 class AuthToken(SQLModel, table=True):

@@ -40,7 +40,7 @@ def token_digest(token: str, secret: str) -> str:
 
 def create_user(
     session: Session, *, username: str, password: str, role: Role, unit: OrgUnit, display_name: str = "",
-    is_demo: bool = False,
+    is_demo: bool = False, id: str | None = None,
 ) -> User:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise Invalid(f"password must be at least {MIN_PASSWORD_LENGTH} characters", code="weak_password")
@@ -52,7 +52,7 @@ def create_user(
     if session.exec(select(User.id).where(User.username == username)).first():
         raise Conflict(f"username {username!r} is taken", code="username_taken")
     user = User(username=username, password_hash=hash_password(password), role=role, org_unit_id=unit.id,
-                display_name=display_name, is_demo=is_demo)
+                display_name=display_name, is_demo=is_demo, **({"id": id} if id else {}))
     session.add(user)
     session.flush()
     return user

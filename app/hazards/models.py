@@ -20,7 +20,7 @@ class Hazard(SQLModel, table=True):
         sa.Index("ix_hazards_escalate_at", "escalate_at"),
         sa.Index("ix_hazards_town_created", "town_id", "created_at"),
         sa.Index("ix_hazards_place_category", "place_id", "category"),
-        sa.Index("ix_hazards_grid_id", "grid_id"),
+        sa.Index("ix_hazards_grid_id", "grid_id", "id"),  # a grid worker's hazards, paged by id (pull)
     )
 
     id: str = Field(primary_key=True, max_length=36)  # client-made UUID

@@ -15,13 +15,14 @@ def create_unit(
     parent: OrgUnit | None,
     enforcement_power: bool = False,
     sector: str | None = None,
+    id: str | None = None,
 ) -> OrgUnit:
     allowed = PARENT_KINDS[kind]
     parent_kind = parent.kind if parent else None
     if parent_kind not in allowed:
         raise Invalid(f"a {kind.value} cannot be placed under {parent_kind or 'nothing'}", code="bad_parent")
     unit = OrgUnit(code=code, name=name, kind=kind, parent_id=parent.id if parent else None,
-                   enforcement_power=enforcement_power, sector=sector)
+                   enforcement_power=enforcement_power, sector=sector, **({"id": id} if id else {}))
     if parent is not None:
         unit.county_id = parent.id if parent.kind == UnitKind.county else parent.county_id
         unit.town_id = parent.id if parent.kind == UnitKind.town else parent.town_id

@@ -129,7 +129,7 @@ async def put_blob(sha256: str, request: Request, who: UploaderDep, store: Store
         raise service.PhotoTooLarge(f"a photo may be at most {max_bytes} bytes", max_bytes=max_bytes)
     try:
         res = await service.ingest(request.app.state.db, store, sha256, request.stream(), max_bytes=max_bytes,
-                                   user_id=who.user_id, device_id=who.device_id)
+                                   user_id=who.user_id, device_id=who.device_id, now=request.app.state.clock())
     except ClientDisconnect:  # the phone went away mid-upload: nothing was kept, nobody reads this
         return JSONResponse(error_body("client_disconnected", "upload interrupted"), status_code=400)
     headers = None

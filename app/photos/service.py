@@ -15,6 +15,7 @@ import threading
 import zlib
 from collections.abc import AsyncIterable, Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -196,7 +197,8 @@ def _already_stored(db: Database, store: BlobStore, sha256: str) -> Blob | None:
     return row if row is not None and store.has(sha256) else None
 
 
-def _record_blob(db: Database, put: PutResult[ImageInfo], user_id: str | None, device_id: str | None) -> tuple[Blob, bool]:
+def _record_blob(db: Database, put: PutResult[ImageInfo], user_id: str | None, device_id: str | None,
+                 now: datetime) -> tuple[Blob, bool]:
     info = put.info
     assert info is not None  # the validate hook always returns one
     with db.session(write=True) as session:
@@ -204,7 +206,7 @@ def _record_blob(db: Database, put: PutResult[ImageInfo], user_id: str | None, d
             "sha256": put.sha256, "size": put.size, "mime": info.mime, "width": info.width, "height": info.height,
             "exif_datetime": info.exif_datetime[:32] if info.exif_datetime else None,
             "gps_lat": info.gps_lat, "gps_lon": info.gps_lon, "orientation": info.orientation,
-            "created_at": utcnow(), "uploaded_by_user_id": user_id, "uploaded_by_device_id": device_id,
+            "created_at": now, "uploaded_by_user_id": user_id, "uploaded_by_device_id": device_id,
         }])
         session.commit()
         row = session.get(Blob, put.sha256)
@@ -212,7 +214,7 @@ def _record_blob(db: Database, put: PutResult[ImageInfo], user_id: str | None, d
 
 
 async def ingest(db: Database, store: BlobStore, sha256: str, chunks: AsyncIterable[bytes] | Iterable[bytes], *,
-                 max_bytes: int, user_id: str | None, device_id: str | None) -> IngestResult:
+                 max_bytes: int, user_id: str | None, device_id: str | None, now: datetime | None = None) -> IngestResult:
     """Store one uploaded photo under its name, or say it is already there.
 
     Already stored (row and file): answered at once without reading the body. Otherwise the
@@ -236,7 +238,7 @@ async def ingest(db: Database, store: BlobStore, sha256: str, chunks: AsyncItera
         raise PhotoTooLarge(f"a photo may be at most {exc.max_bytes} bytes", max_bytes=exc.max_bytes) from exc
     except ImageRejected as exc:
         raise DomainError(exc.message, code=exc.code, status=exc.status) from exc
-    row, inserted = await run_in_threadpool(_record_blob, db, put, user_id, device_id)
+    row, inserted = await run_in_threadpool(_record_blob, db, put, user_id, device_id, now or utcnow())
     # created: this request made the photo available (a file left on disk by a crash between
     # publishing and the insert counts as not yet stored: the row is what the API goes by)
     return IngestResult(_public(row, inserted), created=inserted)

@@ -62,9 +62,24 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     for key, value in changes.items():
         setattr(place, key, value)
     place.updated_at = utcnow()
+    if "grid_id" in changes:
+        with session.no_autoflush:  # the place's move is flushed once, with its hazards
+            _move_hazards(session, place.id, grid)
     session.add(place)
     session.flush()
     return place
+
+
+def _move_hazards(session: Session, place_id: str, grid: OrgUnit) -> None:
+    """A premises' hazards follow it to its new grid: the new grid's worker re-inspects them, and the
+    old grid's phones get tombstones through the change feed (ORM updates, so the feed sees the move)."""
+    from app.hazards.models import Hazard
+
+    for h in session.exec(select(Hazard).where(Hazard.place_id == place_id)).all():
+        if h.grid_id != grid.id:
+            h.grid_id, h.community_id, h.town_id = grid.id, grid.community_id, grid.town_id
+            h.version += 1
+            session.add(h)
 
 
 def _encode_cursor(values: list) -> str:

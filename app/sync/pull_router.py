@@ -45,9 +45,7 @@ def pull(
 def _record_pull(db: Database, device_id: str, now: datetime) -> None:
     """In its own short write transaction after the read: a GET never upgrades to a write on SQLite
     (which fails when another writer committed meanwhile), and a failure here never fails the pull."""
-    values = {"last_seen_at": now}
-    if hasattr(Device, "last_pull_at"):
-        values["last_pull_at"] = now
+    values = {"last_seen_at": now, "last_pull_at": now}
     try:
         with db.session(write=True) as session:
             session.execute(sa.update(Device).where(Device.id == device_id).values(**values))

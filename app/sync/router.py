@@ -1,11 +1,14 @@
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 
 from app.auth.deps import CurrentPrincipal
 from app.db import SessionDep
 from app.errors import Invalid
 from app.referrals.deps import NowDep, RulesDep
-from app.sync import service
-from app.sync.schemas import PushRequest, PushResponse
+from app.sync import health, service
+from app.auth.models import Role
+from app.sync.schemas import DeviceHealthPublic, PushRequest, PushResponse
 
 router = APIRouter(prefix="/api/v1/sync", tags=["sync"])
 
@@ -21,11 +24,26 @@ def push(body: PushRequest, request: Request, p: CurrentPrincipal, session: Sess
                       field="device_id")
     ctx = service.PushContext(session=session, rules=rules, scope=p.scope, user=p.user, device=p.device, now=now)
     plan = service.plan_push(ctx, body.ops)
+    offset = health.clock_offset(body.sent_at, now)
     with request.app.state.db.session(write=True) as writer:
         writer.info["origin_device_id"] = p.device.id  # the change feed does not echo a phone's own writes
         results = service.apply_push(ctx, body.ops, plan, writer)
+        health.record_push(writer, p.device.id, now, offset, body.app_version)
         writer.commit()
-    return PushResponse(results=results)
+    return PushResponse(results=results, server_time=now, clock_offset_s=offset,
+                        clock_flagged=health.clock_flagged(offset))
 
 
 push.opens_own_write_transaction = True
+
+
+devices_router = APIRouter(prefix="/api/v1/devices", tags=["sync"])
+
+
+@devices_router.get("/health", response_model=list[DeviceHealthPublic])
+def device_health(p: CurrentPrincipal, session: SessionDep, now: NowDep,
+                  stale_days: Annotated[float, Query(gt=0, le=365)] = 3):
+    """The phones of the caller's area: which have not synced for `stale_days`, which still hold
+    photos back, whose clocks are off. Most worrying first."""
+    p.require_role(Role.town_office, Role.police_station, Role.brigade, Role.admin)
+    return [DeviceHealthPublic(**vars(h)) for h in health.device_health(session, p.scope, now, stale_days)]

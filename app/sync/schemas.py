@@ -1,5 +1,6 @@
 """What the phone sends: a batch of ops, each with a client-made op_id and typed data."""
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
@@ -102,6 +103,9 @@ class Op(BaseModel):
 class PushRequest(BaseModel):
     device_id: str | None = Field(default=None, max_length=128)
     ops: list[Op]
+    # the phone's clock when it sent the batch: how far off it is is recorded, never trusted
+    sent_at: AwareDatetime | None = None
+    app_version: str | None = Field(default=None, max_length=40)
 
 
 class OpError(BaseModel):
@@ -119,3 +123,25 @@ class OpResult(BaseModel):
 
 class PushResponse(BaseModel):
     results: list[OpResult]
+    server_time: datetime | None = None
+    clock_offset_s: float | None = None  # the phone's clock minus the server's, when it sent sent_at
+    clock_flagged: bool = False  # off by more than the tolerance: the phone should fix its clock
+
+
+class DeviceHealthPublic(BaseModel):
+    device_id: str
+    name: str
+    user_id: str
+    username: str
+    display_name: str
+    org_unit_id: str
+    last_push_at: datetime | None
+    last_pull_at: datetime | None
+    last_sync_at: datetime | None
+    days_since_sync: float | None
+    stale: bool
+    pending_media: int
+    clock_offset_s: float | None
+    clock_flagged: bool
+    app_version: str | None
+    revoked: bool

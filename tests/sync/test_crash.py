@@ -125,3 +125,60 @@ def test_sigkill_mid_push_loses_nothing_acknowledged(tmp_path):
     finally:
         if server.proc and server.proc.poll() is None:
             server.proc.kill()
+
+
+@pytest.mark.slow
+def test_sigkill_mid_upload_leaves_no_half_photo_and_the_retry_succeeds(tmp_path):
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from app.photos.models import Blob
+
+    server = Server(tmp_path)
+    server.setup()
+    server.start()
+    try:
+        tok = httpx.post(server.base + "/api/v1/auth/token", data={"username": "worker-a1", "password": "firegrid-demo",
+                                                                   "device_id": "crash-phone"}).json()["access_token"]
+        h = {"Authorization": f"Bearer {tok}"}
+        buf = io.BytesIO()
+        Image.effect_noise((1200, 1200), 60).convert("RGB").save(buf, "JPEG", quality=95)
+        data = buf.getvalue()
+        sha = hashlib.sha256(data).hexdigest()
+        sent = threading.Event()
+
+        def slow_body():
+            for i in range(0, len(data), 16384):
+                if i > len(data) // 2:
+                    sent.set()
+                    time.sleep(0.2)  # a weak connection: the server is killed while the rest is on its way
+                yield data[i:i + 16384]
+
+        def upload():
+            try:
+                httpx.put(f"{server.base}/api/v1/blobs/{sha}", content=slow_body(), headers=h, timeout=30)
+            except httpx.HTTPError:
+                pass
+
+        t = threading.Thread(target=upload)
+        t.start()
+        assert sent.wait(20)
+        server.kill()
+        t.join(30)
+        blob_dir = Path(server.env["FIREGRID_STORAGE_DIR"])
+        assert not (blob_dir / sha[:2] / sha[2:4] / sha).exists(), "half a photo is visible under its name"
+        engine = make_engine(server.env["FIREGRID_DATABASE_URL"])
+        with Session(engine) as s:
+            assert s.get(Blob, sha) is None
+        server.start()
+        missing = httpx.post(server.base + "/api/v1/blobs/missing", json={"sha256": [sha]}, headers=h).json()
+        assert missing == {"missing": [sha]}
+        r = httpx.put(f"{server.base}/api/v1/blobs/{sha}", content=data, headers=h, timeout=30)
+        assert r.status_code == 201
+        assert (blob_dir / sha[:2] / sha[2:4] / sha).read_bytes() == data
+        engine.dispose()
+    finally:
+        if server.proc and server.proc.poll() is None:
+            server.proc.kill()

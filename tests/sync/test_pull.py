@@ -25,14 +25,6 @@ NOW = datetime.now(timezone.utc)
 
 @pytest.fixture
 def c(client):
-    """The app with the pull route (until app/main.py includes it)."""
-    app = client.app
-    if not any(getattr(r, "path", None) == "/api/v1/sync/pull" for r in app.routes):
-        before = len(app.router.routes)
-        app.include_router(pull_router.router)
-        added = app.router.routes[before:]
-        del app.router.routes[before:]
-        app.router.routes[0:0] = added  # ahead of the PWA mounted at "/"
     return client
 
 
@@ -182,6 +174,23 @@ def test_a_place_moved_to_another_grid_is_a_tombstone_there_and_an_upsert_here(c
 
     rows = session.exec(select(Change).where(Change.entity_id == place.id).order_by(Change.seq)).all()
     assert [(r.grid_id, r.deleted) for r in rows[-2:]] == [(units["grid-a-1-1"].id, True), (units["grid-a-2-1"].id, False)]
+
+
+def test_a_moved_place_takes_its_hazards_along(c, session, units):
+    a1, a2, office = login(c, "worker-a1"), login(c, "worker-a2"), login(c, "office-a", device="desk")
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    hid = report(c, a1, place.id, category="window_bars")
+    _, a1_cursor, _ = pull_all(c, a1)
+    _, a2_cursor, _ = pull_all(c, a2)
+    assert c.patch(f"/api/v1/places/{place.id}", json={"grid_id": units["grid-a-2-1"].id}, headers=office).status_code == 200
+    changes, _, _ = pull_all(c, a1, a1_cursor)
+    assert sorted((ch["type"], ch["deleted"]) for ch in changes if ch["id"] in (place.id, hid)) == [
+        ("hazard", True), ("place", True)]
+    changes, _, _ = pull_all(c, a2, a2_cursor)
+    assert {ch["id"] for ch in changes if not ch["deleted"]} >= {place.id, hid}
+    # the new grid's worker may now re-inspect it; the old one may not
+    assert c.get(f"/api/v1/hazards/{hid}", headers=a2).status_code == 200
+    assert c.get(f"/api/v1/hazards/{hid}", headers=a1).status_code == 404
 
 
 def test_a_move_within_the_devices_own_scope_is_not_echoed_and_the_old_grid_gets_a_tombstone(c, session, units):
