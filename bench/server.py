@@ -22,13 +22,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_server(database_url: str | None = None, workers: int = 2, extra_env: dict | None = None):
-    """Yields (base_url, server Popen). Migrates and seeds the demo first."""
+def running_server(database_url: str | None = None, workers: int = 2, extra_env: dict | None = None,
+                   seed: bool = True):
+    """Yields (base_url, server Popen, env). Migrates (and seeds the demo, unless seed=False) first."""
     tmp = Path(tempfile.mkdtemp(prefix="fg-bench-"))
     env = {**os.environ, "FIREGRID_DATABASE_URL": database_url or f"sqlite:///{tmp / 'bench.db'}",
            "FIREGRID_STORAGE_DIR": str(tmp / "blobs"), "FIREGRID_SWEEP_INTERVAL_SECONDS": "0",
            "FIREGRID_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000", **(extra_env or {})}
-    for cmd in (["migrate"], ["seed-demo"]):
+    for cmd in (["migrate"], ["seed-demo"]) if seed else (["migrate"],):
         subprocess.run([FIREGRID, *cmd], env=env, cwd=tmp, check=True, capture_output=True)
     port = free_port()
     proc = subprocess.Popen([FIREGRID, "serve", "--port", str(port), "--workers", str(workers)], env=env, cwd=tmp,

@@ -25,6 +25,7 @@ def push(body: PushRequest, request: Request, p: CurrentPrincipal, session: Sess
     ctx = service.PushContext(session=session, rules=rules, scope=p.scope, user=p.user, device=p.device, now=now)
     plan = service.plan_push(ctx, body.ops)
     offset = health.clock_offset(body.sent_at, now)
+    session.commit()  # end the read transaction (nothing to commit) before the write one begins
     with request.app.state.db.session(write=True) as writer:
         writer.info["origin_device_id"] = p.device.id  # the change feed does not echo a phone's own writes
         results = service.apply_push(ctx, body.ops, plan, writer)
