@@ -22,6 +22,8 @@ from app.errors import install_error_handlers
 from app.hazards.router import router as hazards_router
 from app.org.router import router as org_router
 from app.places.router import router as places_router
+from app.referrals.calendar import years_without_schedule
+from app.referrals.models import WorkdayOverride
 from app.referrals.policy import DEFAULT_POLICY_PATH, load_policy
 from app.referrals.router import router as referrals_router
 from app.referrals.sweeper import periodic_sweep
@@ -45,7 +47,11 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
     async def lifespan(app: FastAPI):
         with db.session() as session:
             demo = session.exec(select(User.id).where(User.is_demo)).first() is not None
+            missing = years_without_schedule(session.exec(select(WorkdayOverride.day)).all(), clock().date())
         check_production_safety(settings, demo_accounts_present=demo)
+        if missing:
+            log.warning("no holiday schedule for %s: deadlines there count Monday-Friday only; add the year's "
+                        "holidays and adjusted workdays with PUT /api/v1/calendar/overrides", missing)
         task = None
         if settings.sweep_interval_seconds > 0:
             task = asyncio.create_task(periodic_sweep(db, policy, lambda: app.state.clock(), settings.sweep_interval_seconds))

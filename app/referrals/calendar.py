@@ -29,7 +29,7 @@ Friday. ``local_date`` (for display) is the plain calendar date.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
@@ -142,3 +142,16 @@ class WorkCalendar:
             if self.is_workday(day):
                 count += 1
         return count
+
+
+def package_last_year() -> int:
+    """The last year the chinese-calendar package has the State Council's holiday schedule for."""
+    return max(chinese_calendar.holidays).year
+
+
+def years_without_schedule(override_days: Iterable[date], today: date) -> list[int]:
+    """This year and next, where neither the package nor the override table has the schedule: deadlines
+    there fall back to Monday–Friday and will be wrong around the holidays (春节, 国庆)."""
+    covered = {d.year for d in override_days}
+    last = package_last_year()
+    return [y for y in (today.year, today.year + 1) if y > last and y not in covered]

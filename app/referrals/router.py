@@ -9,6 +9,7 @@ from sqlmodel import select
 from app.auth.deps import CurrentPrincipal
 from app.auth.models import Role
 from app.db import SessionDep
+from app.referrals.calendar import LOCAL_TZ, package_last_year, years_without_schedule
 from app.referrals.models import WorkdayOverride
 
 router = APIRouter(prefix="/api/v1", tags=["referrals"])
@@ -34,6 +35,16 @@ class OverrideIn(BaseModel):
     day: date
     is_workday: bool
     note: str = Field(default="", max_length=200)
+
+
+@router.get("/calendar/status")
+def calendar_status(request: Request, p: CurrentPrincipal, session: SessionDep):
+    """Which years have a holiday schedule. A year listed in `missing_years` counts Monday–Friday only
+    until an admin adds its holidays and adjusted workdays (调休) with PUT /calendar/overrides."""
+    days = session.exec(select(WorkdayOverride.day)).all()
+    today = request.app.state.clock().astimezone(LOCAL_TZ).date()
+    return {"package_last_year": package_last_year(), "override_years": sorted({d.year for d in days}),
+            "missing_years": years_without_schedule(days, today)}
 
 
 @router.get("/calendar/overrides", response_model=list[OverrideIn])

@@ -275,6 +275,9 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
     target = resolve_target(session, h, action, params.to_unit_id)
     if target is not None:
         params = replace(params, to_unit_id=target)
+    if action is Action.ORDER_RECTIFICATION and params.deadline is None:
+        # 限期整改 with no date given: the policy's default period for this category of hazard
+        params = replace(params, deadline=rules.calendar.add_workdays(now, rules.policy.rectify_days(h.category)))
     before = state_of(h)
     try:
         after, effects = lifecycle.apply(before, action, params, now, rules.calendar, rules.policy)

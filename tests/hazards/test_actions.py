@@ -49,12 +49,21 @@ def test_only_the_holder_acts(clocked_client, hazard):
 def test_missing_parameter_is_422_naming_it(clocked_client, hazard):
     c = clocked_client
     action(c, hazard, "office-a", action="accept")
-    r = action(c, hazard, "office-a", action="order_rectification")
-    assert r.status_code == 422 and r.json()["error"]["field"] == "deadline"
+    r = action(c, hazard, "office-a", action="transfer", reason="x")
+    assert r.status_code == 422 and r.json()["error"]["field"] == "to_unit_id"
     r = action(c, hazard, "office-a", action="order_rectification", deadline="2026-03-01T10:00:00+08:00")
     assert r.status_code == 422 and "future" in r.json()["error"]["message"]
     r = action(c, hazard, "office-a", action="order_rectification", deadline="2026-03-10T10:00:00")
     assert r.status_code == 422  # a deadline without a time zone is ambiguous
+
+
+def test_rectification_deadline_defaults_to_the_policy_period(clocked_client, hazard):
+    c = clocked_client
+    action(c, hazard, "office-a", action="accept")
+    r = action(c, hazard, "office-a", action="order_rectification")  # no date: ebike_indoor gets 3 working days
+    assert r.status_code == 200
+    # Monday 2026-03-02 + 3 working days = end of Thursday 03-05 (China time)
+    assert r.json()["clocks"]["rectify"]["due"] == "2026-03-05T16:00:00Z"
 
 
 def test_close_needs_evidence_or_override(clocked_client, hazard):

@@ -72,3 +72,17 @@ def test_quarterly_major_hazard_list(clocked_client, clock, session, units):
     assert c.get("/api/v1/reports/major-hazards", params={"year": 2026, "quarter": 2},
                  headers=login(c, "office-b")).json() == []
     assert c.get("/api/v1/reports/major-hazards", params={"year": 2026, "quarter": 5}, headers=brigade).status_code == 422
+
+
+def test_calendar_status_names_years_without_a_schedule(clocked_client, clock):
+    from app.referrals.calendar import package_last_year
+
+    c = clocked_client
+    last = package_last_year()
+    clock.now = datetime(last, 12, 1, 9, 0, tzinfo=CN)
+    admin = login(c, "admin")
+    status = c.get("/api/v1/calendar/status", headers=admin).json()
+    assert status["package_last_year"] == last and status["missing_years"] == [last + 1]
+    c.put("/api/v1/calendar/overrides", json=[{"day": f"{last + 1}-01-01", "is_workday": False, "note": "元旦"}],
+          headers=admin)
+    assert c.get("/api/v1/calendar/status", headers=admin).json()["missing_years"] == []
