@@ -44,3 +44,39 @@ def test_sqlite_runs_with_wal_foreign_keys_and_busy_timeout(tmp_path):
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
     engine.dispose()
+
+
+def test_sqlite_writers_queue_on_the_write_lock(tmp_path):
+    """Two Database objects (as two worker processes would) never hold a write transaction at once;
+    the second starts as soon as the first ends."""
+    import threading
+    import time
+
+    from app.db import Database
+
+    url = f"sqlite:///{tmp_path / 'lock.db'}"
+    first, second = Database(make_engine(url)), Database(make_engine(url))
+    order: list[str] = []
+    s1 = first.session(write=True)
+    order.append("first begins")
+
+    def other():
+        s2 = second.session(write=True)
+        order.append("second begins")
+        s2.commit()
+        s2.close()
+
+    t = threading.Thread(target=other)
+    t.start()
+    time.sleep(0.3)  # room for the second writer to (wrongly) get in
+    order.append("first commits")
+    s1.commit()
+    s1.close()
+    t.join(10)
+    assert order == ["first begins", "first commits", "second begins"]
+    # and the lock is free again once both are done
+    s3 = first.session(write=True)
+    s3.commit()
+    s3.close()
+    first.engine.dispose()
+    second.engine.dispose()
