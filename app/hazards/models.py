@@ -10,12 +10,23 @@ from app.db import UTCDateTime, utcnow
 # Queue order key for hazards with no running clock: after every real deadline.
 NO_DEADLINE = datetime(9999, 12, 31, tzinfo=timezone.utc)
 
+# Open hazards are what queues list; closed ones only pile up over the years. Partial indexes keep a
+# queue page from reading a unit's whole history (measured in bench/queue_bench.py).
+OPEN_WHERE = sa.text("status IN ('referred', 'accepted', 'rectifying', 'reinspection_due')")
+
+
+def _open_index(name: str, *cols: str) -> sa.Index:
+    return sa.Index(name, *cols, sqlite_where=OPEN_WHERE, postgresql_where=OPEN_WHERE)
+
 
 class Hazard(SQLModel, table=True):
     __tablename__ = "hazards"
     __table_args__ = (
-        # the queue: a unit's hazards by urgency, keyset-paged on (next_due, id)
+        # the queue: a unit's hazards by urgency, keyset-paged on (next_due, id); closed ones for history
         sa.Index("ix_hazards_queue", "holder_unit_id", "next_due", "id"),
+        _open_index("ix_hazards_queue_open", "holder_unit_id", "next_due", "id"),
+        _open_index("ix_hazards_queue_open_severity", "holder_unit_id", "severity", "next_due", "id"),
+        _open_index("ix_hazards_queue_open_class", "holder_unit_id", "place_class", "next_due", "id"),
         # the sweep: what must escalate by now
         sa.Index("ix_hazards_escalate_at", "escalate_at"),
         sa.Index("ix_hazards_town_created", "town_id", "created_at"),
@@ -83,9 +94,10 @@ class HazardCC(SQLModel, table=True):
     """A unit copied on a hazard (抄送): sees it, is not its holder."""
 
     __tablename__ = "hazard_cc"
+    __table_args__ = (sa.Index("ix_hazard_cc_unit_hazard", "unit_id", "hazard_id"),)  # a unit's copies, covering
 
     hazard_id: str = Field(foreign_key="hazards.id", primary_key=True, max_length=36)
-    unit_id: str = Field(foreign_key="org_units.id", primary_key=True, max_length=36, index=True)
+    unit_id: str = Field(foreign_key="org_units.id", primary_key=True, max_length=36)
     reason: str = Field(default="", max_length=64)
     added_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 

@@ -88,7 +88,9 @@ def queue(
         stmt = stmt.where(Hazard.grid_id.in_(scope.grid_ids))
     elif scope.role != Role.admin:
         stmt = stmt.where(Hazard.holder_unit_id == scope.unit_id)
-    stmt = stmt.where(Hazard.status.in_(statuses or [s.value for s in OPEN_STATUSES]))
+    # inlined, not bound: the planners can then use the partial indexes on open hazards
+    stmt = stmt.where(Hazard.status.in_(sa.bindparam("statuses", statuses or [s.value for s in OPEN_STATUSES],
+                                                     expanding=True, literal_execute=True)))
     if severity:
         stmt = stmt.where(Hazard.severity == severity)
     if overdue is True:
@@ -105,7 +107,8 @@ def queue(
         stmt = stmt.where(Hazard.listed_supervision.is_(listed))
     if cursor:
         due, hid = _decode(cursor)
-        stmt = stmt.where(sa.or_(Hazard.next_due > due, sa.and_(Hazard.next_due == due, Hazard.id > hid)))
+        # a row value, which both planners turn into an index range (an OR of the two parts is not)
+        stmt = stmt.where(sa.tuple_(Hazard.next_due, Hazard.id) > (due, hid))
     limit = max(1, min(limit, MAX_PAGE))
     rows = session.exec(stmt.order_by(Hazard.next_due, Hazard.id).limit(limit + 1)).all()
     more = len(rows) > limit

@@ -93,3 +93,10 @@ def test_figures_by_tier(clocked_client, clock, many):
     assert [r["key"] for r in f["rows"]] == ["town_office"]
     other = c.get("/api/v1/figures", headers=login(c, "office-b")).json()
     assert other["total"]["found"] == 0
+
+
+def test_partial_index_predicate_names_exactly_the_open_statuses():
+    from app.hazards.models import OPEN_WHERE
+    from app.referrals.service import OPEN_STATUSES
+
+    assert str(OPEN_WHERE) == "status IN ({})".format(", ".join(f"'{s.value}'" for s in OPEN_STATUSES))
