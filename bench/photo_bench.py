@@ -1,6 +1,6 @@
 """Photo ingest benchmark against a real server (uvicorn, 2 workers) on a throw-away SQLite database.
 
-    .venv/bin/python bench/photo_bench.py [--photos 200] [--clients 4] [--workers 2]
+    .venv/bin/python -m bench.photo_bench [--photos 200] [--clients 4] [--workers 2]
 
 What it does, all in one run on one machine:
 
@@ -30,7 +30,6 @@ import io
 import os
 import queue
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,6 +41,8 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw, ImageFilter
 
+from bench.server import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -49,12 +50,6 @@ PASSWORD = "firegrid-demo"
 
 
 # -- processes ------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def children(pid: int) -> list[int]:

@@ -53,32 +53,6 @@ def running_server(database_url: str | None = None, workers: int = 2, extra_env:
             proc.kill()
 
 
-def worker_pids(server: subprocess.Popen) -> list[int]:
-    """The uvicorn master and its worker processes."""
-    pids = [server.pid]
-    for child in Path(f"/proc/{server.pid}/task").glob("*/children"):
-        pids += [int(p) for p in child.read_text().split()]
-    return pids
-
-
-def rss_kb(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except OSError:
-        return 0.0
-
-
 def token(base: str, username: str, device: str) -> dict:
     r = httpx.post(base + "/api/v1/auth/token", data={"username": username, "password": "firegrid-demo",
                                                        "device_id": device}, timeout=30)

@@ -1,7 +1,6 @@
 """Device health: which phones have not synced, how far their clocks are off, and how many photos
 they still hold back. Data stuck on a phone is the commonest way field records are lost."""
 
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
@@ -12,6 +11,7 @@ from app.auth.scope import Scope
 from app.hazards.models import Hazard, Reinspection
 from app.org.models import OrgUnit
 from app.photos.models import Blob, PhotoRef
+from app.sync.schemas import DeviceHealthPublic
 
 # A phone clock further off than this is flagged: its times stay on the record as data, nothing
 # is ordered or timed by them.
@@ -52,27 +52,7 @@ def _pending_media_by_device(session: Session, device_ids: list[str]) -> dict[st
     return counts
 
 
-@dataclass
-class DeviceHealth:
-    device_id: str
-    name: str
-    user_id: str
-    username: str
-    display_name: str
-    org_unit_id: str
-    last_push_at: datetime | None
-    last_pull_at: datetime | None
-    last_sync_at: datetime | None
-    days_since_sync: float | None
-    stale: bool
-    pending_media: int
-    clock_offset_s: float | None
-    clock_flagged: bool
-    app_version: str | None
-    revoked: bool
-
-
-def device_health(session: Session, scope: Scope, now: datetime, stale_days: float) -> list[DeviceHealth]:
+def device_health(session: Session, scope: Scope, now: datetime, stale_days: float) -> list[DeviceHealthPublic]:
     rows = session.execute(
         select(Device, User).join(User, User.id == Device.user_id).join(OrgUnit, OrgUnit.id == User.org_unit_id)
         .where(scope.unit_clause(), User.is_active.is_(True))
@@ -83,7 +63,7 @@ def device_health(session: Session, scope: Scope, now: datetime, stale_days: flo
         syncs = [t for t in (d.last_push_at, d.last_pull_at) if t is not None]
         last = max(syncs) if syncs else None
         days = round((now - last).total_seconds() / 86400, 1) if last else None
-        out.append(DeviceHealth(
+        out.append(DeviceHealthPublic(
             device_id=d.id, name=d.name, user_id=u.id, username=u.username, display_name=u.display_name,
             org_unit_id=u.org_unit_id, last_push_at=d.last_push_at, last_pull_at=d.last_pull_at, last_sync_at=last,
             days_since_sync=days, stale=d.revoked_at is None and (last is None or now - last > timedelta(days=stale_days)),

@@ -47,4 +47,4 @@ def device_health(p: CurrentPrincipal, session: SessionDep, now: NowDep,
     """The phones of the caller's area: which have not synced for `stale_days`, which still hold
     photos back, whose clocks are off. Most worrying first."""
     p.require_role(Role.town_office, Role.police_station, Role.brigade, Role.admin)
-    return [DeviceHealthPublic(**vars(h)) for h in health.device_health(session, p.scope, now, stale_days)]
+    return health.device_health(session, p.scope, now, stale_days)

@@ -54,6 +54,11 @@ class Server:
                 time.sleep(0.05)
         raise RuntimeError("server did not start")
 
+    def login(self) -> dict:
+        r = httpx.post(self.base + "/api/v1/auth/token",
+                       data={"username": "worker-a1", "password": "firegrid-demo", "device_id": "crash-phone"})
+        return {"Authorization": f"Bearer {r.json()['access_token']}"}
+
     def kill(self):
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
@@ -73,9 +78,7 @@ def test_sigkill_mid_push_loses_nothing_acknowledged(tmp_path):
     server.setup()
     server.start()
     try:
-        tok = httpx.post(server.base + "/api/v1/auth/token", data={"username": "worker-a1", "password": "firegrid-demo",
-                                                                   "device_id": "crash-phone"}).json()["access_token"]
-        h = {"Authorization": f"Bearer {tok}"}
+        h = server.login()
         places = [p["id"] for p in httpx.get(server.base + "/api/v1/places", headers=h).json()["items"]]
         batches = [_batch(places, 50) for _ in range(60)]
         acknowledged: set[str] = set()
@@ -140,9 +143,7 @@ def test_sigkill_mid_upload_leaves_no_half_photo_and_the_retry_succeeds(tmp_path
     server.setup()
     server.start()
     try:
-        tok = httpx.post(server.base + "/api/v1/auth/token", data={"username": "worker-a1", "password": "firegrid-demo",
-                                                                   "device_id": "crash-phone"}).json()["access_token"]
-        h = {"Authorization": f"Bearer {tok}"}
+        h = server.login()
         buf = io.BytesIO()
         Image.effect_noise((1200, 1200), 60).convert("RGB").save(buf, "JPEG", quality=95)
         data = buf.getvalue()
