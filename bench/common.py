@@ -28,15 +28,23 @@ def summarise_ms(samples: Sequence[float]) -> tuple[float, float]:
     return statistics.median(samples) * 1000, percentile(samples, 95) * 1000
 
 
-def time_calls(fn: Callable[[int], object], repeat: int, warmup: int) -> list[float]:
-    """Call fn(i) warmup times untimed, then repeat times timed with perf_counter; seconds per call."""
+def time_calls(fn: Callable[[int], object], repeat: int, warmup: int, budget: float | None = None,
+               min_calls: int = 50) -> list[float]:
+    """Call fn(i) warmup times untimed, then repeat times timed with perf_counter; seconds per call.
+
+    With a budget (seconds), stop early once the timed calls have used it up and at least min_calls ran:
+    a query that takes half a second does not need 200 samples to show it."""
     for i in range(warmup):
         fn(i)
-    out = []
+    out: list[float] = []
+    spent = 0.0
     for i in range(repeat):
         t0 = time.perf_counter()
         fn(i)
         out.append(time.perf_counter() - t0)
+        spent += out[-1]
+        if budget is not None and spent > budget and len(out) >= min_calls:
+            break
     return out
 
 
