@@ -94,12 +94,20 @@ class HazardCC(SQLModel, table=True):
     """A unit copied on a hazard (抄送): sees it, is not its holder."""
 
     __tablename__ = "hazard_cc"
-    __table_args__ = (sa.Index("ix_hazard_cc_unit_hazard", "unit_id", "hazard_id"),)  # a unit's copies, covering
+    __table_args__ = (
+        sa.Index("ix_hazard_cc_unit_hazard", "unit_id", "hazard_id"),  # a unit's copies, covering
+        # the cc queue pages like the holder's: by the hazard's urgency, open ones only
+        sa.Index("ix_hazard_cc_open_queue", "unit_id", "next_due", "hazard_id",
+                 sqlite_where=sa.text("is_open"), postgresql_where=sa.text("is_open")),
+    )
 
     hazard_id: str = Field(foreign_key="hazards.id", primary_key=True, max_length=36)
     unit_id: str = Field(foreign_key="org_units.id", primary_key=True, max_length=36)
     reason: str = Field(default="", max_length=64)
     added_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # copied from the hazard on every save (referrals.service.sync_cc), so the cc queue needs no sort
+    next_due: datetime = Field(default=NO_DEADLINE, sa_type=UTCDateTime)
+    is_open: bool = True
 
 
 class Referral(SQLModel, table=True):

@@ -82,8 +82,13 @@ def queue(
     costs what page 1 does.
     """
     stmt = select(Hazard, Place).join(Place, Place.id == Hazard.place_id)
+    due_col, id_col = Hazard.next_due, Hazard.id
     if cc:
-        stmt = stmt.where(Hazard.id.in_(select(HazardCC.hazard_id).where(HazardCC.unit_id == scope.unit_id)))
+        # the copies carry the hazard's next_due: page on them (ix_hazard_cc_open_queue)
+        stmt = stmt.join(HazardCC, (HazardCC.hazard_id == Hazard.id) & (HazardCC.unit_id == scope.unit_id))
+        due_col, id_col = HazardCC.next_due, HazardCC.hazard_id
+        if not statuses:
+            stmt = stmt.where(HazardCC.is_open.is_(True))
     elif scope.grid_ids is not None:
         stmt = stmt.where(Hazard.grid_id.in_(scope.grid_ids))
     elif scope.role != Role.admin:
@@ -94,9 +99,9 @@ def queue(
     if severity:
         stmt = stmt.where(Hazard.severity == severity)
     if overdue is True:
-        stmt = stmt.where(Hazard.next_due <= now)
+        stmt = stmt.where(due_col <= now)
     elif overdue is False:
-        stmt = stmt.where(Hazard.next_due > now)
+        stmt = stmt.where(due_col > now)
     if place_class:
         stmt = stmt.where(Hazard.place_class == place_class)
     if grid_id:
@@ -108,9 +113,9 @@ def queue(
     if cursor:
         due, hid = _decode(cursor)
         # a row value, which both planners turn into an index range (an OR of the two parts is not)
-        stmt = stmt.where(sa.tuple_(Hazard.next_due, Hazard.id) > (due, hid))
+        stmt = stmt.where(sa.tuple_(due_col, id_col) > (due, hid))
     limit = max(1, min(limit, MAX_PAGE))
-    rows = session.exec(stmt.order_by(Hazard.next_due, Hazard.id).limit(limit + 1)).all()
+    rows = session.exec(stmt.order_by(due_col, id_col).limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     nxt = _encode([rows[-1][0].next_due.isoformat(), rows[-1][0].id]) if more and rows else None

@@ -197,7 +197,8 @@ def plan_hazard(rules: Rules, report: HazardReport, place: Place, town: TownFact
                     via="route", reason=decision.reason_zh, rule=decision.rule, sent_at=now, ack_due=decision.ack_due,
                     acknowledged_at=None, order_due=None, rectify_due=None, reinspect_due=None, ended_at=None,
                     outcome=None)
-    cc = [dict(hazard_id=h.id, unit_id=u, reason="routing", added_at=now) for u in decision.cc]
+    cc = [dict(hazard_id=h.id, unit_id=u, reason="routing", added_at=now, next_due=h.next_due, is_open=True)
+          for u in decision.cc]
     return PlannedHazard(h, referral, cc, events)
 
 
@@ -303,7 +304,7 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
                                  to_unit_id=e.data["to_unit_id"], tier=e.data["to_tier"], via=e.data["via"],
                                  reason=e.data.get("reason") or "", sent_at=now, ack_due=after.ack_due))
             # whoever passed it on keeps seeing it (police "what is referred to it", the town its own hazards)
-            _add_cc(session, h.id, e.data["from_unit_id"], f"{e.data['via']}_from", now)
+            _add_cc(session, h, e.data["from_unit_id"], f"{e.data['via']}_from", now)
         elif e.kind is EffectKind.CLOSED:
             h.closed_at = now
             h.deadline_met = before.rectify_due is None or now <= before.rectify_due
@@ -328,13 +329,20 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
     h.version += 1
     session.add(h)
     session.flush()
+    sync_cc(session, h)
     insert_events(session, events)
     return effects
 
 
-def _add_cc(session: Session, hazard_id: str, unit_id: str | None, reason: str, now: datetime) -> None:
-    if unit_id and session.get(HazardCC, (hazard_id, unit_id)) is None:
-        session.add(HazardCC(hazard_id=hazard_id, unit_id=unit_id, reason=reason, added_at=now))
+def _add_cc(session: Session, h: Hazard, unit_id: str | None, reason: str, now: datetime) -> None:
+    if unit_id and session.get(HazardCC, (h.id, unit_id)) is None:
+        session.add(HazardCC(hazard_id=h.id, unit_id=unit_id, reason=reason, added_at=now))
+
+
+def sync_cc(session: Session, h: Hazard) -> None:
+    """The copies carry the hazard's urgency and openness, so a unit's cc queue is an index range."""
+    session.execute(sa.update(HazardCC).where(HazardCC.hazard_id == h.id)
+                    .values(next_due=h.next_due, is_open=h.status in OPEN_STATUSES))
 
 
 def _params_public(p: ActionParams) -> dict[str, Any]:

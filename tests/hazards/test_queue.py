@@ -100,3 +100,23 @@ def test_partial_index_predicate_names_exactly_the_open_statuses():
     from app.referrals.service import OPEN_STATUSES
 
     assert str(OPEN_WHERE) == "status IN ({})".format(", ".join(f"'{s.value}'" for s in OPEN_STATUSES))
+
+
+def test_cc_queue_follows_the_hazard(clocked_client, clock, session, units):
+    """Copies carry the hazard's urgency and openness: an escalation shows in the cc'd unit's list at
+    the new deadline, and a closed hazard leaves it (but stays findable with status=closed)."""
+    c = clocked_client
+    clock.now = at("2026-03-02T09:00")
+    worker = login(c, "worker-a1")
+    shop = place_of(session, units, "grid-a-1-1", "nine_small")
+    first = report(c, worker, shop.id, at("2026-03-02T08:00"), category="blocked_exit", severity="major")["hazard_id"]
+    clock.now = at("2026-03-03T09:00")
+    second = report(c, worker, shop.id, at("2026-03-03T08:00"), category="insufficient_exits", severity="major")["hazard_id"]
+    listed = items(c, "office-a", cc="true")["items"]  # the office never holds these: it follows them
+    assert [i["id"] for i in listed] == [first, second]
+    assert [i["deadline"] for i in listed] == ["2026-03-03T16:00:00Z", "2026-03-04T16:00:00Z"]
+    brigade = login(c, "brigade")
+    c.post(f"/api/v1/hazards/{first}/actions", json={"action": "accept"}, headers=brigade)
+    c.post(f"/api/v1/hazards/{first}/actions", json={"action": "close", "override_reason": "当场整改"}, headers=brigade)
+    assert [i["id"] for i in items(c, "office-a", cc="true")["items"]] == [second]
+    assert [i["id"] for i in items(c, "office-a", cc="true", status="closed")["items"]] == [first]
