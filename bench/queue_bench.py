@@ -72,7 +72,8 @@ REASONS = {
     "town-office-default": ("其他场所由镇街监管", "Other premises: town office"),
 }
 HAZARD_COLS = [c.name for c in Hazard.__table__.columns]
-CC_COLS = [c.name for c in HazardCC.__table__.columns]
+CC_COLS = ["hazard_id", "unit_id", "reason", "added_at", "next_due", "is_open"]
+OPEN_STATUS_VALUES = frozenset(s.value for s in OPEN_STATUSES)
 
 
 # -- the org tree and premises -------------------------------------------------------------------
@@ -242,10 +243,11 @@ def hazard_rows(world: World, n: int, rng: random.Random) -> Iterator[tuple[list
             deadline_met, seq, f"{bits(256):064x}", seq,
         ))
         # copies (抄送): the town office whenever another tier holds it; the police station on majors
+        is_open = status in OPEN_STATUS_VALUES  # the copies carry the hazard's urgency and openness
         if tier != "town_office":
-            cc.append((hid, town.office_id, "town_office", created))
+            cc.append((hid, town.office_id, "town_office", created, next_due, is_open))
         if major and tier != "police_station":
-            cc.append((hid, town.police_id, "police_station", created))
+            cc.append((hid, town.police_id, "police_station", created, next_due, is_open))
         if len(hz) >= CHUNK:
             yield hz, cc
             hz, cc = [], []

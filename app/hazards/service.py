@@ -21,7 +21,7 @@ from app.photos.service import pending_for_hazard
 from app.places.models import Place
 from app.referrals import lifecycle
 from app.referrals.lifecycle import Action, Status
-from app.referrals.service import OPEN_STATUSES, clocks_public, state_of
+from app.referrals.service import OPEN_STATUSES, clocks_public
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 MAX_PAGE = 200

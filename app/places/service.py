@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlmodel import Session, select
 
-from app.auth.scope import Scope, visible_place
+from app.auth.scope import Scope
 from app.db import utcnow
 from app.errors import Conflict, Invalid
 from app.org.models import OrgUnit, UnitKind

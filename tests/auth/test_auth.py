@@ -3,7 +3,7 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlmodel import select
 
-from app.auth.models import AuthToken, Device, User
+from app.auth.models import AuthToken, User
 from app.db import utcnow
 from tests.conftest import login
 

@@ -3,7 +3,7 @@
 from datetime import datetime, timedelta, timezone
 
 from tests.conftest import login
-from tests.helpers import hazard_data, op, place_of, push, uid
+from tests.helpers import hazard_data, op, place_of
 
 CN = timezone(timedelta(hours=8))
 

@@ -15,7 +15,7 @@ from app.auth.models import Device
 from app.hazards.models import Hazard
 from app.places.models import PLACE_CLASS_NAMES, Place
 from app.referrals.policy import load_policy
-from app.sync import feed, pull_router
+from app.sync import feed
 from app.sync.feed import Change, prune_changes
 from tests.conftest import login
 from tests.helpers import hazard_data, op, place_of, push, uid
