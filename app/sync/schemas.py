@@ -1,13 +1,28 @@
 """What the phone sends: a batch of ops, each with a client-made op_id and typed data."""
 
+import re
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 SHA256 = r"^[0-9a-f]{64}$"
 UUIDISH = r"^[0-9A-Za-z][0-9A-Za-z\-]{7,63}$"  # client UUIDs; tolerant of ULIDs and dashes
 MAX_OPS = 500
+
+
+def _check_shas(v: list[str]) -> list[str]:
+    out = []
+    for s in v:
+        s = s.lower()
+        if not re.fullmatch(SHA256, s):
+            raise ValueError(f"{s[:70]!r} is not a sha256 (64 hex characters)")
+        out.append(s)
+    return list(dict.fromkeys(out))
+
+
+# photo names: lower-cased sha256 hex, each once, in the order given
+Photos = Annotated[list[str], AfterValidator(_check_shas)]
 
 
 class _Data(BaseModel):
@@ -35,12 +50,7 @@ class HazardReportData(_Data):
     violation: bool = False
     description: str = Field(default="", max_length=2000)
     found_at: AwareDatetime
-    photos: list[str] = Field(default_factory=list, max_length=20)
-
-    @field_validator("photos")
-    @classmethod
-    def _sha(cls, v: list[str]) -> list[str]:
-        return _check_shas(v)
+    photos: Photos = Field(default_factory=list, max_length=20)
 
 
 class ChecklistItem(_Data):
@@ -66,24 +76,7 @@ class HazardReinspectData(_Data):
     rectified: bool
     note: str = Field(default="", max_length=2000)
     at: AwareDatetime
-    photos: list[str] = Field(default_factory=list, max_length=20)
-
-    @field_validator("photos")
-    @classmethod
-    def _sha(cls, v: list[str]) -> list[str]:
-        return _check_shas(v)
-
-
-def _check_shas(v: list[str]) -> list[str]:
-    import re
-
-    out = []
-    for s in v:
-        s = s.lower()
-        if not re.fullmatch(SHA256, s):
-            raise ValueError(f"{s[:70]!r} is not a sha256 (64 hex characters)")
-        out.append(s)
-    return list(dict.fromkeys(out))
+    photos: Photos = Field(default_factory=list, max_length=20)
 
 
 OP_TYPES: dict[str, type[_Data]] = {
