@@ -3,6 +3,7 @@ re-inspection with photo -> closed, the sweep driven by an explicit `now`, every
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from sqlmodel import select
 
 from app.audit.chain import ChainProblem
@@ -121,3 +122,51 @@ def test_report_to_closure_through_every_tier(clocked_client, clock, session, un
     session.flush()
     problems = [p for p in verify_all(session) if isinstance(p, ChainProblem)]
     assert [(p.hazard_id, p.seq) for p in problems] == [(h.id, 3)]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_server_sweeps_by_itself(backend, tmp_path):
+    """The in-process sweep (FIREGRID_SWEEP_INTERVAL_SECONDS) escalates without anyone running the CLI.
+    A real database: the sweep runs on its own connections, beside the requests."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from app import migrate
+    from app.config import Settings
+    from app.db import Database, make_engine
+    from app.demo import seed_demo
+    from app.main import create_app
+    from app.places.models import Place
+    from tests.conftest import FakeClock, fresh_database_url
+
+    url, cleanup = fresh_database_url(backend, tmp_path)
+    migrate.upgrade(url)
+    db = Database(make_engine(url))
+    try:
+        with db.session(write=True) as s:
+            seed_demo(s, with_hazards=False)
+            s.commit()
+            place_id = s.exec(select(Place.id).where(Place.place_class == "rental").order_by(Place.name)).first()
+        clock = FakeClock(at("2026-03-02T09:00"))
+        settings = Settings(database_url=url, storage_dir=tmp_path / "blobs", secret_key="t" * 40,
+                            sweep_interval_seconds=1)
+        with TestClient(create_app(settings, db, clock=clock)) as c:
+            office = login(c, "office-a")
+            worker = login(c, "worker-a1")
+            allowed = {p["id"] for p in c.get("/api/v1/places", params={"limit": 200}, headers=worker).json()["items"]}
+            place_id = place_id if place_id in allowed else sorted(allowed)[0]
+            hz = hazard_data(place_id, at("2026-03-02T08:00"))
+            [res] = push(c, worker, op("hazard.report", hz))
+            assert res["result"]["tier"] == "town_office"
+            clock.now = at("2026-03-04T09:00")  # the office's acknowledgement clock ran out yesterday
+            tier = None
+            for _ in range(100):  # bounded wait for the next sweep (every second)
+                tier = c.get(f"/api/v1/hazards/{hz['id']}", headers=office).json()["tier"]
+                if tier == "police_station":
+                    break
+                time.sleep(0.1)
+            assert tier == "police_station"
+    finally:
+        db.engine.dispose()
+        cleanup()
