@@ -329,6 +329,16 @@ def _fresh_referral(
     )
 
 
+def _hand_over(state: HazardState, params: ActionParams, action: Action, tier: str, now: datetime,
+               calendar: WorkCalendar, policy: Policy) -> HazardState:
+    """Escalate or transfer: the named unit becomes the holder, the current one its previous holder."""
+    to_unit = _text(params.to_unit_id, "to_unit_id", action)
+    if to_unit == state.holder_unit_id:
+        raise InvalidParameter("to_unit_id", "is already the holder")
+    return _fresh_referral(state, now=now, calendar=calendar, policy=policy, tier=tier, holder=to_unit,
+                           previous_holder=state.holder_unit_id, previous_tier=state.tier)
+
+
 def _clock_effects(old: HazardState, new: HazardState, action: Action, now: datetime) -> list[Effect]:
     before, after = clocks(old), clocks(new)
     out: list[Effect] = []
@@ -471,19 +481,8 @@ def apply(
                 )
             )
         else:
-            to_unit = _text(params.to_unit_id, "to_unit_id", action)
-            if to_unit == state.holder_unit_id:
-                raise InvalidParameter("to_unit_id", "is already the holder")
-            new = _fresh_referral(
-                state,
-                now=now,
-                calendar=calendar,
-                policy=policy,
-                tier=target,
-                holder=to_unit,
-                previous_holder=state.holder_unit_id,
-                previous_tier=state.tier,
-            )
+            new = _hand_over(state, params, action, target, now, calendar, policy)
+            to_unit = new.holder_unit_id
             effects.append(
                 Effect(
                     EffectKind.ESCALATED,
@@ -501,19 +500,8 @@ def apply(
 
     elif action is Action.TRANSFER:
         reason = _text(params.reason, "reason", action)
-        to_unit = _text(params.to_unit_id, "to_unit_id", action)
-        if to_unit == state.holder_unit_id:
-            raise InvalidParameter("to_unit_id", "is already the holder")
-        new = _fresh_referral(
-            state,
-            now=now,
-            calendar=calendar,
-            policy=policy,
-            tier=state.tier,  # same tier; the service checks the target unit's tier
-            holder=to_unit,
-            previous_holder=state.holder_unit_id,
-            previous_tier=state.tier,
-        )
+        # same tier; the service checks the target unit's tier
+        new = _hand_over(state, params, action, state.tier, now, calendar, policy)
         effects.append(_hop(state, new, "transfer", reason))
 
     elif action is Action.RETURN:
