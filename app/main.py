@@ -52,12 +52,15 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
         if missing:
             log.warning("no holiday schedule for %s: deadlines there count Monday-Friday only; add the year's "
                         "holidays and adjusted workdays with PUT /api/v1/calendar/overrides", missing)
+        checkpointer = db.start_checkpointer()
         task = None
         if settings.sweep_interval_seconds > 0:
             task = asyncio.create_task(periodic_sweep(db, policy, lambda: app.state.clock(), settings.sweep_interval_seconds))
         yield
         if task is not None:
             task.cancel()
+        if checkpointer is not None:
+            checkpointer.stop()
 
     app = FastAPI(title="Firegrid", version=__version__, lifespan=lifespan)
     app.state.settings = settings

@@ -5,11 +5,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from app.audit.chain import GENESIS, ChainProblem, event_hash, jsonable, verify_chain
 from app.audit.models import HazardEvent
+from app.db import insert_rows
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def event_row(hazard, kind: str, actor: Actor, now: datetime, data: dict[str, An
 
 def insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
     if rows:
-        session.execute(sa.insert(HazardEvent.__table__), rows)  # Core executemany: no per-row ORM work
+        insert_rows(session, HazardEvent.__table__, rows)
 
 
 def timeline(session: Session, hazard_id: str) -> list[HazardEvent]:

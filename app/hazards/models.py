@@ -31,6 +31,8 @@ class Hazard(SQLModel, table=True):
         sa.Index("ix_hazards_escalate_at", "escalate_at"),
         sa.Index("ix_hazards_town_created", "town_id", "created_at"),
         sa.Index("ix_hazards_place_category", "place_id", "category"),
+        # a new report's duplicate: the earliest open hazard of the same category at the premises
+        _open_index("ix_hazards_open_place", "place_id", "category", "created_at", "id"),
         sa.Index("ix_hazards_grid_id", "grid_id", "id"),  # a grid worker's hazards, paged by id (pull)
     )
 

@@ -9,6 +9,7 @@ advance one hazard or its audit chain.
 from dataclasses import dataclass, replace
 from types import SimpleNamespace
 from datetime import datetime, timezone
+from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
@@ -16,6 +17,7 @@ from pydantic_core import PydanticUndefined
 from sqlmodel import Session, select
 
 from app.audit.service import Actor, event_row, insert_events
+from app.db import insert_rows
 from app.errors import Conflict, Invalid, NotFound
 from app.hazards.models import NO_DEADLINE, Hazard, HazardCC, Referral, Reinspection
 from app.org.models import OrgUnit, UnitKind
@@ -209,21 +211,40 @@ def write_planned(session: Session, planned: list[PlannedHazard]) -> None:
     """Insert planned hazards with one multi-row statement per table (the sync batch's fast path)."""
     if not planned:
         return
-    session.execute(sa.insert(Hazard.__table__), [{c: getattr(p.hazard, c) for c in _HAZARD_COLUMNS} for p in planned])
+    insert_rows(session, Hazard.__table__, [{c: getattr(p.hazard, c) for c in _HAZARD_COLUMNS} for p in planned])
     # which photos each record uses: the blob may still be on the phone ("waiting for media")
     register_refs_bulk(session, [(p.hazard.id, "hazard", p.hazard.id, p.hazard.photos) for p in planned if p.hazard.photos])
-    session.execute(sa.insert(Referral.__table__), [p.referral for p in planned])
+    insert_rows(session, Referral.__table__, [p.referral for p in planned])
     cc = [row for p in planned for row in p.cc]
     if cc:
-        session.execute(sa.insert(HazardCC.__table__), cc)
+        insert_rows(session, HazardCC.__table__, cc)
     insert_events(session, [e for p in planned for e in p.events])
 
 
 def open_duplicate(session: Session, place_id: str, category: str) -> str | None:
-    return session.exec(
-        select(Hazard.id).where(Hazard.place_id == place_id, Hazard.category == category,
-                                Hazard.status.in_(OPEN_STATUSES)).order_by(Hazard.created_at).limit(1)
-    ).first()
+    return earliest_open(session, [place_id], [category]).get((place_id, category))
+
+
+_OPEN_LITERAL = sa.bindparam("open_statuses", [s.value for s in OPEN_STATUSES], expanding=True, literal_execute=True)
+_PAIRS_PER_STATEMENT = 200  # SQLite allows 500 terms in one compound SELECT
+
+
+def earliest_open(session: Session, place_ids: Iterable[str], categories: Iterable[str]) -> dict[tuple[str, str], str]:
+    """(place_id, category) -> the earliest open hazard there: what a new report of the same thing
+    duplicates. One index seek per pair (ix_hazards_open_place), however many open duplicates have
+    piled up at a premises; the statuses are inlined so SQLite can use that partial index."""
+    pairs = sorted({(p, c) for p in place_ids for c in categories})
+    found: dict[tuple[str, str], str] = {}
+    for i in range(0, len(pairs), _PAIRS_PER_STATEMENT):
+        parts = [
+            select(Hazard.place_id, Hazard.category, Hazard.id)
+            .where(Hazard.place_id == p, Hazard.category == c, Hazard.status.in_(_OPEN_LITERAL))
+            .order_by(Hazard.created_at, Hazard.id).limit(1).subquery()
+            for p, c in pairs[i:i + _PAIRS_PER_STATEMENT]
+        ]
+        stmt = sa.union_all(*(select(sub) for sub in parts)) if len(parts) > 1 else select(parts[0])
+        found.update({(r.place_id, r.category): r.id for r in session.execute(stmt)})
+    return found
 
 
 def report_hazard(session: Session, rules: Rules, report: HazardReport, place: Place, actor: Actor,

@@ -31,10 +31,12 @@ SQLite has a single writer (``BEGIN IMMEDIATE``, and any writing transaction hol
 until it commits), so the order is already the commit order there and no lock is taken. Its
 ``AUTOINCREMENT`` keeps seq values from being reused after pruning.
 
-Core INSERTs with row dicts (``session.execute(insert(Hazard.__table__), rows)``, the bulk push) are
-noted too, by an engine ``before_execute`` hook, and written by the session that commits on that
-connection. Core UPDATEs and DELETEs of these tables name no ids the hook could read: call
-:func:`mark_changed` for the ids they touched.
+Rows written by :func:`app.db.insert_rows` (the bulk push) are handed to the feed as written; unless
+something else touches them before commit, they are published without being read back, after a check
+that a rolled-back savepoint did not take them away. Core INSERTs with row dicts
+(``session.execute(insert(Hazard.__table__), rows)``) are noted by an engine ``before_execute`` hook
+and read back at commit. Core UPDATEs and DELETEs of these tables name no ids the hook could read:
+call :func:`mark_changed` for the ids they touched.
 
 The origin device of a change is ``session.info["origin_device_id"]`` at commit, set by the sync push
 on the session that writes its ops; failing that, the device of the sync ops (``SyncOp``) the
@@ -49,6 +51,7 @@ import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from types import SimpleNamespace
 from typing import Any
 
 import sqlalchemy as sa
@@ -57,7 +60,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
-from app.db import UTCDateTime, utcnow
+from app.db import ROWS_INSERTED, UTCDateTime, insert_rows, utcnow
 from app.hazards.models import NO_DEADLINE, Hazard
 from app.inspections.models import Inspection
 from app.places.models import Place, key_unit_level
@@ -191,6 +194,9 @@ Location = tuple[str | None, str | None]  # (grid_id, town_id)
 class _Touched:
     created: bool  # first seen as new in this transaction: if it is gone at commit, nobody ever saw it
     locations: set[Location] = field(default_factory=set)  # where it was before (tombstone if it is not there now)
+    # the row as insert_rows() wrote it, while nothing else has touched the record: the feed publishes
+    # it without reading it back. Any other change (ORM, mark_changed) clears it.
+    row: dict[str, Any] | None = None
 
 
 def _pending(session: Session) -> dict[tuple[str, str], _Touched]:
@@ -224,6 +230,7 @@ def _note(session: Session, obj: Any, *, new: bool, deleted: bool, lookups: bool
     touched = pending.get(key)
     if touched is None:
         touched = pending[key] = _Touched(created=new)
+    touched.row = None
     if new:
         return
     if deleted:
@@ -342,7 +349,27 @@ def mark_changed(session: Session, kind: str, ids: Iterable[str]) -> None:
         raise ValueError(f"unknown entity kind {kind!r}")
     pending = _pending(session)
     for entity_id in ids:
-        pending.setdefault((kind, entity_id), _Touched(created=False))
+        pending.setdefault((kind, entity_id), _Touched(created=False)).row = None
+
+
+def _rows_inserted(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """insert_rows() wrote these rows in this session's transaction."""
+    kind = _TABLE_KIND.get(table.name)
+    if kind is None:
+        if table.name == SyncOp.__tablename__:
+            session.info.setdefault(_OP_DEVICE_KEY, rows[0].get("device_id"))
+        return
+    pending = _pending(session)
+    for row in rows:
+        key = (kind, row["id"])
+        touched = pending.get(key)
+        if touched is None:
+            pending[key] = _Touched(created=True, row=row)
+        elif touched.row is not None:  # written again after a savepoint that held it rolled back
+            touched.row = row
+
+
+ROWS_INSERTED.append(_rows_inserted)
 
 
 @event.listens_for(Session, "after_commit")
@@ -394,12 +421,21 @@ def write_changes(session: Session, pending: dict[tuple[str, str], _Touched]) ->
     # transaction changed before ours are there. On PostgreSQL FOR UPDATE keeps them so until we
     # commit (rows this transaction wrote are locked already; this adds the rare row a rolled-back
     # savepoint had touched), so the data can be read before the feed lock, not under it.
+    #
+    # Rows that insert_rows() wrote and nothing changed since are published as written; only whether
+    # they still exist is checked (a savepoint that held them may have rolled back).
     postgres = session.get_bind().dialect.name == "postgresql"
     current: dict[tuple[str, str], Any] = {}
-    by_kind: dict[str, list[str]] = {}
-    for kind, entity_id in pending:
-        by_kind.setdefault(kind, []).append(entity_id)
-    for kind, ids in by_kind.items():
+    reread: dict[str, list[str]] = {}
+    written: dict[str, list[str]] = {}
+    for (kind, entity_id), touched in pending.items():
+        (written if touched.row is not None else reread).setdefault(kind, []).append(entity_id)
+    for kind, ids in written.items():
+        t = BY_KIND[kind].table
+        for i in range(0, len(ids), _IN_CHUNK):
+            for (entity_id,) in session.execute(sa.select(t.c.id).where(t.c.id.in_(ids[i:i + _IN_CHUNK]))):
+                current[(kind, entity_id)] = SimpleNamespace(**pending[(kind, entity_id)].row)
+    for kind, ids in reread.items():
         t = BY_KIND[kind].table
         for i in range(0, len(ids), _IN_CHUNK):
             stmt = sa.select(t).where(t.c.id.in_(ids[i:i + _IN_CHUNK]))
@@ -435,7 +471,7 @@ def write_changes(session: Session, pending: dict[tuple[str, str], _Touched]) ->
     # From here to COMMIT: one writer at a time (PostgreSQL). Only the INSERT and the COMMIT run under it.
     _serialize_commits(session)
     if rows:
-        session.execute(sa.insert(Change.__table__), rows)
+        insert_rows(session, Change.__table__, rows)
     return len(rows)
 
 

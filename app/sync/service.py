@@ -16,6 +16,7 @@ from sqlmodel import Session, select
 from app.audit.service import Actor
 from app.auth.models import Device, User
 from app.auth.scope import Scope
+from app.db import insert_rows
 from app.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from app.hazards.models import Hazard, Reinspection
 from app.hazards.service import may_act, visible_hazard
@@ -23,8 +24,8 @@ from app.inspections.models import Inspection
 from app.places.models import Place, PlaceCreate, PlaceUpdate
 from app.places import service as places
 from app.referrals.lifecycle import Action
-from app.referrals.service import (OPEN_STATUSES, HazardReport, PlannedHazard, ReinspectionReport, Rules, TownFacts,
-                                   plan_hazard, record_field_reinspection, report_hazard, town_facts, write_planned)
+from app.referrals.service import (HazardReport, PlannedHazard, ReinspectionReport, Rules, TownFacts,
+                                   earliest_open, plan_hazard, record_field_reinspection, report_hazard, town_facts, write_planned)
 from app.sync.models import SyncOp
 from app.sync.schemas import (MAX_OPS, OP_TYPES, HazardReinspectData, HazardReportData, InspectionSubmitData, Op,
                               OpError, OpResult, PlaceUpsertData)
@@ -151,14 +152,8 @@ class _RunState:
         self.taken_hazards = set(session.exec(select(Hazard.id).where(Hazard.id.in_(hazard_ids)))) if hazard_ids else set()
         insp_ids = [d.id for d in parsed if isinstance(d, InspectionSubmitData)]
         self.taken_inspections = set(session.exec(select(Inspection.id).where(Inspection.id.in_(insp_ids)))) if insp_ids else set()
-        self.open_by_place: dict[tuple[str, str], str] = {}
-        if self.places:
-            for pid, cat, hid in session.execute(
-                select(Hazard.place_id, Hazard.category, Hazard.id)
-                .where(Hazard.place_id.in_(list(self.places)), Hazard.status.in_(OPEN_STATUSES))
-                .order_by(Hazard.created_at.desc())
-            ).all():
-                self.open_by_place[(pid, cat)] = hid  # ends on the earliest: the original
+        categories = {h.category for d in parsed if d is not None for h in _hazards_of(d)}
+        self.open_by_place = earliest_open(session, self.places, categories)
         self.towns: dict[tuple[str, str], TownFacts] = {}
         self.session = session
 
@@ -230,10 +225,10 @@ def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
     savepoint = ctx.session.begin_nested()
     try:
         if plan.inspections:
-            ctx.session.execute(sa.insert(Inspection.__table__), plan.inspections)
+            insert_rows(ctx.session, Inspection.__table__, plan.inspections)
         write_planned(ctx.session, plan.planned)
         if plan.sync_rows:
-            ctx.session.execute(sa.insert(SyncOp.__table__), plan.sync_rows)
+            insert_rows(ctx.session, SyncOp.__table__, plan.sync_rows)
         savepoint.commit()
     except sa.exc.IntegrityError:
         savepoint.rollback()

@@ -12,7 +12,9 @@ import sqlalchemy as sa
 from sqlmodel import select
 
 from app.auth.models import Device
+from app.db import insert_rows
 from app.hazards.models import Hazard
+from app.inspections.models import Inspection
 from app.places.models import PLACE_CLASS_NAMES, Place
 from app.referrals.policy import load_policy
 from app.sync import feed
@@ -355,3 +357,51 @@ def test_feed_rows_follow_savepoints_and_rollbacks(session, units):
     session.rollback()
     session.commit()
     assert session.exec(select(sa.func.count()).select_from(Change).where(Change.seq > before)).one() == 1
+
+
+def test_a_bulk_push_publishes_its_rows_exactly_as_the_database_holds_them(c, session, units):
+    """The fast path publishes the rows it wrote without reading them back; what it publishes must be
+    what a read-back would give."""
+    worker = login(c, "worker-a1", device="bulk-phone")
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    before = session.exec(select(sa.func.max(Change.seq))).one() or 0
+    hz = [hazard_data(place.id, NOW - timedelta(hours=1), category=cat) for cat in ("ebike_indoor", "blocked_exit")]
+    insp = {"id": uid(), "place_id": place.id, "started_at": (NOW - timedelta(hours=2)).isoformat(),
+            "finished_at": (NOW - timedelta(hours=1)).isoformat(), "lat": 29.35, "lon": 105.92,
+            "checklist": [{"item": "ebike_indoor", "result": "fail", "note": "充电"}], "hazards": hz}
+    [res] = push(c, worker, op("inspection.submit", insp))
+    assert res["status"] == "applied", res
+    changes = session.exec(select(Change).where(Change.seq > before)).all()
+    published = {(ch.entity_type, ch.entity_id): ch for ch in changes}
+    assert set(published) == {("inspection", insp["id"])} | {("hazard", h["id"]) for h in hz}
+    for h in hz:
+        row = session.execute(sa.select(Hazard.__table__).where(Hazard.id == h["id"])).one()
+        ch = published[("hazard", h["id"])]
+        assert ch.data == feed.hazard_data(row) and (ch.grid_id, ch.town_id) == (row.grid_id, row.town_id)
+        assert ch.holder_unit_id == row.holder_unit_id and not ch.deleted
+    row = session.execute(sa.select(Inspection.__table__).where(Inspection.id == insp["id"])).one()
+    assert published[("inspection", insp["id"])].data == feed.inspection_data(row)
+
+
+def test_rows_written_in_bulk_follow_savepoints_and_later_changes(session, units):
+    """insert_rows() in a savepoint that rolls back publishes nothing; a row changed after it was
+    written is published as changed."""
+    grid = units["grid-a-1-1"]
+    place = place_of(session, units, "grid-a-1-1", "rental")
+
+    def inspection() -> dict:
+        return {"id": uid(), "place_id": place.id, "grid_id": grid.id, "town_id": grid.town_id, "user_id": None,
+                "device_id": None, "started_at": NOW, "finished_at": None, "lat": 29.0, "lon": 105.0,
+                "checklist": [], "created_at": NOW}
+
+    before = session.exec(select(sa.func.max(Change.seq))).one() or 0
+    dropped, changed, kept = inspection(), inspection(), inspection()
+    sp = session.begin_nested()
+    insert_rows(session, Inspection.__table__, [dropped])
+    sp.rollback()
+    insert_rows(session, Inspection.__table__, [changed, kept])
+    session.get(Inspection, changed["id"]).lat = 30.5
+    session.commit()
+    rows = {r.entity_id: r for r in session.exec(select(Change).where(Change.seq > before)).all()}
+    assert set(rows) == {changed["id"], kept["id"]}
+    assert rows[changed["id"]].data["lat"] == 30.5 and rows[kept["id"]].data["lat"] == 29.0

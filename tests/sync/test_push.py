@@ -7,7 +7,7 @@ from sqlmodel import select
 
 from app.hazards.models import Hazard
 from tests.conftest import login
-from tests.helpers import hazard_data, op, place_of, push, uid
+from tests.helpers import hazard_data, op, place_of, push, report, uid
 
 CN = timezone(timedelta(hours=8))
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=CN)
@@ -122,3 +122,22 @@ def test_reinspect_unknown_hazard(clocked_client, worker):
     [r] = push(clocked_client, worker, op("hazard.reinspect", {
         "id": uid(), "hazard_id": uid(), "rectified": True, "at": NOW.isoformat()}))
     assert r["status"] == "rejected" and r["error"]["code"] == "unknown_hazard"
+
+
+def test_a_report_duplicates_the_earliest_open_hazard_of_its_kind_there(clocked_client, clock, worker, place, session):
+    reports = []
+    for _ in range(3):
+        clock.now += timedelta(minutes=5)
+        reports.append(report(clocked_client, worker, place.id, NOW, category="blocked_exit"))
+    first, second, third = reports
+    other = report(clocked_client, worker, place.id, NOW, category="lpg_misuse")
+    assert second["duplicate_of_id"] == third["duplicate_of_id"] == first["hazard_id"]
+    assert other["duplicate_of_id"] is None
+    closed = session.get(Hazard, first["hazard_id"])
+    closed.status = "closed"
+    session.commit()
+    clock.now += timedelta(minutes=5)
+    # in one batch: both point at the earliest still open, not at each other nor at the closed one
+    a, b = push(clocked_client, worker, op("hazard.report", hazard_data(place.id, NOW, category="blocked_exit")),
+                op("hazard.report", hazard_data(place.id, NOW, category="blocked_exit")))
+    assert a["result"]["duplicate_of_id"] == b["result"]["duplicate_of_id"] == second["hazard_id"]

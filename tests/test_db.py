@@ -1,0 +1,111 @@
+"""app.db: insert_rows() stores exactly what SQLAlchemy would, and the WAL is checkpointed off the write path."""
+
+import sqlite3
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from sqlmodel import Session
+
+from app import migrate
+from app.config import Settings
+from app.db import Database, WalCheckpointer, insert_rows, make_engine
+from app.main import create_app
+from app.sync.feed import Change
+from tests.helpers import uid
+
+CN = timezone(timedelta(hours=8))
+
+
+def change_row(entity_id: str) -> dict:
+    return {"entity_type": "place", "entity_id": entity_id, "grid_id": None, "town_id": "t", "holder_unit_id": None,
+            "deleted": True, "origin_device_id": None,
+            "changed_at": datetime(2026, 3, 2, 9, 30, 1, 123, tzinfo=CN),  # not UTC, with microseconds
+            "data": {"reason": "楼道堆放杂物", "n": 1.5, "nested": [1, None, {"k": True}]}}
+
+
+def stored(session: Session, entity_id: str) -> tuple:
+    # the raw column values as the database holds them, no result processing
+    return session.connection().exec_driver_sql(
+        "SELECT entity_type, grid_id, town_id, deleted, changed_at, data FROM changes WHERE entity_id = "
+        + ("?" if session.get_bind().dialect.name == "sqlite" else "%s"), (entity_id,)).one()
+
+
+def test_insert_rows_stores_what_the_orm_stores(session):
+    by_orm, by_rows = uid(), uid()
+    session.add(Change(**change_row(by_orm)))
+    session.flush()
+    insert_rows(session, Change.__table__, [change_row(by_rows)])
+    assert stored(session, by_rows) == stored(session, by_orm)
+    got = session.get(Change, session.exec(sa.select(Change.seq).where(Change.entity_id == by_rows)).one()[0])
+    assert got.changed_at == datetime(2026, 3, 2, 1, 30, 1, 123, tzinfo=timezone.utc)
+    assert got.data == change_row(by_rows)["data"]
+
+
+def test_insert_rows_refuses_rows_that_differ_or_naive_times(session):
+    a, b = change_row(uid()), change_row(uid())
+    del b["grid_id"]
+    with pytest.raises(ValueError, match="same columns"):
+        insert_rows(session, Change.__table__, [a, b])
+    naive = change_row(uid()) | {"changed_at": datetime(2026, 3, 2, 9, 0)}
+    with pytest.raises(ValueError, match="naive"):
+        insert_rows(session, Change.__table__, [naive])
+
+
+def test_sqlite_connections_get_a_bigger_page_cache_and_a_backstop_checkpoint(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA cache_size").scalar() <= -16 * 1024  # negative: KiB
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() > 1000  # SQLite's default
+    engine.dispose()
+
+
+def write_some(url: str, n: int = 200) -> None:
+    db = Database(make_engine(url))
+    with db.session(write=True) as s:
+        insert_rows(s, Change.__table__, [change_row(uid()) for _ in range(n)])
+        s.commit()
+    db.engine.dispose()
+
+
+def test_the_checkpointer_copies_committed_frames_into_the_database(tmp_path):
+    path = tmp_path / "ck.db"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    keep = sqlite3.connect(path)  # while another connection has the WAL open, closing one does not checkpoint it
+    keep.execute("SELECT count(*) FROM sqlite_master").fetchone()  # now it has the WAL open
+    write_some(url)
+    size_before = path.stat().st_size
+    ck = WalCheckpointer(str(path))
+    with sqlite3.connect(path) as conn:
+        busy, frames, copied = ck.checkpoint(conn)
+    assert busy == 0 and frames > 0 and copied == frames
+    assert path.stat().st_size > size_before  # the rows are in the database file now, not only the WAL
+    keep.close()
+
+
+def test_a_served_sqlite_app_runs_the_checkpointer_and_stops_it(tmp_path):
+    path = tmp_path / "served.db"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    settings = Settings(database_url=url, storage_dir=tmp_path / "blobs", secret_key="t" * 40, env="dev",
+                        sweep_interval_seconds=0)
+    keep = sqlite3.connect(path)
+    keep.execute("SELECT count(*) FROM sqlite_master").fetchone()  # now it has the WAL open
+    write_some(url)
+    size_before = path.stat().st_size
+
+    def running() -> bool:
+        return any(t.name == "firegrid-wal-checkpoint" for t in threading.enumerate())
+
+    with TestClient(create_app(settings)):
+        assert running()
+        deadline = time.monotonic() + 20
+        while path.stat().st_size == size_before and time.monotonic() < deadline:
+            time.sleep(0.05)  # waiting for the background round, not timing it
+        assert path.stat().st_size > size_before
+    assert not running()
+    keep.close()
