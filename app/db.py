@@ -6,6 +6,7 @@ never call commit(), so a request or a sync batch succeeds or fails whole.
 
 import fcntl
 import logging
+import operator
 import os
 import sqlite3
 import threading
@@ -175,11 +176,17 @@ def insert_rows(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -
     if any(len(r) != len(keys) for r in rows):
         raise ValueError(f"insert_rows({table.name}): every row must name the same columns")
     conn = session.connection()
-    sql, order, procs = _insert_plan(table, keys, conn.dialect)
-    if order is None:  # named paramstyle (psycopg): processed dicts
-        params: list = [{k: (p(r[k]) if p else r[k]) for k, p in procs} for r in rows]
-    else:
-        params = [tuple([(p(r[k]) if p else r[k]) for k, p in zip(order, procs)]) for r in rows]
+    sql, get, convert = _insert_plan(table, keys, conn.dialect)
+    params: list = [get(r) for r in rows]
+    if convert:
+        for i, values in enumerate(params):
+            values = list(values)
+            for pos, proc in convert:
+                values[pos] = proc(values[pos])
+            params[i] = tuple(values)
+    if isinstance(sql, tuple):  # named paramstyle (psycopg): dicts
+        sql, names = sql
+        params = [dict(zip(names, values)) for values in params]
     conn.exec_driver_sql(sql, params)
     for hook in ROWS_INSERTED:
         hook(session, table, rows)
@@ -189,25 +196,31 @@ _INSERT_PLANS: dict[tuple, tuple] = {}
 
 
 def _insert_plan(table: sa.Table, keys: tuple[str, ...], dialect) -> tuple:
+    """(sql, row -> values in parameter order, [(position, converter)] for the values that need one)."""
     cache_key = (table, keys, dialect.name, dialect.paramstyle)
     plan = _INSERT_PLANS.get(cache_key)
     if plan is None:
         compiled = sa.insert(table).compile(dialect=dialect, column_keys=list(keys))
         if compiled.positional:
             order = [compiled.binds[name].key for name in compiled.positiontup]
-            plan = (compiled.string, order, [_bind_processor(table.c[k].type, dialect) for k in order])
+            sql: Any = compiled.string
         else:
-            names = {compiled.binds[name].key: name for name in compiled.binds}
-            if set(names) != set(keys) or any(names[k] != k for k in keys):
+            order = list(keys)
+            if any(compiled.binds.get(k) is None or compiled.binds[k].key != k for k in keys):
                 raise ValueError(f"insert_rows({table.name}): cannot bind {keys} by name")
-            plan = (compiled.string, None, [(k, _bind_processor(table.c[k].type, dialect)) for k in keys])
-        _INSERT_PLANS[cache_key] = plan
+            sql = (compiled.string, order)
+        procs = [_bind_processor(table.c[k].type, dialect) for k in order]
+        get = operator.itemgetter(*order) if len(order) > 1 else (lambda r, k=order[0]: (r[k],))
+        plan = _INSERT_PLANS[cache_key] = (sql, get, [(i, p) for i, p in enumerate(procs) if p is not None])
     return plan
 
 
 def _bind_processor(type_: sa.types.TypeEngine, dialect) -> Callable[[Any], Any] | None:
-    if isinstance(type_, UTCDateTime) and dialect.name == "sqlite":
-        return _sqlite_utc_text
+    if dialect.name == "sqlite":
+        if isinstance(type_, UTCDateTime):
+            return _sqlite_utc_text
+        if isinstance(type_, sa.Boolean):
+            return None  # sqlite3 binds True/False as 1/0, which is what the Boolean processor makes of them
     return type_.dialect_impl(dialect).bind_processor(dialect)
 
 

@@ -226,24 +226,24 @@ def open_duplicate(session: Session, place_id: str, category: str) -> str | None
 
 
 _OPEN_LITERAL = sa.bindparam("open_statuses", [s.value for s in OPEN_STATUSES], expanding=True, literal_execute=True)
-_PAIRS_PER_STATEMENT = 200  # SQLite allows 500 terms in one compound SELECT
+# the earliest open hazard of a category at a premises: one seek on ix_hazards_open_place
+_EARLIEST_OPEN = (
+    select(Hazard.id)
+    .where(Hazard.place_id == sa.bindparam("place_id"), Hazard.category == sa.bindparam("category"),
+           Hazard.status.in_(_OPEN_LITERAL))
+    .order_by(Hazard.created_at, Hazard.id).limit(1)
+)
 
 
 def earliest_open(session: Session, place_ids: Iterable[str], categories: Iterable[str]) -> dict[tuple[str, str], str]:
     """(place_id, category) -> the earliest open hazard there: what a new report of the same thing
-    duplicates. One index seek per pair (ix_hazards_open_place), however many open duplicates have
-    piled up at a premises; the statuses are inlined so SQLite can use that partial index."""
-    pairs = sorted({(p, c) for p in place_ids for c in categories})
+    duplicates. One index seek per pair, however many open duplicates have piled up at a premises;
+    the statuses are inlined so SQLite can use the partial index."""
     found: dict[tuple[str, str], str] = {}
-    for i in range(0, len(pairs), _PAIRS_PER_STATEMENT):
-        parts = [
-            select(Hazard.place_id, Hazard.category, Hazard.id)
-            .where(Hazard.place_id == p, Hazard.category == c, Hazard.status.in_(_OPEN_LITERAL))
-            .order_by(Hazard.created_at, Hazard.id).limit(1).subquery()
-            for p, c in pairs[i:i + _PAIRS_PER_STATEMENT]
-        ]
-        stmt = sa.union_all(*(select(sub) for sub in parts)) if len(parts) > 1 else select(parts[0])
-        found.update({(r.place_id, r.category): r.id for r in session.execute(stmt)})
+    for place_id, category in sorted({(p, c) for p in place_ids for c in categories}):
+        hazard_id = session.execute(_EARLIEST_OPEN, {"place_id": place_id, "category": category}).scalar()
+        if hazard_id is not None:
+            found[(place_id, category)] = hazard_id
     return found
 
 

@@ -48,9 +48,8 @@ class PushContext:
     device: Device
     now: datetime
 
-    @property
-    def actor(self) -> Actor:
-        return Actor(self.user.id, self.user.org_unit_id, self.device.id)
+    def __post_init__(self) -> None:
+        self.actor = Actor(self.user.id, self.user.org_unit_id, self.device.id)
 
 
 # Ops that only create records: planned in Python for the whole run and written with one statement
