@@ -133,14 +133,34 @@ def authenticate(session: Session, settings: Settings, token: str) -> tuple[User
     if row is None:
         raise Unauthorized("invalid token", headers={"WWW-Authenticate": "Bearer"})
     tok, user, device = row
-    now = utcnow()
-    if tok.revoked_at is not None or tok.expires_at <= now:
-        raise Unauthorized("token expired or revoked", headers={"WWW-Authenticate": "Bearer"})
-    if device.revoked_at is not None:
-        raise Unauthorized("device revoked", code="device_revoked", headers={"WWW-Authenticate": "Bearer"})
-    if not user.is_active:
-        raise Unauthorized("user deactivated", code="user_inactive", headers={"WWW-Authenticate": "Bearer"})
+    _check_token(tok.revoked_at, tok.expires_at, device.revoked_at, user.is_active)
     return user, device, tok
+
+
+def authenticate_ids(session: Session, settings: Settings, token: str) -> tuple[str, str]:
+    """(user id, device id) for a valid token, with the same checks as authenticate() but no ORM
+    objects: a photo upload needs nothing more, and it is the busiest authenticated call."""
+    row = session.execute(
+        sa.select(AuthToken.revoked_at, AuthToken.expires_at, User.id, User.is_active, Device.id, Device.revoked_at)
+        .join(User, User.id == AuthToken.user_id)
+        .join(Device, Device.id == AuthToken.device_id)
+        .where(AuthToken.token_hash == token_digest(token, settings.secret_key))
+    ).first()
+    if row is None:
+        raise Unauthorized("invalid token", headers={"WWW-Authenticate": "Bearer"})
+    tok_revoked, expires_at, user_id, user_active, device_id, device_revoked = row
+    _check_token(tok_revoked, expires_at, device_revoked, user_active)
+    return user_id, device_id
+
+
+def _check_token(revoked_at: datetime | None, expires_at: datetime, device_revoked_at: datetime | None,
+                 user_active: bool) -> None:
+    if revoked_at is not None or expires_at <= utcnow():
+        raise Unauthorized("token expired or revoked", headers={"WWW-Authenticate": "Bearer"})
+    if device_revoked_at is not None:
+        raise Unauthorized("device revoked", code="device_revoked", headers={"WWW-Authenticate": "Bearer"})
+    if not user_active:
+        raise Unauthorized("user deactivated", code="user_inactive", headers={"WWW-Authenticate": "Bearer"})
 
 
 def revoke_token(session: Session, tok: AuthToken) -> None:

@@ -8,12 +8,14 @@ short session for the permission check and lets it go before the bytes flow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from app.auth import service as auth_service
@@ -56,17 +58,13 @@ def _authenticate(request: Request, session, creds: HTTPAuthorizationCredentials
     return user, device
 
 
-@dataclass(frozen=True)
-class Uploader:
-    user_id: str
-    device_id: str
-
-
-def get_uploader(request: Request, creds: BearerDep) -> Uploader:
-    """Who is uploading, checked in a short read session before any byte of the body is read."""
-    with request.app.state.db.session() as session:
-        user, device = _authenticate(request, session, creds)
-        return Uploader(user.id, device.id)
+def _uploader(request: Request, creds: HTTPAuthorizationCredentials | None) -> Callable[[Session], service.Uploader]:
+    def authenticate(session: Session) -> service.Uploader:
+        if creds is None or creds.scheme.lower() != "bearer":
+            raise Unauthorized("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+        user_id, device_id = auth_service.authenticate_ids(session, request.app.state.settings, creds.credentials)
+        return service.Uploader(user_id, device_id)
+    return authenticate
 
 
 def viewable_blob(sha256: str, request: Request, creds: BearerDep) -> Blob:
@@ -85,7 +83,6 @@ def viewable_blob(sha256: str, request: Request, creds: BearerDep) -> Blob:
     return blob
 
 
-UploaderDep = Annotated[Uploader, Depends(get_uploader)]
 ViewableBlob = Annotated[Blob, Depends(viewable_blob)]
 
 
@@ -115,7 +112,7 @@ _IMAGE_BODY = {"required": True, "content": {m: {"schema": {"type": "string", "f
                422: {"description": "`invalid_sha256`, `hash_mismatch`, `truncated_image`, `corrupt_image`, "
                                     "`decompression_bomb`"}},
 )
-async def put_blob(sha256: str, request: Request, who: UploaderDep, store: StoreDep) -> Response:
+async def put_blob(sha256: str, request: Request, creds: BearerDep, store: StoreDep) -> Response:
     """Upload one photo, named by the sha256 of its bytes; the raw image is the body.
 
     Already stored: 200 at once, without reading the body (with `Expect: 100-continue` the phone
@@ -123,19 +120,23 @@ async def put_blob(sha256: str, request: Request, who: UploaderDep, store: Store
     event loop: 201 once it is durably stored.
     """
     max_bytes = request.app.state.settings.max_photo_bytes
-    service.valid_name(sha256)
+    db = request.app.state.db
+    # who is uploading and whether the photo is already here, in one short session before the body
+    who, stored = await run_in_threadpool(service.begin_upload, db, store, sha256, _uploader(request, creds))
+    if stored is not None:
+        headers = None
+        if "100-continue" in request.headers.get("expect", "").lower():
+            headers = {"Connection": "close"}  # the body was never asked for: do not reuse the connection
+        return JSONResponse(service.public(stored, False).model_dump(mode="json"), status_code=200, headers=headers)
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes:
         raise service.PhotoTooLarge(f"a photo may be at most {max_bytes} bytes", max_bytes=max_bytes)
     try:
-        res = await service.ingest(request.app.state.db, store, sha256, request.stream(), max_bytes=max_bytes,
-                                   user_id=who.user_id, device_id=who.device_id, now=request.app.state.clock())
+        res = await service.ingest(db, store, sha256, request.stream(), max_bytes=max_bytes, uploader=who,
+                                   now=request.app.state.clock())
     except ClientDisconnect:  # the phone went away mid-upload: nothing was kept, nobody reads this
         return JSONResponse(error_body("client_disconnected", "upload interrupted"), status_code=400)
-    headers = None
-    if res.short_circuit and "100-continue" in request.headers.get("expect", "").lower():
-        headers = {"Connection": "close"}  # the body was never asked for: do not reuse the connection
-    return JSONResponse(res.blob.model_dump(mode="json"), status_code=201 if res.created else 200, headers=headers)
+    return JSONResponse(res.blob.model_dump(mode="json"), status_code=201 if res.created else 200)
 
 
 def _cache_headers(etag: str) -> dict[str, str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import threading
 import zlib
-from collections.abc import AsyncIterable, Iterable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -182,53 +182,71 @@ def can_view(session: Session, scope: Scope, sha256: str) -> bool:
 class IngestResult:
     blob: BlobPublic
     created: bool  # True -> 201, False -> 200
-    short_circuit: bool = False  # already stored: the body was not read
 
 
-def _public(row: Blob, created: bool) -> BlobPublic:
+def public(row: Blob, created: bool) -> BlobPublic:
     return BlobPublic(sha256=row.sha256, size=row.size, mime=row.mime, width=row.width, height=row.height,
                       created=created, exif_datetime=row.exif_datetime, gps_lat=row.gps_lat, gps_lon=row.gps_lon,
                       orientation=row.orientation, created_at=row.created_at)
 
 
-def _already_stored(db: Database, store: BlobStore, sha256: str) -> Blob | None:
+@dataclass(frozen=True)
+class Uploader:
+    user_id: str
+    device_id: str
+
+
+def begin_upload(db: Database, store: BlobStore, sha256: str,
+                 authenticate: Callable[[Session], Uploader]) -> tuple[Uploader, Blob | None]:
+    """Before any byte of the body, in one short read session: who is uploading, and the photo's
+    row if it is already stored (row and file), so the body need not be read at all."""
     with db.session() as session:
-        row = session.get(Blob, sha256)
-    return row if row is not None and store.has(sha256) else None
+        who = authenticate(session)
+        row = session.get(Blob, valid_name(sha256))
+    return who, (row if row is not None and store.has(sha256) else None)
 
 
-def _record_blob(db: Database, put: PutResult[ImageInfo], user_id: str | None, device_id: str | None,
-                 now: datetime) -> tuple[Blob, bool]:
+def _insert_blob_stmt(dialect: str) -> sa.Insert:
+    stmt = _INSERT_BLOB.get(dialect)
+    if stmt is None:
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT
+        stmt = _INSERT_BLOB[dialect] = insert(Blob.__table__).on_conflict_do_nothing().returning(Blob.sha256)
+    return stmt
+
+
+_INSERT_BLOB: dict[str, sa.Insert] = {}  # built once: a statement made per upload cost more than the insert
+
+
+def _record_blob(db: Database, put: PutResult[ImageInfo], uploader: Uploader, now: datetime) -> tuple[Blob, bool]:
     info = put.info
     assert info is not None  # the validate hook always returns one
+    values = {
+        "sha256": put.sha256, "size": put.size, "mime": info.mime, "width": info.width, "height": info.height,
+        "exif_datetime": info.exif_datetime[:32] if info.exif_datetime else None,
+        "gps_lat": info.gps_lat, "gps_lon": info.gps_lon, "orientation": info.orientation,
+        "created_at": now, "uploaded_by_user_id": uploader.user_id, "uploaded_by_device_id": uploader.device_id,
+    }
     with db.session(write=True) as session:
-        inserted = _insert_ignore(session, Blob.__table__, [{
-            "sha256": put.sha256, "size": put.size, "mime": info.mime, "width": info.width, "height": info.height,
-            "exif_datetime": info.exif_datetime[:32] if info.exif_datetime else None,
-            "gps_lat": info.gps_lat, "gps_lon": info.gps_lon, "orientation": info.orientation,
-            "created_at": now, "uploaded_by_user_id": user_id, "uploaded_by_device_id": device_id,
-        }])
+        inserted = session.execute(_insert_blob_stmt(session.get_bind().dialect.name), values).first() is not None
         session.commit()
-        row = session.get(Blob, put.sha256)
-    return row, inserted > 0
+        if inserted:
+            return Blob(**values), True
+        return session.get(Blob, put.sha256), False  # another upload of the same photo got there first
 
 
 async def ingest(db: Database, store: BlobStore, sha256: str, chunks: AsyncIterable[bytes] | Iterable[bytes], *,
-                 max_bytes: int, user_id: str | None, device_id: str | None, now: datetime | None = None) -> IngestResult:
-    """Store one uploaded photo under its name, or say it is already there.
+                 max_bytes: int, uploader: Uploader, now: datetime | None = None) -> IngestResult:
+    """Store one uploaded photo under its name (after ``begin_upload`` found it absent).
 
-    Already stored (row and file): answered at once without reading the body. Otherwise the
-    body is streamed to a temp file while hashed (1 MB batches written in a worker thread),
-    checked against the name, fully decoded by ``inspect_image`` in a worker thread, and only
-    then published and recorded. Raises DomainError: 422 ``invalid_sha256`` / ``hash_mismatch``
+    The body is streamed to a temp file while hashed (1 MB batches written in a worker thread),
+    checked against the name, given a structural check in a worker thread, and only then
+    published and recorded. Raises DomainError: 422 ``invalid_sha256`` / ``hash_mismatch``
     / ``corrupt_image`` / ``truncated_image`` / ``decompression_bomb``, 415
     ``unsupported_media_type``, 413 ``too_large``. A failure or a client gone mid-way leaves
     nothing visible; the retry starts afresh.
     """
     sha256 = valid_name(sha256)
-    row = await run_in_threadpool(_already_stored, db, store, sha256)
-    if row is not None:
-        return IngestResult(_public(row, False), created=False, short_circuit=True)
     try:
         put = await store.put_stream_async(sha256, chunks, max_bytes, validate=_validate)
     except HashMismatch as exc:
@@ -238,10 +256,10 @@ async def ingest(db: Database, store: BlobStore, sha256: str, chunks: AsyncItera
         raise PhotoTooLarge(f"a photo may be at most {exc.max_bytes} bytes", max_bytes=exc.max_bytes) from exc
     except ImageRejected as exc:
         raise DomainError(exc.message, code=exc.code, status=exc.status) from exc
-    row, inserted = await run_in_threadpool(_record_blob, db, put, user_id, device_id, now or utcnow())
+    row, inserted = await run_in_threadpool(_record_blob, db, put, uploader, now or utcnow())
     # created: this request made the photo available (a file left on disk by a crash between
     # publishing and the insert counts as not yet stored: the row is what the API goes by)
-    return IngestResult(_public(row, inserted), created=inserted)
+    return IngestResult(public(row, inserted), created=inserted)
 
 
 # -- derivatives ---------------------------------------------------------------------------

@@ -157,6 +157,11 @@ class _Upload:
         self.hasher.update(chunk)  # hashlib releases the GIL for large buffers
         self.file.write(chunk)
 
+    def finish(self, last: bytes | bytearray, validate: Callable[[Path], T] | None) -> PutResult[T]:
+        if last:
+            self.write(last)
+        return self.commit(validate)
+
     def commit(self, validate: Callable[[Path], T] | None) -> PutResult[T]:
         self.file.flush()
         os.fsync(self.file.fileno())
@@ -305,7 +310,7 @@ class FilesystemBlobStore:
                     up.count(len(chunk))
                     buf += chunk
                     if len(buf) >= batch_bytes:
-                        data, buf = bytes(buf), bytearray()
+                        data, buf = buf, bytearray()  # handed over whole, not copied
                         await asyncio.to_thread(up.write, data)
             else:
                 for chunk in chunks:
@@ -314,11 +319,9 @@ class FilesystemBlobStore:
                     up.count(len(chunk))
                     buf += chunk
                     if len(buf) >= batch_bytes:
-                        data, buf = bytes(buf), bytearray()
+                        data, buf = buf, bytearray()  # handed over whole, not copied
                         await asyncio.to_thread(up.write, data)
-            if buf:
-                await asyncio.to_thread(up.write, bytes(buf))
-            return await asyncio.to_thread(up.commit, validate)
+            return await asyncio.to_thread(up.finish, buf, validate)  # last bytes and commit: one thread hop
         except BaseException:
             up.abort()
             raise

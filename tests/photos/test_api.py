@@ -386,3 +386,28 @@ def test_unauthenticated_upload_is_refused_before_the_body(client, png_image):
     status, _ = _asgi_put(client, f"{URL}/{sha256_hex(png_image)}",
                           {"authorization": f"Bearer {uid()}", "content-length": str(len(png_image))}, [must_not_read])
     assert status == 401
+
+
+@pytest.mark.parametrize("how", ["logout", "expired", "device_revoked", "user_deactivated"])
+def test_an_upload_is_refused_with_a_token_that_no_longer_holds(client, session, png_image, how):
+    """Uploads authenticate on their own lean path: it must refuse what every other call refuses."""
+    import sqlalchemy as sa
+
+    from app.auth.models import AuthToken, Device, User
+    from app.db import utcnow
+
+    h = login(client, "worker-a2", device=f"phone-{how}")
+    me = client.get("/api/v1/me", headers=h).json()
+    if how == "logout":
+        assert client.post("/api/v1/auth/logout", headers=h).status_code == 204
+    elif how == "expired":
+        session.execute(sa.update(AuthToken).where(AuthToken.device_id == me["device_id"])
+                        .values(expires_at=utcnow() - timedelta(seconds=1)))
+    elif how == "device_revoked":
+        session.execute(sa.update(Device).where(Device.id == me["device_id"]).values(revoked_at=utcnow()))
+    else:
+        session.execute(sa.update(User).where(User.id == me["id"]).values(is_active=False))
+    session.commit()
+    r = put(client, h, png_image)
+    assert r.status_code == 401, r.text
+    assert session.get(Blob, sha256_hex(png_image)) is None
