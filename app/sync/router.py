@@ -23,22 +23,14 @@ def push(body: PushRequest, request: Request, p: CurrentPrincipal, session: Sess
         raise Invalid("device_id: does not match the device this token was issued to", code="device_mismatch",
                       field="device_id")
     ctx = service.PushContext(session=session, rules=rules, scope=p.scope, user=p.user, device=p.device, now=now)
-    import time, os
-    t0 = time.perf_counter(); c0 = time.thread_time()
     plan = service.plan_push(ctx, body.ops)
     offset = health.clock_offset(body.sent_at, now)
     session.commit()  # end the read transaction (nothing to commit) before the write one begins
-    t1 = time.perf_counter(); c1 = time.thread_time()
     with request.app.state.db.session(write=True) as writer:
-        t2 = time.perf_counter(); c2 = time.thread_time()
         writer.info["origin_device_id"] = p.device.id  # the change feed does not echo a phone's own writes
         results = service.apply_push(ctx, body.ops, plan, writer)
         health.record_push(writer, p.device.id, now, offset, body.app_version)
-        t3 = time.perf_counter(); c3 = time.thread_time()
         writer.commit()
-        t4 = time.perf_counter(); c4 = time.thread_time()
-    with open(f"/tmp/prof/timing.{os.getpid()}", "a") as f:
-        f.write(f"{t1-t0:.4f} {t2-t1:.4f} {t3-t2:.4f} {t4-t3:.4f} {c1-c0:.4f} {c3-c2:.4f} {c4-c3:.4f}\n")
     return PushResponse(results=results, server_time=now, clock_offset_s=offset,
                         clock_flagged=health.clock_flagged(offset))
 
