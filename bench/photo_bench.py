@@ -14,7 +14,10 @@ What it does, all in one run on one machine:
    workers is sampled every 20 ms meanwhile.
 5. Re-send of the same photos (already stored: 200 without reading the body).
 6. First view of a thumbnail (made lazily, then cached): server CPU per thumbnail.
-7. A 15 MB photo (a PNG of noise, ~2250x2250 RGB, under the 15 MiB default limit) streamed
+7. Transport floor: after Firegrid stops, the same uvicorn (same number of workers) serves
+   ``bench.raw_upload_app``, a bare ASGI app that only hashes, writes and fsyncs the body; the same
+   4 clients PUT the same photos. Its CPU per photo is the HTTP server's cost plus the floor.
+8. A 15 MB photo (a PNG of noise, ~2250x2250 RGB, under the 15 MiB default limit) streamed
    alone, once right after warm-up (before step 3) and once more after the load: peak RSS of
    the workers (sum of VmRSS sampled every 20 ms; PSS too, which counts shared pages once).
 
@@ -254,6 +257,40 @@ def server_cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(p) for p in pids)
 
 
+def transport_floor(photos: list[bytes], tokens: list[dict], workers: int, tmp: Path) -> tuple[float, float]:
+    """(server CPU ms per photo, wall s) of the same uploads to bench.raw_upload_app on uvicorn."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    (tmp / "raw").mkdir(exist_ok=True)
+    env = {**os.environ, "RAW_UPLOAD_DIR": str(tmp / "raw"),
+           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.raw_upload_app:app", "--port", str(port),
+                               "--workers", str(workers), "--log-level", "warning"], env=env, cwd=tmp,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                httpx.get(base + "/", timeout=2)
+                break
+            except httpx.HTTPError:
+                if time.time() > deadline:
+                    raise SystemExit("the raw upload app did not start") from None
+                time.sleep(0.2)
+        time.sleep(1.0)
+        pids = worker_pids(server.pid)
+        put_all(base, tokens, photos[:8], 201)  # warm-up
+        cpu0 = server_cpu(pids)
+        wall = put_all(base, tokens, photos, 201)
+        return (server_cpu(pids) - cpu0) * 1000 / len(photos), wall
+    finally:
+        server.terminate()
+        try:
+            server.wait(15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", type=int, default=200)
@@ -351,6 +388,9 @@ def main() -> None:
             server.wait(15)
         except subprocess.TimeoutExpired:
             server.kill()
+    try:
+        raw_cpu, raw_wall = transport_floor(photos, tokens, args.workers, tmp)
+    finally:
         if not args.keep:
             subprocess.run(["rm", "-rf", str(tmp)], check=False)
 
@@ -364,6 +404,9 @@ def main() -> None:
         ("floor: sha256+write+fsync, CPU", f"{floor_cpu:.2f} ms per photo  -> server/floor {ingest_cpu / floor_cpu:.1f}x"),
         ("floor: sha256+write+fsync, wall", f"{floor_wall:.2f} ms per photo  -> server/floor {ingest_cpu / floor_wall:.1f}x"),
         ("of which validation (full decode)", f"{decode_cpu:.1f} ms per photo (measured in-process on the same files)"),
+        ("transport floor: bare ASGI app on uvicorn", f"{raw_cpu:.1f} ms server CPU per photo ({args.photos / raw_wall:.0f} photos/s) "
+                                                     f"-> Firegrid adds {ingest_cpu - raw_cpu:.1f} ms; server/transport floor "
+                                                     f"{ingest_cpu / raw_cpu:.1f}x"),
         ("re-send (already stored, 200)", f"{args.photos / resend_wall:.0f} photos/s, {resend_cpu:.2f} ms server CPU each"),
         ("first thumbnail view (lazy, cached)", f"{thumb_cpu:.1f} ms server CPU, {thumb_wall:.1f} ms wall each"),
         ("workers idle after warm-up", f"RSS {idle_rss / mb:.0f} MB (sum), PSS {idle_pss / mb:.0f} MB"),
