@@ -52,9 +52,17 @@ def serve(
     reload: bool = False,
 ) -> None:
     """Serve the API and the PWA with uvicorn."""
-    import uvicorn
+    import os
+    import sys
 
-    uvicorn.run("app.asgi:app", host=host, port=port, workers=workers, reload=reload, proxy_headers=True)
+    # Become uvicorn's own command line rather than calling uvicorn.run() from here: uvicorn spawns
+    # its workers afresh and each re-imports the parent's main module, so serving from this CLI made
+    # every worker import Typer and the supervisor hold ~13 MB more (bench/photo_bench.py).
+    args = [sys.executable, "-m", "uvicorn", "app.asgi:app", "--host", host, "--port", str(port),
+            "--workers", str(workers), "--proxy-headers"]
+    if reload:
+        args.append("--reload")
+    os.execv(sys.executable, args)
 
 
 @user_cli.command("create")
