@@ -222,7 +222,7 @@ def write_planned(session: Session, planned: list[PlannedHazard]) -> None:
 
 
 def open_duplicate(session: Session, place_id: str, category: str) -> str | None:
-    return earliest_open(session, [place_id], [category]).get((place_id, category))
+    return earliest_open(session, [(place_id, category)]).get((place_id, category))
 
 
 _OPEN_LITERAL = sa.bindparam("open_statuses", [s.value for s in OPEN_STATUSES], expanding=True, literal_execute=True)
@@ -235,12 +235,12 @@ _EARLIEST_OPEN = (
 )
 
 
-def earliest_open(session: Session, place_ids: Iterable[str], categories: Iterable[str]) -> dict[tuple[str, str], str]:
+def earliest_open(session: Session, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """(place_id, category) -> the earliest open hazard there: what a new report of the same thing
     duplicates. One index seek per pair, however many open duplicates have piled up at a premises;
     the statuses are inlined so SQLite can use the partial index."""
     found: dict[tuple[str, str], str] = {}
-    for place_id, category in sorted({(p, c) for p in place_ids for c in categories}):
+    for place_id, category in sorted(set(pairs)):
         hazard_id = session.execute(_EARLIEST_OPEN, {"place_id": place_id, "category": category}).scalar()
         if hazard_id is not None:
             found[(place_id, category)] = hazard_id

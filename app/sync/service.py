@@ -151,8 +151,8 @@ class _RunState:
         self.taken_hazards = set(session.exec(select(Hazard.id).where(Hazard.id.in_(hazard_ids)))) if hazard_ids else set()
         insp_ids = [d.id for d in parsed if isinstance(d, InspectionSubmitData)]
         self.taken_inspections = set(session.exec(select(Inspection.id).where(Inspection.id.in_(insp_ids)))) if insp_ids else set()
-        categories = {h.category for d in parsed if d is not None for h in _hazards_of(d)}
-        self.open_by_place = earliest_open(session, self.places, categories)
+        self.open_by_place = earliest_open(session, [(h.place_id, h.category) for d in parsed if d is not None
+                                                     for h in _hazards_of(d) if h.place_id in self.places])
         self.towns: dict[tuple[str, str], TownFacts] = {}
         self.session = session
 
