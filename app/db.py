@@ -12,6 +12,7 @@ import sqlite3
 import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
@@ -157,26 +158,41 @@ def make_engine(url: str, echo: bool = False, **kwargs: Any) -> Engine:
 
 # -- bulk inserts ---------------------------------------------------------------------------------
 
-# Told about every insert_rows() call, with (session, table, rows): the change feed takes the rows it
+
+@dataclass
+class PreparedInsert:
+    """Rows bound for one executemany INSERT, ready before the write transaction begins: on SQLite
+    that transaction holds the only write lock, so what can be done before it is done before it."""
+
+    table: sa.Table
+    rows: list[dict[str, Any]]  # as given: what the ROWS_INSERTED hooks are told
+    sql: str
+    params: list[Any]
+    notes: dict[str, Any] = field(default_factory=dict)  # what ROWS_PREPARED hooks worked out ahead
+
+
+# Told about every prepared insert, with (table, rows, notes): the change feed builds the payloads it
+# will publish here, outside the write lock, and keeps them in notes.
+ROWS_PREPARED: list[Callable[[sa.Table, list[dict[str, Any]], dict[str, Any]], None]] = []
+# Told about every insert written, with (session, prepared insert): the change feed takes the rows it
 # must publish from here instead of reading them back.
-ROWS_INSERTED: list[Callable[[Session, sa.Table, list[dict[str, Any]]], None]] = []
+ROWS_INSERTED: list[Callable[[Session, PreparedInsert], None]] = []
 
 
-def insert_rows(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """One executemany INSERT of row dicts that all name the same columns.
+def prepare_insert(dialect: sa.engine.Dialect, table: sa.Table, rows: list[dict[str, Any]]) -> PreparedInsert:
+    """Bind row dicts that all name the same columns for one executemany INSERT.
 
     SQLAlchemy's Core executemany builds a parameter dict and runs a type processor per value; for a
     push batch (1,300 rows, 5,000 datetimes) that was a fifth of the request. Here the statement is
     compiled once per (table, columns, dialect), each column's processor is looked up once, and UTC
     datetimes on SQLite are formatted by one C call, to exactly the text SQLAlchemy would store.
     """
-    if not rows:
-        return
-    keys = tuple(rows[0])
+    keys = tuple(rows[0]) if rows else ()
     if any(len(r) != len(keys) for r in rows):
         raise ValueError(f"insert_rows({table.name}): every row must name the same columns")
-    conn = session.connection()
-    sql, get, convert = _insert_plan(table, keys, conn.dialect)
+    if not rows:
+        return PreparedInsert(table, rows, "", [])
+    sql, get, convert = _insert_plan(table, keys, dialect)
     params: list = [get(r) for r in rows]
     if convert:
         for i, values in enumerate(params):
@@ -187,9 +203,24 @@ def insert_rows(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -
     if isinstance(sql, tuple):  # named paramstyle (psycopg): dicts
         sql, names = sql
         params = [dict(zip(names, values)) for values in params]
-    conn.exec_driver_sql(sql, params)
+    prepared = PreparedInsert(table, rows, sql, params)
+    for hook in ROWS_PREPARED:
+        hook(table, rows, prepared.notes)
+    return prepared
+
+
+def insert_prepared(session: Session, prepared: PreparedInsert) -> None:
+    """Write a prepared insert in the session's transaction."""
+    if not prepared.rows:
+        return
+    session.connection().exec_driver_sql(prepared.sql, prepared.params)
     for hook in ROWS_INSERTED:
-        hook(session, table, rows)
+        hook(session, prepared)
+
+
+def insert_rows(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """prepare_insert() and insert_prepared() at once."""
+    insert_prepared(session, prepare_insert(session.get_bind().dialect, table, rows))
 
 
 _INSERT_PLANS: dict[tuple, tuple] = {}

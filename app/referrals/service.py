@@ -17,7 +17,8 @@ from pydantic_core import PydanticUndefined
 from sqlmodel import Session, select
 
 from app.audit.service import Actor, event_row, insert_events
-from app.db import insert_rows
+from app.audit.models import HazardEvent
+from app.db import PreparedInsert, insert_prepared, prepare_insert
 from app.errors import Conflict, Invalid, NotFound
 from app.hazards.models import NO_DEADLINE, Hazard, HazardCC, Referral, Reinspection
 from app.org.models import OrgUnit, UnitKind
@@ -207,18 +208,40 @@ def plan_hazard(rules: Rules, report: HazardReport, place: Place, town: TownFact
 _HAZARD_COLUMNS = [c.name for c in Hazard.__table__.columns]
 
 
-def write_planned(session: Session, planned: list[PlannedHazard]) -> None:
+@dataclass
+class PreparedHazards:
+    """Planned hazards bound for their INSERTs (prepare_planned), written by write_planned."""
+
+    hazards: PreparedInsert
+    referrals: PreparedInsert
+    cc: PreparedInsert
+    events: PreparedInsert
+    photo_refs: list[tuple[str, str, str, list[str]]]
+
+
+def prepare_planned(dialect: sa.engine.Dialect, planned: list[PlannedHazard]) -> PreparedHazards:
+    """Bind planned hazards' rows, one statement per table; no database work, so a sync batch does
+    it before it takes the write lock."""
+    return PreparedHazards(
+        hazards=prepare_insert(dialect, Hazard.__table__, [{c: getattr(p.hazard, c) for c in _HAZARD_COLUMNS}
+                                                           for p in planned]),
+        referrals=prepare_insert(dialect, Referral.__table__, [p.referral for p in planned]),
+        cc=prepare_insert(dialect, HazardCC.__table__, [row for p in planned for row in p.cc]),
+        events=prepare_insert(dialect, HazardEvent.__table__, [e for p in planned for e in p.events]),
+        photo_refs=[(p.hazard.id, "hazard", p.hazard.id, p.hazard.photos) for p in planned if p.hazard.photos],
+    )
+
+
+def write_planned(session: Session, planned: list[PlannedHazard] | PreparedHazards) -> None:
     """Insert planned hazards with one multi-row statement per table (the sync batch's fast path)."""
-    if not planned:
-        return
-    insert_rows(session, Hazard.__table__, [{c: getattr(p.hazard, c) for c in _HAZARD_COLUMNS} for p in planned])
+    if isinstance(planned, list):
+        planned = prepare_planned(session.get_bind().dialect, planned)
+    insert_prepared(session, planned.hazards)
     # which photos each record uses: the blob may still be on the phone ("waiting for media")
-    register_refs_bulk(session, [(p.hazard.id, "hazard", p.hazard.id, p.hazard.photos) for p in planned if p.hazard.photos])
-    insert_rows(session, Referral.__table__, [p.referral for p in planned])
-    cc = [row for p in planned for row in p.cc]
-    if cc:
-        insert_rows(session, HazardCC.__table__, cc)
-    insert_events(session, [e for p in planned for e in p.events])
+    register_refs_bulk(session, planned.photo_refs)
+    insert_prepared(session, planned.referrals)
+    insert_prepared(session, planned.cc)
+    insert_prepared(session, planned.events)
 
 
 def open_duplicate(session: Session, place_id: str, category: str) -> str | None:

@@ -60,7 +60,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
-from app.db import ROWS_INSERTED, UTCDateTime, insert_rows, utcnow
+from app.db import ROWS_INSERTED, ROWS_PREPARED, PreparedInsert, UTCDateTime, insert_rows, utcnow
 from app.hazards.models import NO_DEADLINE, Hazard
 from app.inspections.models import Inspection
 from app.places.models import Place, key_unit_level
@@ -197,6 +197,7 @@ class _Touched:
     # the row as insert_rows() wrote it, while nothing else has touched the record: the feed publishes
     # it without reading it back. Any other change (ORM, mark_changed) clears it.
     row: dict[str, Any] | None = None
+    payload: dict[str, Any] | None = None  # its payload, built before the write lock was taken
 
 
 def _pending(session: Session) -> dict[tuple[str, str], _Touched]:
@@ -230,7 +231,7 @@ def _note(session: Session, obj: Any, *, new: bool, deleted: bool, lookups: bool
     touched = pending.get(key)
     if touched is None:
         touched = pending[key] = _Touched(created=new)
-    touched.row = None
+    touched.row = touched.payload = None
     if new:
         return
     if deleted:
@@ -349,26 +350,41 @@ def mark_changed(session: Session, kind: str, ids: Iterable[str]) -> None:
         raise ValueError(f"unknown entity kind {kind!r}")
     pending = _pending(session)
     for entity_id in ids:
-        pending.setdefault((kind, entity_id), _Touched(created=False)).row = None
+        touched = pending.setdefault((kind, entity_id), _Touched(created=False))
+        touched.row = touched.payload = None
 
 
-def _rows_inserted(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -> None:
-    """insert_rows() wrote these rows in this session's transaction."""
+def _prepare_payloads(table: sa.Table, rows: list[dict[str, Any]], notes: dict[str, Any]) -> None:
+    """prepare_insert() of watched rows: their payloads, built now, outside the write lock."""
+    w = BY_KIND.get(_TABLE_KIND.get(table.name, ""))
+    if w is None:
+        return
+    try:
+        notes["feed_payloads"] = [w.payload(SimpleNamespace(**row)) for row in rows]
+    except AttributeError:  # rows without every column the payload shows: read back at commit instead
+        pass
+
+
+def _rows_inserted(session: Session, prepared: PreparedInsert) -> None:
+    """insert_prepared() wrote these rows in this session's transaction."""
+    table, rows = prepared.table, prepared.rows
     kind = _TABLE_KIND.get(table.name)
     if kind is None:
         if table.name == SyncOp.__tablename__:
             session.info.setdefault(_OP_DEVICE_KEY, rows[0].get("device_id"))
         return
+    payloads = prepared.notes.get("feed_payloads") or [None] * len(rows)
     pending = _pending(session)
-    for row in rows:
+    for row, payload in zip(rows, payloads):
         key = (kind, row["id"])
         touched = pending.get(key)
         if touched is None:
-            pending[key] = _Touched(created=True, row=row)
+            pending[key] = _Touched(created=True, row=row, payload=payload)
         elif touched.row is not None:  # written again after a savepoint that held it rolled back
-            touched.row = row
+            touched.row, touched.payload = row, payload
 
 
+ROWS_PREPARED.append(_prepare_payloads)
 ROWS_INSERTED.append(_rows_inserted)
 
 
@@ -462,12 +478,12 @@ def write_changes(session: Session, pending: dict[tuple[str, str], _Touched]) ->
             add(kind, entity_id, loc, deleted=True,
                 data={"reason": "moved", "to": {"grid_id": here[0], "town_id": here[1]}})
         if kind != "hazard":
-            add(kind, entity_id, here, deleted=False, data=BY_KIND[kind].payload(row))
+            add(kind, entity_id, here, deleted=False, data=touched.payload or BY_KIND[kind].payload(row))
         elif row.status == "merged":
             add(kind, entity_id, here, deleted=True, holder=row.holder_unit_id,
                 data={"reason": "merged", "merged_into_id": row.merged_into_id})
         else:
-            add(kind, entity_id, here, deleted=False, holder=row.holder_unit_id, data=hazard_data(row))
+            add(kind, entity_id, here, deleted=False, holder=row.holder_unit_id, data=touched.payload or hazard_data(row))
     # From here to COMMIT: one writer at a time (PostgreSQL). Only the INSERT and the COMMIT run under it.
     _serialize_commits(session)
     if rows:

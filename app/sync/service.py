@@ -16,7 +16,7 @@ from sqlmodel import Session, select
 from app.audit.service import Actor
 from app.auth.models import Device, User
 from app.auth.scope import Scope
-from app.db import insert_rows
+from app.db import PreparedInsert, insert_prepared, prepare_insert
 from app.errors import Conflict, DomainError, Forbidden, Invalid, NotFound
 from app.hazards.models import Hazard, Reinspection
 from app.hazards.service import may_act, visible_hazard
@@ -24,8 +24,9 @@ from app.inspections.models import Inspection
 from app.places.models import Place, PlaceCreate, PlaceUpdate
 from app.places import service as places
 from app.referrals.lifecycle import Action
-from app.referrals.service import (HazardReport, PlannedHazard, ReinspectionReport, Rules, TownFacts,
-                                   earliest_open, plan_hazard, record_field_reinspection, report_hazard, town_facts, write_planned)
+from app.referrals.service import (HazardReport, PlannedHazard, PreparedHazards, ReinspectionReport, Rules, TownFacts,
+                                   earliest_open, plan_hazard, prepare_planned, record_field_reinspection, report_hazard,
+                                   town_facts, write_planned)
 from app.sync.models import SyncOp
 from app.sync.schemas import (MAX_OPS, OP_TYPES, HazardReinspectData, HazardReportData, InspectionSubmitData, Op,
                               OpError, OpResult, PlaceUpsertData)
@@ -174,6 +175,7 @@ class _RunPlan:
     planned: list[PlannedHazard]
     inspections: list[dict]
     sync_rows: list[dict]
+    prepared: tuple[PreparedInsert, PreparedHazards, PreparedInsert] | None = None  # bound rows, see _prepare
 
 
 def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPlan:
@@ -215,19 +217,22 @@ def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPla
     known = {**done, **applied}
     plan.results = [r if r is not None else OpResult(op_id=op.op_id, status="duplicate", result=known[op.op_id])
                     for r, op in zip(results, run)]
+    # bound now, while planning: on SQLite the write transaction that follows holds the only write lock
+    dialect = ctx.session.get_bind().dialect
+    plan.prepared = (prepare_insert(dialect, Inspection.__table__, plan.inspections),
+                     prepare_planned(dialect, plan.planned), prepare_insert(dialect, SyncOp.__table__, plan.sync_rows))
     return plan
 
 
 def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
     """Write a planned run with one statement per table. None (nothing written) if the database refuses
     it — an op_id or record id taken meanwhile — so the caller re-applies the run op by op."""
+    inspections, hazards, sync_rows = plan.prepared
     savepoint = ctx.session.begin_nested()
     try:
-        if plan.inspections:
-            insert_rows(ctx.session, Inspection.__table__, plan.inspections)
-        write_planned(ctx.session, plan.planned)
-        if plan.sync_rows:
-            insert_rows(ctx.session, SyncOp.__table__, plan.sync_rows)
+        insert_prepared(ctx.session, inspections)
+        write_planned(ctx.session, hazards)
+        insert_prepared(ctx.session, sync_rows)
         savepoint.commit()
     except sa.exc.IntegrityError:
         savepoint.rollback()
