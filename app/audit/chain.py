@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
+import orjson
+
 GENESIS = "0" * 64
 
 
@@ -36,7 +38,32 @@ def _norm(value: Any) -> Any:
 
 def canonical(fields: Mapping[str, Any]) -> bytes:
     """Stable bytes for hashing: sorted keys, UTC times, no whitespace."""
-    return json.dumps(_norm(fields), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _dumps(_norm(fields))
+
+
+def _dumps(value: Any) -> bytes:
+    """The chain's JSON: ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+    in UTF-8. orjson writes the very same bytes ten times faster for every value whose floats lie in
+    1e-4..1e16 (outside it Python writes 1e-05, orjson 0.00001) and whose ints fit in 64 bits, so it
+    is used for those (tests/referrals/test_chain_bytes.py holds the two to the same bytes)."""
+    if _orjson_agrees(value):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _orjson_agrees(value: Any) -> bool:
+    t = type(value)
+    if t is str or t is bool or value is None:
+        return True
+    if t is int:
+        return -(1 << 63) <= value < (1 << 64)
+    if t is float:
+        return value == 0 or 1e-4 <= abs(value) < 1e16  # NaN and infinities fail both tests
+    if t is dict:
+        return all(type(k) is str and _orjson_agrees(v) for k, v in value.items())
+    if t is list:
+        return all(_orjson_agrees(v) for v in value)
+    return False  # anything else: json.dumps decides (and raises for what it cannot write)
 
 
 def jsonable(value: Any) -> Any:
@@ -46,8 +73,7 @@ def jsonable(value: Any) -> Any:
 
 def event_hash(prev_hash: str, fields: Mapping[str, Any], normalized: bool = False) -> str:
     """normalized=True: the fields are already JSON-ready (see jsonable), skip the second walk."""
-    body = (json.dumps(fields, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() if normalized
-            else canonical(fields))
+    body = _dumps(fields) if normalized else canonical(fields)
     return hashlib.sha256(prev_hash.encode() + b"\n" + body).hexdigest()
 
 
