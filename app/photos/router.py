@@ -51,19 +51,20 @@ def get_store(request: Request) -> FilesystemBlobStore:
 StoreDep = Annotated[FilesystemBlobStore, Depends(get_store)]
 
 
-def _authenticate(request: Request, session, creds: HTTPAuthorizationCredentials | None) -> tuple[User, Device]:
+def _token(creds: HTTPAuthorizationCredentials | None) -> str:
     if creds is None or creds.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    user, device, _ = auth_service.authenticate(session, request.app.state.settings, creds.credentials)
+    return creds.credentials
+
+
+def _authenticate(request: Request, session, creds: HTTPAuthorizationCredentials | None) -> tuple[User, Device]:
+    user, device, _ = auth_service.authenticate(session, request.app.state.settings, _token(creds))
     return user, device
 
 
 def _uploader(request: Request, creds: HTTPAuthorizationCredentials | None) -> Callable[[Session], service.Uploader]:
     def authenticate(session: Session) -> service.Uploader:
-        if creds is None or creds.scheme.lower() != "bearer":
-            raise Unauthorized("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-        user_id, device_id = auth_service.authenticate_ids(session, request.app.state.settings, creds.credentials)
-        return service.Uploader(user_id, device_id)
+        return service.Uploader(*auth_service.authenticate_ids(session, request.app.state.settings, _token(creds)))
     return authenticate
 
 

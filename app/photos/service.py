@@ -1,11 +1,11 @@
 """Photo use cases: which records use which photo, what is still on the phone, who may see a photo,
-and ingesting an upload (stream to disk -> hash check -> full decode -> publish -> ``blobs`` row).
+and ingesting an upload (stream to disk -> hash check -> structural check -> publish -> ``blobs`` row).
 
 Refs (``photo_refs``) are written by the hazard services inside their own transaction
 (``register_refs``). Uploads are different: a 15 MB photo over a weak link can take minutes,
 so ``ingest`` never holds a transaction (on SQLite the write lock, on PostgreSQL a pooled
-connection) while bytes arrive. It opens a short session to check, and another to insert the
-row once the file is safely published.
+connection) while bytes arrive. It opens a short session to check (``begin_upload``), and another
+to insert the row once the file is safely published.
 """
 
 from __future__ import annotations
