@@ -58,7 +58,8 @@ def serve(
     # Become uvicorn's own command line rather than calling uvicorn.run() from here: uvicorn spawns
     # its workers afresh and each re-imports the parent's main module, so serving from this CLI made
     # every worker import Typer and the supervisor hold ~13 MB more (bench/photo_bench.py).
-    args = [sys.executable, "-m", "uvicorn", "app.asgi:app", "--host", host, "--port", str(port),
+    # -P: the working directory is not put on sys.path, so a stray app/ there cannot shadow ours
+    args = [sys.executable, "-P", "-m", "uvicorn", "app.asgi:app", "--host", host, "--port", str(port),
             "--workers", str(workers), "--proxy-headers"]
     if reload:
         args.append("--reload")

@@ -12,6 +12,7 @@ import os
 import sqlite3
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -85,7 +86,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur.close()
 
 
-SQLITE_CACHE_KIB = 32 * 1024
+SQLITE_CACHE_KIB = 16 * 1024  # per pooled connection, and only as pages are read
 WAL_BACKSTOP_PAGES = 8192  # 32 MiB of 4 KiB pages
 
 
@@ -189,7 +190,8 @@ def prepare_insert(dialect: sa.engine.Dialect, table: sa.Table, rows: list[dict[
     datetimes on SQLite are formatted by one C call, to exactly the text SQLAlchemy would store.
     """
     keys = tuple(rows[0]) if rows else ()
-    if any(len(r) != len(keys) for r in rows):
+    first = rows[0].keys() if rows else None
+    if any(r.keys() != first for r in rows):
         raise ValueError(f"insert_rows({table.name}): every row must name the same columns")
     if not rows:
         return PreparedInsert(table, rows, "", [])
@@ -224,15 +226,19 @@ def insert_rows(session: Session, table: sa.Table, rows: list[dict[str, Any]]) -
     insert_prepared(session, prepare_insert(session.get_bind().dialect, table, rows))
 
 
-_INSERT_PLANS: dict[tuple, tuple] = {}
+_INSERT_PLANS: "weakref.WeakKeyDictionary[sa.engine.Dialect, dict[tuple, tuple]]" = weakref.WeakKeyDictionary()
 
 
 def _insert_plan(table: sa.Table, keys: tuple[str, ...], dialect) -> tuple:
     """(sql, row -> values in parameter order, [(position, converter)] for the values that need one)."""
-    cache_key = (table, keys, dialect.name, dialect.paramstyle)
-    plan = _INSERT_PLANS.get(cache_key)
+    # per dialect object: its bind processors carry its engine's settings (the JSON serializer)
+    plans = _INSERT_PLANS.setdefault(dialect, {})
+    plan = plans.get((table, keys))
     if plan is None:
         compiled = sa.insert(table).compile(dialect=dialect, column_keys=list(keys))
+        unfilled = sorted({b.key for b in compiled.binds.values()} - set(keys))
+        if unfilled:  # columns with a Python-side default: Core fills them in, this path does not
+            raise ValueError(f"insert_rows({table.name}): give these columns a value in every row: {', '.join(unfilled)}")
         if compiled.positional:
             order = [compiled.binds[name].key for name in compiled.positiontup]
             sql: Any = compiled.string
@@ -243,7 +249,7 @@ def _insert_plan(table: sa.Table, keys: tuple[str, ...], dialect) -> tuple:
             sql = (compiled.string, order)
         procs = [_bind_processor(table.c[k].type, dialect) for k in order]
         get = operator.itemgetter(*order) if len(order) > 1 else (lambda r, k=order[0]: (r[k],))
-        plan = _INSERT_PLANS[cache_key] = (sql, get, [(i, p) for i, p in enumerate(procs) if p is not None])
+        plan = plans[(table, keys)] = (sql, get, [(i, p) for i, p in enumerate(procs) if p is not None])
     return plan
 
 
@@ -262,14 +268,15 @@ def _sqlite_utc_text(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:
         raise ValueError("naive datetime given to a UTC column")
+    if value.tzinfo is not timezone.utc:
+        # converted before the cache: two local times can be equal yet different instants (fold)
+        value = value.astimezone(timezone.utc)
     return _utc_text(value)
 
 
 @functools.lru_cache(maxsize=4096)
 def _utc_text(value: datetime) -> str:
     # a push batch binds ~4,700 times but only a few hundred distinct ones (now, the deadlines)
-    if value.utcoffset():
-        value = value.astimezone(timezone.utc)
     return value.isoformat(" ", "microseconds")[:26]
 
 

@@ -54,13 +54,16 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
                         "holidays and adjusted workdays with PUT /api/v1/calendar/overrides", missing)
         checkpointer = db.start_checkpointer()
         task = None
-        if settings.sweep_interval_seconds > 0:
-            task = asyncio.create_task(periodic_sweep(db, policy, lambda: app.state.clock(), settings.sweep_interval_seconds))
-        yield
-        if task is not None:
-            task.cancel()
-        if checkpointer is not None:
-            checkpointer.stop()
+        try:
+            if settings.sweep_interval_seconds > 0:
+                task = asyncio.create_task(periodic_sweep(db, policy, lambda: app.state.clock(),
+                                                          settings.sweep_interval_seconds))
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+            if checkpointer is not None:
+                checkpointer.stop()
 
     app = FastAPI(title="Firegrid", version=__version__, lifespan=lifespan)
     app.state.settings = settings

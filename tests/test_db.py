@@ -111,3 +111,25 @@ def test_a_served_sqlite_app_runs_the_checkpointer_and_stops_it(tmp_path):
         assert path.stat().st_size > size_before
     assert not ours.pop().is_alive()
     keep.close()
+
+
+def test_utc_text_tells_apart_equal_local_times_that_are_different_instants():
+    """01:30 on the night New York's clocks go back happens twice; the two compare equal in Python."""
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy.dialects import sqlite
+
+    from app.db import UTCDateTime, _sqlite_utc_text
+
+    ny = ZoneInfo("America/New_York")
+    first, second = (datetime(2025, 11, 2, 1, 30, tzinfo=ny, fold=f) for f in (0, 1))
+    reference = UTCDateTime().dialect_impl(sqlite.dialect()).bind_processor(sqlite.dialect())
+    assert [_sqlite_utc_text(first), _sqlite_utc_text(second)] == [reference(first), reference(second)]
+    assert _sqlite_utc_text(first) != _sqlite_utc_text(second)
+
+
+def test_insert_rows_names_the_columns_core_would_have_defaulted(session):
+    row = change_row(uid())
+    del row["deleted"], row["changed_at"]  # both have Python-side defaults
+    with pytest.raises(ValueError, match="changed_at, deleted"):
+        insert_rows(session, Change.__table__, [row])

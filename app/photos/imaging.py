@@ -240,13 +240,11 @@ _END_CHECKS = {"image/jpeg": _jpeg_complete, "image/webp": _webp_complete, "imag
 def _read_exif(im: Image.Image) -> dict[str, Any]:
     """Best effort: broken EXIF never rejects a photo, the field is just None."""
     out: dict[str, Any] = {"exif_datetime": None, "gps_lat": None, "gps_lon": None, "orientation": None}
-    if im.format == "PNG" and "exif" not in im.info:
-        # Pillow looks for a PNG's eXIf chunk after the pixels by decoding the whole image (a 15 MB
-        # PNG: ~20 MB and ~100 ms, on the upload path). An eXIf chunk before the pixels is in
-        # im.info already; phones that write PNG at all put it there.
-        return out
     try:
-        exif = im.getexif()
+        # For a PNG, Pillow looks for an eXIf chunk after the pixels by decoding the whole image
+        # (a 15 MB PNG: ~20 MB and ~100 ms, on the upload path). The base method reads what came
+        # before the pixels (eXIf, a raw EXIF text chunk, XMP), which is where phones put it.
+        exif = Image.Image.getexif(im) if im.format == "PNG" else im.getexif()
     except Exception:
         return out
     try:

@@ -198,6 +198,7 @@ class _Touched:
     # it without reading it back. Any other change (ORM, mark_changed) clears it.
     row: dict[str, Any] | None = None
     payload: dict[str, Any] | None = None  # its payload, built before the write lock was taken
+    savepoint: Any = None  # the innermost savepoint the row was written in, if any
 
 
 def _pending(session: Session) -> dict[tuple[str, str], _Touched]:
@@ -231,7 +232,7 @@ def _note(session: Session, obj: Any, *, new: bool, deleted: bool, lookups: bool
     touched = pending.get(key)
     if touched is None:
         touched = pending[key] = _Touched(created=new)
-    touched.row = touched.payload = None
+    touched.row = touched.payload = touched.savepoint = None
     if new:
         return
     if deleted:
@@ -351,7 +352,7 @@ def mark_changed(session: Session, kind: str, ids: Iterable[str]) -> None:
     pending = _pending(session)
     for entity_id in ids:
         touched = pending.setdefault((kind, entity_id), _Touched(created=False))
-        touched.row = touched.payload = None
+        touched.row = touched.payload = touched.savepoint = None
 
 
 def _prepare_payloads(table: sa.Table, rows: list[dict[str, Any]], notes: dict[str, Any]) -> None:
@@ -362,7 +363,7 @@ def _prepare_payloads(table: sa.Table, rows: list[dict[str, Any]], notes: dict[s
     try:
         notes["feed_payloads"] = [w.payload(SimpleNamespace(**row)) for row in rows]
     except AttributeError:  # rows without every column the payload shows: read back at commit instead
-        pass
+        notes["feed_payloads"] = None
 
 
 def _rows_inserted(session: Session, prepared: PreparedInsert) -> None:
@@ -373,15 +374,32 @@ def _rows_inserted(session: Session, prepared: PreparedInsert) -> None:
         if table.name == SyncOp.__tablename__:
             session.info.setdefault(_OP_DEVICE_KEY, rows[0].get("device_id"))
         return
-    payloads = prepared.notes.get("feed_payloads") or [None] * len(rows)
+    payloads = prepared.notes.get("feed_payloads")
     pending = _pending(session)
+    if payloads is None:  # no payloads made ahead (rows without every column): read back at commit
+        for row in rows:
+            pending.setdefault((kind, row["id"]), _Touched(created=True))
+        return
+    savepoint = session.get_nested_transaction()
     for row, payload in zip(rows, payloads):
         key = (kind, row["id"])
-        touched = pending.get(key)
-        if touched is None:
-            pending[key] = _Touched(created=True, row=row, payload=payload)
-        elif touched.row is not None:  # written again after a savepoint that held it rolled back
-            touched.row, touched.payload = row, payload
+        if key not in pending:
+            pending[key] = _Touched(created=True, row=row, payload=payload, savepoint=savepoint)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _forget_rolled_back(session: Session, previous_transaction) -> None:
+    """A savepoint rolled back: the rows insert_rows() wrote in it (or in savepoints inside it) are
+    gone, and whatever takes their ids later is read back at commit, not published from memory."""
+    if not previous_transaction.nested:
+        return
+    for touched in session.info.get(_PENDING_KEY, {}).values():
+        sp = touched.savepoint
+        while sp is not None:
+            if sp is previous_transaction:
+                touched.row = touched.payload = touched.savepoint = None
+                break
+            sp = sp.parent
 
 
 ROWS_PREPARED.append(_prepare_payloads)
@@ -438,19 +456,17 @@ def write_changes(session: Session, pending: dict[tuple[str, str], _Touched]) ->
     # commit (rows this transaction wrote are locked already; this adds the rare row a rolled-back
     # savepoint had touched), so the data can be read before the feed lock, not under it.
     #
-    # Rows that insert_rows() wrote and nothing changed since are published as written; only whether
-    # they still exist is checked (a savepoint that held them may have rolled back).
+    # Rows that insert_rows() wrote and nothing changed since are published as written: they are
+    # still there as written (a savepoint that rolled back took its rows' shortcut away with it, see
+    # _forget_rolled_back), and their primary key keeps any other transaction from writing the same id.
     postgres = session.get_bind().dialect.name == "postgresql"
     current: dict[tuple[str, str], Any] = {}
     reread: dict[str, list[str]] = {}
-    written: dict[str, list[str]] = {}
     for (kind, entity_id), touched in pending.items():
-        (written if touched.row is not None else reread).setdefault(kind, []).append(entity_id)
-    for kind, ids in written.items():
-        t = BY_KIND[kind].table
-        for i in range(0, len(ids), _IN_CHUNK):
-            for (entity_id,) in session.execute(sa.select(t.c.id).where(t.c.id.in_(ids[i:i + _IN_CHUNK]))):
-                current[(kind, entity_id)] = SimpleNamespace(**pending[(kind, entity_id)].row)
+        if touched.row is not None:
+            current[(kind, entity_id)] = SimpleNamespace(**touched.row)
+        else:
+            reread.setdefault(kind, []).append(entity_id)
     for kind, ids in reread.items():
         t = BY_KIND[kind].table
         for i in range(0, len(ids), _IN_CHUNK):

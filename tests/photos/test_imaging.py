@@ -325,3 +325,16 @@ def test_a_png_is_checked_without_decoding_its_pixels(write, monkeypatch):
 def test_a_png_keeps_an_exif_chunk_that_precedes_its_pixels(write):
     info = inspect_image(write("exif.png", png_bytes(noisy_rgb(40, 30), exif=exif_block(6).tobytes())))
     assert info.orientation == 6
+
+
+def test_a_png_keeps_an_xmp_orientation_that_precedes_its_pixels(write, monkeypatch):
+    from PIL import PngImagePlugin
+
+    xmp = ('<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+           '<rdf:Description xmlns:tiff="http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    meta = PngImagePlugin.PngInfo()
+    meta.add_itxt("XML:com.adobe.xmp", xmp)
+    path = write("xmp.png", png_bytes(noisy_rgb(40, 30), pnginfo=meta))
+    decoded = []
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.format))
+    assert inspect_image(path).orientation == 6 and decoded == []

@@ -405,3 +405,23 @@ def test_rows_written_in_bulk_follow_savepoints_and_later_changes(session, units
     rows = {r.entity_id: r for r in session.exec(select(Change).where(Change.seq > before)).all()}
     assert set(rows) == {changed["id"], kept["id"]}
     assert rows[changed["id"]].data["lat"] == 30.5 and rows[kept["id"]].data["lat"] == 29.0
+
+
+def test_an_id_written_again_after_its_savepoint_rolled_back_is_published_as_it_now_is(session, units):
+    """A bulk row lost to a rolled-back savepoint must not be published from memory when the same id
+    is written again some other way (the slow path of a push after its fast path failed)."""
+    grid = units["grid-a-1-1"]
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    row = {"id": uid(), "place_id": place.id, "grid_id": grid.id, "town_id": grid.town_id, "user_id": None,
+           "device_id": None, "started_at": NOW, "finished_at": None, "lat": 29.0, "lon": 105.0,
+           "checklist": [], "created_at": NOW}
+    before = session.exec(select(sa.func.max(Change.seq))).one() or 0
+    outer = session.begin_nested()
+    inner = session.begin_nested()
+    insert_rows(session, Inspection.__table__, [row])
+    inner.commit()
+    outer.rollback()  # the enclosing savepoint goes, and the row with it
+    session.execute(sa.insert(Inspection.__table__), [row | {"lat": 31.5}])  # a plain Core insert of the same id
+    session.commit()
+    [change] = session.exec(select(Change).where(Change.seq > before)).all()
+    assert change.entity_id == row["id"] and change.data["lat"] == 31.5
