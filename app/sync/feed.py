@@ -31,9 +31,9 @@ SQLite has a single writer (``BEGIN IMMEDIATE``, and any writing transaction hol
 until it commits), so the order is already the commit order there and no lock is taken. Its
 ``AUTOINCREMENT`` keeps seq values from being reused after pruning.
 
-Rows written by :func:`app.db.insert_rows` (the bulk push) are handed to the feed as written; unless
-something else touches them before commit, they are published without being read back, after a check
-that a rolled-back savepoint did not take them away. Core INSERTs with row dicts
+Rows written by :func:`app.db.insert_rows` (the bulk push) are handed to the feed as written, with
+payloads built before the write lock; unless something else touches them before commit, or a
+savepoint holding them rolls back, they are published without being read back. Core INSERTs with row dicts
 (``session.execute(insert(Hazard.__table__), rows)``) are noted by an engine ``before_execute`` hook
 and read back at commit. Core UPDATEs and DELETEs of these tables name no ids the hook could read:
 call :func:`mark_changed` for the ids they touched.
