@@ -44,7 +44,7 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw, ImageFilter
 
-from bench.server import free_port
+from bench.server import free_port, stop, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -268,15 +268,8 @@ def transport_floor(photos: list[bytes], tokens: list[dict], workers: int, tmp: 
                                "--workers", str(workers), "--log-level", "warning"], env=env, cwd=tmp,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                httpx.get(base + "/", timeout=2)
-                break
-            except httpx.HTTPError:
-                if time.time() > deadline:
-                    raise SystemExit("the raw upload app did not start") from None
-                time.sleep(0.2)
+        if not wait_until_up(base + "/", server, timeout=30):
+            raise SystemExit("the raw upload app did not start")
         time.sleep(1.0)
         pids = worker_pids(server.pid)
         put_all(base, tokens, photos[:8], 201)  # warm-up
@@ -284,11 +277,7 @@ def transport_floor(photos: list[bytes], tokens: list[dict], workers: int, tmp: 
         wall = put_all(base, tokens, photos, 201)
         return (server_cpu(pids) - cpu0) * 1000 / len(photos), wall
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
 
 
 def main() -> None:
@@ -324,16 +313,8 @@ def main() -> None:
     server = subprocess.Popen([firegrid, "serve", "--port", str(port), "--workers", str(args.workers)], env=env,
                               cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"))
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.time() > deadline or server.poll() is not None:
-                raise SystemExit(f"server did not start, see {tmp / 'server.log'}")
-            time.sleep(0.2)
+        if not wait_until_up(f"{base}/healthz", server):
+            raise SystemExit(f"server did not start, see {tmp / 'server.log'}")
         time.sleep(1.0)  # let the second worker finish starting
         pids = worker_pids(server.pid)
         assert len(pids) == args.workers, f"expected {args.workers} workers, found {pids}"
@@ -383,11 +364,7 @@ def main() -> None:
             raise SystemExit(f"second big upload: {r.status_code} {r.text[:300]}")
         supervisor_rss = rss_bytes(server.pid)
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop(server)
     try:
         raw_cpu, raw_wall = transport_floor(photos, tokens, args.workers, tmp)
     finally:

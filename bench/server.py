@@ -15,6 +15,28 @@ ROOT = Path(__file__).resolve().parent.parent
 FIREGRID = str(Path(sys.executable).parent / "firegrid")
 
 
+def wait_until_up(url: str, proc: subprocess.Popen, timeout: float = 60) -> bool:
+    """Poll url until it answers 200; False if the process exits or the time runs out first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, and SIGKILL if it has not gone within 15 s."""
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -36,21 +58,12 @@ def running_server(database_url: str | None = None, workers: int = 2, extra_env:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            try:
-                if httpx.get(base + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        else:
+        if not wait_until_up(base + "/healthz", proc, timeout=20):
+            stop(proc)
             raise RuntimeError("server did not start: " + proc.stderr.read().decode()[-2000:])
         yield base, proc, env
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
 
 
 def token(base: str, username: str, device: str) -> dict:

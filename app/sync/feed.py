@@ -200,6 +200,10 @@ class _Touched:
     payload: dict[str, Any] | None = None  # its payload, built before the write lock was taken
     savepoint: Any = None  # the innermost savepoint the row was written in, if any
 
+    def forget_written(self) -> None:
+        """Publish what the database holds at commit, not the row as written."""
+        self.row = self.payload = self.savepoint = None
+
 
 def _pending(session: Session) -> dict[tuple[str, str], _Touched]:
     return session.info.setdefault(_PENDING_KEY, {})
@@ -232,7 +236,7 @@ def _note(session: Session, obj: Any, *, new: bool, deleted: bool, lookups: bool
     touched = pending.get(key)
     if touched is None:
         touched = pending[key] = _Touched(created=new)
-    touched.row = touched.payload = touched.savepoint = None
+    touched.forget_written()
     if new:
         return
     if deleted:
@@ -352,7 +356,7 @@ def mark_changed(session: Session, kind: str, ids: Iterable[str]) -> None:
     pending = _pending(session)
     for entity_id in ids:
         touched = pending.setdefault((kind, entity_id), _Touched(created=False))
-        touched.row = touched.payload = touched.savepoint = None
+        touched.forget_written()
 
 
 def _prepare_payloads(table: sa.Table, rows: list[dict[str, Any]], notes: dict[str, Any]) -> None:
@@ -397,7 +401,7 @@ def _forget_rolled_back(session: Session, previous_transaction) -> None:
         sp = touched.savepoint
         while sp is not None:
             if sp is previous_transaction:
-                touched.row = touched.payload = touched.savepoint = None
+                touched.forget_written()
                 break
             sp = sp.parent
 

@@ -359,6 +359,13 @@ def test_feed_rows_follow_savepoints_and_rollbacks(session, units):
     assert session.exec(select(sa.func.count()).select_from(Change).where(Change.seq > before)).one() == 1
 
 
+def inspection_row(place, grid) -> dict:
+    """An inspections row as the bulk push writes it."""
+    return {"id": uid(), "place_id": place.id, "grid_id": grid.id, "town_id": grid.town_id, "user_id": None,
+            "device_id": None, "started_at": NOW, "finished_at": None, "lat": 29.0, "lon": 105.0,
+            "checklist": [], "created_at": NOW}
+
+
 def test_a_bulk_push_publishes_its_rows_exactly_as_the_database_holds_them(c, session, units):
     """The fast path publishes the rows it wrote without reading them back; what it publishes must be
     what a read-back would give."""
@@ -389,13 +396,8 @@ def test_rows_written_in_bulk_follow_savepoints_and_later_changes(session, units
     grid = units["grid-a-1-1"]
     place = place_of(session, units, "grid-a-1-1", "rental")
 
-    def inspection() -> dict:
-        return {"id": uid(), "place_id": place.id, "grid_id": grid.id, "town_id": grid.town_id, "user_id": None,
-                "device_id": None, "started_at": NOW, "finished_at": None, "lat": 29.0, "lon": 105.0,
-                "checklist": [], "created_at": NOW}
-
     before = session.exec(select(sa.func.max(Change.seq))).one() or 0
-    dropped, changed, kept = inspection(), inspection(), inspection()
+    dropped, changed, kept = (inspection_row(place, grid) for _ in range(3))
     sp = session.begin_nested()
     insert_rows(session, Inspection.__table__, [dropped])
     sp.rollback()
@@ -412,9 +414,7 @@ def test_an_id_written_again_after_its_savepoint_rolled_back_is_published_as_it_
     is written again some other way (the slow path of a push after its fast path failed)."""
     grid = units["grid-a-1-1"]
     place = place_of(session, units, "grid-a-1-1", "rental")
-    row = {"id": uid(), "place_id": place.id, "grid_id": grid.id, "town_id": grid.town_id, "user_id": None,
-           "device_id": None, "started_at": NOW, "finished_at": None, "lat": 29.0, "lon": 105.0,
-           "checklist": [], "created_at": NOW}
+    row = inspection_row(place, grid)
     before = session.exec(select(sa.func.max(Change.seq))).one() or 0
     outer = session.begin_nested()
     inner = session.begin_nested()
