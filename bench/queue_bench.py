@@ -414,14 +414,15 @@ def sample_units(world: World, n: int, rng: random.Random) -> dict[str, list[Sco
 
 def walk(engine: sa.Engine, scope: Scope, filters: dict) -> tuple[list[str | None], int]:
     """Follow the cursors to the end: the cursor of every page (None for the first) and the row count.
-    Also checks the keyset paging: strictly increasing (next_due, id), no repeats."""
+    Also checks the keyset paging: strictly increasing (next_due, created_at, id) (on the copies,
+    (next_due, id)), no repeats."""
     cursors: list[str | None] = [None]
     total, last = 0, None
     with Session(engine) as s:
         while True:
             rows, nxt = service.queue(s, scope, BENCH_NOW, cursor=cursors[-1], limit=50, **filters)
             for h, _place in rows:
-                key = (h.next_due, h.id)
+                key = (h.next_due, h.id) if filters.get("cc") else (h.next_due, h.created_at, h.id)
                 if last is not None and key <= last:
                     raise RuntimeError(f"queue paging out of order for {scope.unit_id}: {last} then {key}")
                 last = key

@@ -22,11 +22,13 @@ def _open_index(name: str, *cols: str) -> sa.Index:
 class Hazard(SQLModel, table=True):
     __tablename__ = "hazards"
     __table_args__ = (
-        # the queue: a unit's hazards by urgency, keyset-paged on (next_due, id); closed ones for history
-        sa.Index("ix_hazards_queue", "holder_unit_id", "next_due", "id"),
-        _open_index("ix_hazards_queue_open", "holder_unit_id", "next_due", "id"),
-        _open_index("ix_hazards_queue_open_severity", "holder_unit_id", "severity", "next_due", "id"),
-        _open_index("ix_hazards_queue_open_class", "holder_unit_id", "place_class", "next_due", "id"),
+        # the queue: a unit's hazards by urgency, keyset-paged on (next_due, created_at, id); closed ones
+        # for history. created_at before id: a day's reports share a deadline, and new rows then go to
+        # the end of the tie instead of to random pages (migration 0009)
+        sa.Index("ix_hazards_queue", "holder_unit_id", "next_due", "created_at", "id"),
+        _open_index("ix_hazards_queue_open", "holder_unit_id", "next_due", "created_at", "id"),
+        _open_index("ix_hazards_queue_open_severity", "holder_unit_id", "severity", "next_due", "created_at", "id"),
+        _open_index("ix_hazards_queue_open_class", "holder_unit_id", "place_class", "next_due", "created_at", "id"),
         # the sweep: what must escalate by now
         sa.Index("ix_hazards_escalate_at", "escalate_at"),
         sa.Index("ix_hazards_town_created", "town_id", "created_at"),

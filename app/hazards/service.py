@@ -62,12 +62,14 @@ def _encode(values: list) -> str:
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
 
 
-def _decode(cursor: str) -> tuple[datetime, str]:
+def _decode(cursor: str) -> tuple[datetime, datetime | None, str]:
+    """(next_due, created_at, id); created_at is None in a cc cursor, which pages on the copies."""
     try:
-        due, hid = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(due), str(hid)
+        due, created, hid = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        return datetime.fromisoformat(due), datetime.fromisoformat(created) if created else None, str(hid)
     except (ValueError, TypeError):
-        raise Invalid("cursor: not a cursor this server issued", code="bad_cursor", field="cursor") from None
+        raise Invalid("cursor: not a cursor this server issued (or one from before an upgrade): start from the "
+                      "first page", code="bad_cursor", field="cursor") from None
 
 
 def queue(
@@ -78,21 +80,22 @@ def queue(
 ) -> tuple[list[tuple[Hazard, Place]], str | None]:
     """The caller's unit's hazards by urgency: overdue first (earliest deadline), then nearest deadline.
 
-    Keyset-paged on (next_due, id), served by the index (holder_unit_id, next_due, id), so page 1000
-    costs what page 1 does.
+    Keyset-paged on (next_due, created_at, id): equal deadlines oldest report first. Served by the
+    index (holder_unit_id, next_due, created_at, id), so page 1000 costs what page 1 does.
     """
     stmt = select(Hazard, Place).join(Place, Place.id == Hazard.place_id)
-    due_col, id_col = Hazard.next_due, Hazard.id
+    keys = [Hazard.next_due, Hazard.created_at, Hazard.id]
     if cc:
         # the copies carry the hazard's next_due: page on them (ix_hazard_cc_open_queue)
         stmt = stmt.join(HazardCC, (HazardCC.hazard_id == Hazard.id) & (HazardCC.unit_id == scope.unit_id))
-        due_col, id_col = HazardCC.next_due, HazardCC.hazard_id
+        keys = [HazardCC.next_due, HazardCC.hazard_id]
         if not statuses:
             stmt = stmt.where(HazardCC.is_open.is_(True))
     elif scope.grid_ids is not None:
         stmt = stmt.where(Hazard.grid_id.in_(scope.grid_ids))
     elif scope.role != Role.admin:
         stmt = stmt.where(Hazard.holder_unit_id == scope.unit_id)
+    due_col = keys[0]
     # inlined, not bound: the planners can then use the partial indexes on open hazards
     stmt = stmt.where(Hazard.status.in_(sa.bindparam("statuses", statuses or [s.value for s in OPEN_STATUSES],
                                                      expanding=True, literal_execute=True)))
@@ -111,14 +114,18 @@ def queue(
     if listed is not None:
         stmt = stmt.where(Hazard.listed_supervision.is_(listed))
     if cursor:
-        due, hid = _decode(cursor)
-        # a row value, which both planners turn into an index range (an OR of the two parts is not)
-        stmt = stmt.where(sa.tuple_(due_col, id_col) > (due, hid))
+        due, created, hid = _decode(cursor)
+        if (created is None) != cc:
+            raise Invalid("cursor: from a different listing (cc or not): start from the first page",
+                          code="bad_cursor", field="cursor")
+        # a row value, which both planners turn into an index range (an OR of the parts is not)
+        stmt = stmt.where(sa.tuple_(*keys) > ((due, hid) if cc else (due, created, hid)))
     limit = max(1, min(limit, MAX_PAGE))
-    rows = session.exec(stmt.order_by(due_col, id_col).limit(limit + 1)).all()
+    rows = session.exec(stmt.order_by(*keys).limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
-    nxt = _encode([rows[-1][0].next_due.isoformat(), rows[-1][0].id]) if more and rows else None
+    last = rows[-1][0] if more and rows else None
+    nxt = _encode([last.next_due.isoformat(), None if cc else last.created_at.isoformat(), last.id]) if last else None
     return rows, nxt
 
 

@@ -58,6 +58,42 @@ def test_keyset_pages_visit_each_once(clocked_client, many):
     assert seen == many
 
 
+def test_equal_deadlines_list_oldest_report_first_and_page_through_the_tie(clocked_client, clock, session, units):
+    """A day's reports share their acknowledgement deadline; among them the queue goes by when each
+    was reported, not by id (ids here are made to sort the other way), on every page."""
+    c = clocked_client
+    worker = login(c, "worker-a1")
+    rental = place_of(session, units, "grid-a-1-1", "rental")
+    ids = [f"{9 - i}0000000-0000-4000-8000-000000000000" for i in range(4)]  # descending ids
+    for i, hid in enumerate(ids):
+        clock.now = at(f"2026-03-02T{8 + i:02d}:00")
+        report(c, worker, rental.id, at("2026-03-02T07:00"), id=hid, category="ebike_indoor")
+    first = items(c, "office-a")["items"]
+    assert len({i["deadline"] for i in first}) == 1  # one tie
+    assert [i["id"] for i in first] == ids
+    seen, cursor = [], None
+    while True:
+        page = items(c, "office-a", limit=1, **({"cursor": cursor} if cursor else {}))
+        seen += [i["id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert seen == ids
+
+
+def test_a_cursor_from_before_the_age_tiebreak_or_another_listing_is_refused(clocked_client, many):
+    import base64
+    import json
+
+    c = clocked_client
+    old = base64.urlsafe_b64encode(json.dumps(["2026-03-05T16:00:00+00:00", many[0]]).encode()).decode()
+    r = c.get("/api/v1/queue", params={"cursor": old}, headers=login(c, "office-a"))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "bad_cursor"
+    plain = items(c, "office-a", limit=1)["next_cursor"]
+    r = c.get("/api/v1/queue", params={"cursor": plain, "cc": "true"}, headers=login(c, "office-a"))
+    assert r.status_code == 422 and r.json()["error"]["field"] == "cursor"
+
+
 def test_filters(clocked_client, many, units):
     c = clocked_client
     assert {i["place"]["place_class"] for i in items(c, "office-a", place_class="rental")["items"]} == {"rental"}
