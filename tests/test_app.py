@@ -1,5 +1,8 @@
 """Health, error shape, production safety."""
 
+import os
+from pathlib import Path
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -70,3 +73,21 @@ def test_prod_starts_without_demo_accounts(db, session):
 def test_pwa_served_at_root(client):
     r = client.get("/")
     assert r.status_code == 200 and "Firegrid" in r.text
+
+
+def test_serving_workers_freeze_their_startup_heap(tmp_path):
+    """app.asgi (what uvicorn's workers import) moves the start-up objects out of the cyclic
+    collector's reach; create_app() alone (tests, scripts) leaves the collector as it is."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "FIREGRID_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+           "FIREGRID_STORAGE_DIR": str(tmp_path / "blobs")}
+    probe = ("import gc, sys; import {mod}; print(gc.get_freeze_count())")
+    counts = {}
+    for mod in ("app.main", "app.asgi"):
+        out = subprocess.run([sys.executable, "-c", probe.format(mod=mod)], env=env, capture_output=True, text=True,
+                             check=True, cwd=Path(__file__).resolve().parent.parent)
+        counts[mod] = int(out.stdout.split()[-1])
+    assert counts["app.main"] == 0
+    assert counts["app.asgi"] > 10_000
