@@ -141,3 +141,65 @@ def test_a_report_duplicates_the_earliest_open_hazard_of_its_kind_there(clocked_
     a, b = push(clocked_client, worker, op("hazard.report", hazard_data(place.id, NOW, category="blocked_exit")),
                 op("hazard.report", hazard_data(place.id, NOW, category="blocked_exit")))
     assert a["result"]["duplicate_of_id"] == b["result"]["duplicate_of_id"] == second["hazard_id"]
+
+
+
+def test_a_worker_process_runs_one_push_at_a_time(tmp_path, monkeypatch):
+    """Pushes arriving together in one process plan and write one after the other (the one holding
+    the write lock must not share its CPU with another push), and all of them apply. A real SQLite
+    file: the requests run on connections of their own, as in a server."""
+    import threading
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from app import migrate
+    from app.config import Settings
+    from app.db import Database, make_engine
+    from app.demo import seed_demo
+    from app.main import create_app
+    from app.sync import service
+    from tests.conftest import FakeClock
+
+    url = f"sqlite:///{tmp_path / 'gate.db'}"
+    migrate.upgrade(url)
+    db = Database(make_engine(url))
+    inside, most = [0], [0]
+    guard = threading.Lock()
+    real_plan = service.plan_push
+
+    def counting_plan(ctx, ops):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)  # long enough for the other requests to arrive meanwhile
+        try:
+            return real_plan(ctx, ops)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    try:
+        with db.session(write=True) as s:
+            seed_demo(s, with_hazards=False)
+            s.commit()
+        settings = Settings(database_url=url, storage_dir=tmp_path / "blobs", secret_key="t" * 40,
+                            sweep_interval_seconds=0)
+        with TestClient(create_app(settings, db, clock=FakeClock(NOW))) as c:
+            worker = login(c, "worker-a1")
+            place_id = c.get("/api/v1/places", params={"limit": 1}, headers=worker).json()["items"][0]["id"]
+            monkeypatch.setattr(service, "plan_push", counting_plan)
+            results: list = []
+
+            def one():
+                results.extend(push(c, worker, op("hazard.report", hazard_data(place_id, NOW))))
+
+            threads = [threading.Thread(target=one) for _ in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert [r["status"] for r in results] == ["applied"] * 4
+        assert most[0] == 1
+    finally:
+        db.engine.dispose()
