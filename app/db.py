@@ -91,18 +91,30 @@ WAL_BACKSTOP_PAGES = 8192  # 32 MiB of 4 KiB pages
 
 
 class WalCheckpointer:
-    """Copies committed WAL frames into the database file in a background thread.
+    """Copies committed WAL frames into the database file in a background thread, and keeps the WAL
+    from growing without end.
 
     With SQLite's automatic checkpoint, the transaction whose commit crosses the threshold does the
     copying (and its fsyncs) while it still holds the write lock, so every other writer waits for it:
     a quarter of a push batch's time went there. A PASSIVE checkpoint on a connection of its own
-    takes no write lock and never waits for readers or writers; it copies what it can, and the next
-    writer restarts the WAL from the beginning once everything is copied.
+    takes no write lock and never waits for readers or writers; it copies what it can.
+
+    But the WAL only starts again from its beginning when a writer finds every frame copied and no
+    reader still on an older snapshot, and under steady pushes that moment never comes: a 160-batch
+    benchmark left a 940 MB WAL beside a 220 MB database, every commit appended to fresh disk
+    blocks, and every page read searched a longer WAL index. So every `restart_every` rounds the
+    checkpointer takes the writers' lock (`SQLiteWriteLock`), copies the few frames committed since
+    its last pass and waits, for at most `reader_wait_ms`, for readers on older snapshots to finish
+    (RESTART): the next writer then reuses the WAL from its start.
     """
 
-    def __init__(self, db_path: str, interval: float = 0.25):
+    def __init__(self, db_path: str, interval: float = 0.25, write_lock: "SQLiteWriteLock | None" = None,
+                 restart_every: int = 4, reader_wait_ms: int = 200):
         self._path = db_path
         self._interval = interval
+        self._write_lock = write_lock
+        self._restart_every = restart_every
+        self._reader_wait_ms = reader_wait_ms
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="firegrid-wal-checkpoint", daemon=True)
 
@@ -118,12 +130,29 @@ class WalCheckpointer:
         """(busy, frames in the WAL, frames copied), as PRAGMA wal_checkpoint reports them."""
         return tuple(conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone())
 
+    def restart(self, conn: sqlite3.Connection) -> tuple[int, int, int]:
+        """Copy the rest and let the next writer start the WAL over; holds the writers' lock meanwhile.
+        busy is 1 if a reader outlasted the wait (the WAL then restarts on a later round)."""
+        if self._write_lock is None:
+            return self.checkpoint(conn)
+        self._write_lock.acquire()
+        try:
+            conn.execute(f"PRAGMA busy_timeout={self._reader_wait_ms}")
+            return tuple(conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone())
+        finally:
+            conn.execute("PRAGMA busy_timeout=0")
+            self._write_lock.release()
+
     def _run(self) -> None:
         conn = sqlite3.connect(self._path, timeout=0, check_same_thread=False)
+        rounds = 0
         try:
             while not self._stop.wait(self._interval):
+                rounds += 1
                 try:
-                    self.checkpoint(conn)
+                    self.checkpoint(conn)  # the bulk of the copying, off the writers' lock
+                    if rounds % self._restart_every == 0:
+                        self.restart(conn)
                 except sqlite3.Error as exc:  # another checkpoint is running: try again next round
                     log.debug("WAL checkpoint skipped: %s", exc)
         finally:
@@ -332,7 +361,7 @@ class Database:
 
     def start_checkpointer(self) -> "WalCheckpointer | None":
         """A serving process's background WAL checkpoints (SQLite files only); stop() it on shutdown."""
-        return WalCheckpointer(self.sqlite_path).start() if self.sqlite_path else None
+        return WalCheckpointer(self.sqlite_path, write_lock=self.write_lock).start() if self.sqlite_path else None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Database":

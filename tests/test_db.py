@@ -87,6 +87,81 @@ def test_the_checkpointer_copies_committed_frames_into_the_database(tmp_path):
     keep.close()
 
 
+def _wal_setup(tmp_path):
+    path = tmp_path / "restart.db"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    db = Database(make_engine(url))
+    keep = sqlite3.connect(path)  # keeps the WAL file open between the test's connections
+    keep.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    return path, url, db, keep
+
+
+def test_the_restart_lets_the_next_writer_reuse_the_wal_from_its_start(tmp_path):
+    """A reader on an older snapshot keeps writers appending to the WAL even when every frame has
+    been copied; restart() waits for such readers (holding writers back) and the next commit then
+    writes from the WAL's beginning: the file stops growing."""
+    path, url, db, keep = _wal_setup(tmp_path)
+    wal = path.with_name(path.name + "-wal")
+    ck = WalCheckpointer(str(path), write_lock=db.write_lock, reader_wait_ms=5000)
+    write_some(url)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM changes").fetchone()  # a snapshot that reads from the WAL
+    with sqlite3.connect(path, timeout=0, check_same_thread=False) as conn:
+        assert ck.checkpoint(conn)[0] == 0  # every frame copied...
+        before = wal.stat().st_size
+        write_some(url)
+        assert wal.stat().st_size > before  # ...yet the writer appended: the reader still holds its place
+
+        done = []
+        t = threading.Thread(target=lambda: done.append(ck.restart(conn)))
+        t.start()
+        time.sleep(0.2)  # the restart waits for the reader (not a timing assertion: any wait works)
+        reader.execute("COMMIT")
+        reader.close()
+        t.join()
+    assert done[0][0] == 0 and done[0][1] == done[0][2]
+    grown = wal.stat().st_size
+    write_some(url)
+    assert wal.stat().st_size == grown  # written over the WAL's beginning, not appended
+    db.engine.dispose()
+    keep.close()
+
+
+def test_a_restart_waits_for_a_slow_reader_only_so_long_and_holds_writers_meanwhile(tmp_path):
+    path, url, db, keep = _wal_setup(tmp_path)
+    write_some(url)
+    reader = sqlite3.connect(path, isolation_level=None)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM changes").fetchone()
+    write_some(url)  # the reader is now on an older snapshot than the WAL's last frame
+    ck = WalCheckpointer(str(path), write_lock=db.write_lock, reader_wait_ms=300)
+    held, result = [], []
+
+    def restart():
+        with sqlite3.connect(path, timeout=0) as conn:
+            result.append(ck.restart(conn))
+
+    t = threading.Thread(target=restart)
+    t.start()
+    deadline = time.monotonic() + 5
+    while not db.write_lock._thread_lock.locked() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    held.append(db.write_lock._thread_lock.locked())  # writers of this process wait while it runs
+    t.join()
+    assert held == [True]
+    assert result[0][0] == 1  # busy: the reader outlasted the wait; the WAL restarts on a later round
+    assert not db.write_lock._thread_lock.locked()
+    with db.session(write=True) as s:  # and writers go on
+        insert_rows(s, Change.__table__, [change_row(uid())])
+        s.commit()
+    reader.execute("COMMIT")
+    reader.close()
+    db.engine.dispose()
+    keep.close()
+
+
 def test_a_served_sqlite_app_runs_the_checkpointer_and_stops_it(tmp_path):
     path = tmp_path / "served.db"
     url = f"sqlite:///{path}"

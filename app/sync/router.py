@@ -32,8 +32,10 @@ def push(body: PushRequest, request: Request, p: CurrentPrincipal, session: Sess
                       field="device_id")
     ctx = service.PushContext(session=session, rules=rules, scope=p.scope, user=p.user, device=p.device, now=now)
     offset = health.clock_offset(body.sent_at, now)
+    # End the read transaction authentication began: waiting for the gate with it open would pin the
+    # WAL (no checkpoint can pass its snapshot), and the plan should see what committed meanwhile.
+    session.commit()
     with _ONE_PUSH_PER_PROCESS:
-        session.commit()  # plan on a snapshot taken now, not the one authentication read before the wait
         plan = service.plan_push(ctx, body.ops)
         session.commit()  # end the read transaction (nothing to commit) before the write one begins
         with request.app.state.db.session(write=True) as writer:
