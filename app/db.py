@@ -102,18 +102,19 @@ class WalCheckpointer:
     But the WAL only starts again from its beginning when a writer finds every frame copied and no
     reader still on an older snapshot, and under steady pushes that moment never comes: a 160-batch
     benchmark left a 940 MB WAL beside a 220 MB database, every commit appended to fresh disk
-    blocks, and every page read searched a longer WAL index. So every `restart_every` rounds the
-    checkpointer takes the writers' lock (`SQLiteWriteLock`), copies the few frames committed since
-    its last pass and waits, for at most `reader_wait_ms`, for readers on older snapshots to finish
-    (RESTART): the next writer then reuses the WAL from its start.
+    blocks, and every page read searched a longer WAL index. So once the WAL holds `restart_frames`
+    frames, the checkpointer takes the writers' lock (`SQLiteWriteLock`), copies the few frames
+    committed since its last pass and waits, for at most `reader_wait_ms`, for readers on older
+    snapshots to finish (RESTART): the next writer then reuses the WAL from its start. Writers wait
+    meanwhile, which is why it is done by size (every ~10 push batches) and not every round.
     """
 
     def __init__(self, db_path: str, interval: float = 0.25, write_lock: "SQLiteWriteLock | None" = None,
-                 restart_every: int = 4, reader_wait_ms: int = 200):
+                 restart_frames: int = 16384, reader_wait_ms: int = 50):
         self._path = db_path
         self._interval = interval
         self._write_lock = write_lock
-        self._restart_every = restart_every
+        self._restart_frames = restart_frames
         self._reader_wait_ms = reader_wait_ms
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="firegrid-wal-checkpoint", daemon=True)
@@ -145,13 +146,11 @@ class WalCheckpointer:
 
     def _run(self) -> None:
         conn = sqlite3.connect(self._path, timeout=0, check_same_thread=False)
-        rounds = 0
         try:
             while not self._stop.wait(self._interval):
-                rounds += 1
                 try:
-                    self.checkpoint(conn)  # the bulk of the copying, off the writers' lock
-                    if rounds % self._restart_every == 0:
+                    _, frames, _ = self.checkpoint(conn)  # the bulk of the copying, off the writers' lock
+                    if frames >= self._restart_frames:
                         self.restart(conn)
                 except sqlite3.Error as exc:  # another checkpoint is running: try again next round
                     log.debug("WAL checkpoint skipped: %s", exc)
