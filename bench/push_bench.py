@@ -65,8 +65,10 @@ def run(backend: str, batches: int, clients: int, batch_size: int) -> dict:
                 h = token(base, user, f"bench-phone-{i}")
                 phones.append((h, places_of(base, h)))
             bodies = [[batch(places, batch_size) for _ in range(batches // clients)] for _, places in phones]
-            warm = batch(phones[0][1], 10)
-            httpx.post(base + "/api/v1/sync/push", json=warm, headers=phones[0][0], timeout=60).raise_for_status()
+            # one untimed batch per phone: every worker's pool, caches and compiled statements warm
+            for headers, places in phones:
+                warm = batch(places, batch_size)
+                httpx.post(base + "/api/v1/sync/push", json=warm, headers=headers, timeout=120).raise_for_status()
             latencies: list[float] = []
             errors: list[str] = []
 

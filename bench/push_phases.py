@@ -1,17 +1,22 @@
 """Where one push batch goes, in-process: the phases of POST /api/v1/sync/push and each table's INSERT.
 
-    .venv/bin/python -m bench.push_phases [--batches 40] [--batch-size 100]
+    .venv/bin/python -m bench.push_phases [--batches 40] [--batch-size 100] [--pages]
 
 Builds a throw-away SQLite database (migrate + seed-demo), then runs batches of `inspection.submit`
 ops with 2 hazards each (the push benchmark's) through the same calls the endpoint makes: plan on a
 read transaction, then write and commit under the write lock. Prints wall and CPU (thread time)
 per batch for each phase, and the time SQLite spends in each table's INSERT. Single-threaded, so
 it shows the work itself, not the contention of bench/push_bench.py. Never asserts on time.
+
+--pages: also which tables and indexes the last batch's commit wrote pages of, read from the WAL
+frames it appended (SQLite's dbstat names each page's b-tree): what a commit costs is the pages.
 """
 
 import argparse
 import collections
 import os
+import sqlite3
+import struct
 import subprocess
 import tempfile
 import time
@@ -29,6 +34,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", type=int, default=40)
     ap.add_argument("--batch-size", type=int, default=100)
+    ap.add_argument("--pages", action="store_true", help="which b-trees the last batch's commit wrote")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fg-push-phases-"))
     os.environ.update(FIREGRID_DATABASE_URL=f"sqlite:///{tmp / 'bench.db'}", FIREGRID_STORAGE_DIR=str(tmp / "blobs"))
@@ -108,7 +114,10 @@ def main() -> None:
         one(batch(places, a.batch_size))
     wall.clear(), cpu.clear(), insert_s.clear(), insert_rows.clear()
     bodies = [batch(places, a.batch_size) for _ in range(a.batches)]
-    for body in bodies:
+    for i, body in enumerate(bodies):
+        if a.pages and i == len(bodies) - 1:
+            with sqlite3.connect(tmp / "bench.db") as side:  # empty the WAL: the last commit's frames are all of it
+                side.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         one(body)
     n = a.batches
     rows = [[k, wall[k] / n * 1000, cpu[k] / n * 1000] for k in wall]
@@ -118,7 +127,23 @@ def main() -> None:
     print()
     print(markdown_table(["INSERT into", "rows per batch", "ms per batch (in SQLite)"],
                          [[t, insert_rows[t] // n, insert_s[t] / n * 1000] for t, _ in insert_s.most_common()]))
+    if a.pages:
+        print()
+        print(written_pages(tmp / "bench.db"))
     subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
+
+def written_pages(path: Path) -> str:
+    """The b-trees whose pages the WAL holds, by frame: one batch's commit when the WAL was emptied before it."""
+    with sqlite3.connect(path) as conn:
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+        wal = (path.parent / (path.name + "-wal")).read_bytes()
+        frame = 24 + page_size
+        pages = [struct.unpack(">I", wal[off:off + 4])[0] for off in range(32, len(wal) - frame + 1, frame)]
+        owner = dict(conn.execute("SELECT pageno, name FROM dbstat"))
+    counts = collections.Counter(owner.get(p, "(free)") for p in pages)
+    return (f"the last batch's commit wrote {len(pages)} pages ({len(pages) * page_size / 2**20:.1f} MiB of WAL):\n\n"
+            + markdown_table(["b-tree (table or index)", "pages"], counts.most_common()))
 
 
 if __name__ == "__main__":
