@@ -65,7 +65,8 @@ def run(backend: str, batches: int, clients: int, batch_size: int) -> dict:
                 h = token(base, user, f"bench-phone-{i}")
                 phones.append((h, places_of(base, h)))
             bodies = [[batch(places, batch_size) for _ in range(batches // clients)] for _, places in phones]
-            # one untimed batch per phone: every worker's pool, caches and compiled statements warm
+            # one untimed full batch per phone (each on a new connection, so both workers usually get some):
+            # pools, page caches and compiled statements warm before the clock starts
             for headers, places in phones:
                 warm = batch(places, batch_size)
                 httpx.post(base + "/api/v1/sync/push", json=warm, headers=headers, timeout=120).raise_for_status()
