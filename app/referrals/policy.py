@@ -16,6 +16,7 @@ field, e.g.::
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
 from pathlib import Path
@@ -200,8 +201,9 @@ class Policy(_Model):
 
     # -- helpers ---------------------------------------------------------------
 
-    @property
+    @functools.cached_property
     def category_codes(self) -> frozenset[str]:
+        # asked once per reported hazard; the policy never changes once loaded (frozen)
         return frozenset(c.code for c in self.categories)
 
     def category(self, code: str) -> Category | None:

@@ -45,6 +45,7 @@ transaction recorded. So a device is not sent its own writes back as news.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 import weakref
@@ -126,7 +127,16 @@ def iso(value: datetime | None) -> str | None:
         return None
     if value.tzinfo is None:  # Core rows from SQLite come back through UTCDateTime, so this is rare
         value = value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+    elif value.tzinfo is not timezone.utc:
+        # converted before the cache: two local times can be equal yet different instants (fold)
+        value = value.astimezone(timezone.utc)
+    return _iso_utc(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_utc(value: datetime) -> str:
+    # a push batch's payloads format ~1,500 times but few distinct ones (now, the deadlines)
+    return value.isoformat().replace("+00:00", "Z")
 
 
 def _str(value: Any) -> Any:

@@ -425,3 +425,19 @@ def test_an_id_written_again_after_its_savepoint_rolled_back_is_published_as_it_
     session.commit()
     [change] = session.exec(select(Change).where(Change.seq > before)).all()
     assert change.entity_id == row["id"] and change.data["lat"] == 31.5
+
+
+def test_payload_times_are_utc_text_per_instant_even_when_local_times_compare_equal():
+    """Payload times are formatted through a cache; it must key on the instant, not on a local time
+    that compares equal to another (01:30 twice on the night New York's clocks go back)."""
+    from zoneinfo import ZoneInfo
+
+    from app.sync.feed import iso
+
+    ny = ZoneInfo("America/New_York")
+    first, second = (datetime(2025, 11, 2, 1, 30, tzinfo=ny, fold=f) for f in (0, 1))
+    assert first == second  # Python's view of two different instants
+    assert [iso(first), iso(second)] == ["2025-11-02T05:30:00Z", "2025-11-02T06:30:00Z"]
+    assert iso(datetime(2026, 3, 2, 9, 0, tzinfo=timezone(timedelta(hours=8)))) == "2026-03-02T01:00:00Z"
+    assert iso(datetime(2026, 3, 2, 1, 0)) == "2026-03-02T01:00:00Z"  # naive values are UTC here
+    assert iso(None) is None
