@@ -35,7 +35,7 @@ class Hazard(SQLModel, table=True):
         sa.Index("ix_hazards_place_category", "place_id", "category"),
         # a new report's duplicate: the earliest open hazard of the same category at the premises
         _open_index("ix_hazards_open_place", "place_id", "category", "created_at", "id"),
-        sa.Index("ix_hazards_grid_id", "grid_id", "id"),  # a grid worker's hazards, paged by id (pull)
+        sa.Index("ix_hazards_grid_id", "grid_id"),  # a grid worker's hazards; new ones at the end (migration 0010)
     )
 
     id: str = Field(primary_key=True, max_length=36)  # client-made UUID
