@@ -87,7 +87,11 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 SQLITE_CACHE_KIB = 16 * 1024  # per pooled connection, and only as pages are read
-WAL_BACKSTOP_PAGES = 8192  # 32 MiB of 4 KiB pages
+# SQLite's own checkpoint runs inside every commit once the WAL is this long, under the write lock:
+# the serving checkpointer restarts the WAL well before (WAL_RESTART_FRAMES), so only processes
+# without one (the CLI) ever reach it.
+WAL_BACKSTOP_PAGES = 65536  # 256 MiB of 4 KiB pages
+WAL_RESTART_FRAMES = WAL_BACKSTOP_PAGES // 4
 
 
 class WalCheckpointer:
@@ -106,16 +110,19 @@ class WalCheckpointer:
     frames, the checkpointer takes the writers' lock (`SQLiteWriteLock`), copies the few frames
     committed since its last pass and waits, for at most `reader_wait_ms`, for readers on older
     snapshots to finish (RESTART): the next writer then reuses the WAL from its start. Writers wait
-    meanwhile, which is why it is done by size (every ~10 push batches) and not every round.
+    meanwhile, which is why it is done by size (every ~10 push batches), not again for a WAL that
+    has not grown since the last restart, and not for `backoff_rounds` after a reader outlasted
+    the wait.
     """
 
     def __init__(self, db_path: str, interval: float = 0.25, write_lock: "SQLiteWriteLock | None" = None,
-                 restart_frames: int = 16384, reader_wait_ms: int = 50):
+                 restart_frames: int = WAL_RESTART_FRAMES, reader_wait_ms: int = 50, backoff_rounds: int = 4):
         self._path = db_path
         self._interval = interval
         self._write_lock = write_lock
         self._restart_frames = restart_frames
         self._reader_wait_ms = reader_wait_ms
+        self._backoff_rounds = backoff_rounds
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="firegrid-wal-checkpoint", daemon=True)
 
@@ -139,21 +146,40 @@ class WalCheckpointer:
         self._write_lock.acquire()
         try:
             conn.execute(f"PRAGMA busy_timeout={self._reader_wait_ms}")
-            return tuple(conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone())
+            try:
+                return tuple(conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchone())
+            finally:
+                conn.execute("PRAGMA busy_timeout=0")
         finally:
-            conn.execute("PRAGMA busy_timeout=0")
             self._write_lock.release()
+
+    def round(self, conn: sqlite3.Connection, state: dict[str, int]) -> None:
+        """One pass: copy what can be copied; restart the WAL if it is long, has grown since the last
+        restart and no reader made the last attempt wait in vain within `backoff_rounds`."""
+        _, frames, _ = self.checkpoint(conn)  # the bulk of the copying, off the writers' lock
+        if state.get("skip", 0) > 0:
+            state["skip"] -= 1
+            return
+        # after a restart the WAL reports its old length until the next write: nothing new to do
+        if frames < self._restart_frames or frames == state.get("restarted_at"):
+            return
+        busy, frames, _ = self.restart(conn)
+        if busy:
+            state["skip"] = self._backoff_rounds
+        else:
+            state["restarted_at"] = frames
 
     def _run(self) -> None:
         conn = sqlite3.connect(self._path, timeout=0, check_same_thread=False)
+        state: dict[str, int] = {}
         try:
             while not self._stop.wait(self._interval):
                 try:
-                    _, frames, _ = self.checkpoint(conn)  # the bulk of the copying, off the writers' lock
-                    if frames >= self._restart_frames:
-                        self.restart(conn)
+                    self.round(conn, state)
                 except sqlite3.Error as exc:  # another checkpoint is running: try again next round
                     log.debug("WAL checkpoint skipped: %s", exc)
+                except Exception:  # never let the thread die quietly: this process would stop checkpointing
+                    log.exception("WAL checkpoint round failed; trying again next round")
         finally:
             conn.close()
 

@@ -82,7 +82,7 @@ def test_serving_workers_freeze_their_startup_heap(tmp_path):
     import sys
 
     env = {**os.environ, "FIREGRID_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
-           "FIREGRID_STORAGE_DIR": str(tmp_path / "blobs")}
+           "FIREGRID_STORAGE_DIR": str(tmp_path / "blobs"), "FIREGRID_ENV": "dev"}
     probe = ("import gc, sys; import {mod}; print(gc.get_freeze_count())")
     counts = {}
     for mod in ("app.main", "app.asgi"):

@@ -2,6 +2,7 @@
 
 import sqlite3
 import threading
+from contextlib import closing
 import time
 from datetime import datetime, timedelta, timezone
 
@@ -108,7 +109,7 @@ def test_the_restart_lets_the_next_writer_reuse_the_wal_from_its_start(tmp_path)
     reader = sqlite3.connect(path, isolation_level=None)
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM changes").fetchone()  # a snapshot that reads from the WAL
-    with sqlite3.connect(path, timeout=0, check_same_thread=False) as conn:
+    with closing(sqlite3.connect(path, timeout=0, check_same_thread=False)) as conn:
         assert ck.checkpoint(conn)[0] == 0  # every frame copied...
         before = wal.stat().st_size
         write_some(url)
@@ -140,7 +141,7 @@ def test_a_restart_waits_for_a_slow_reader_only_so_long_and_holds_writers_meanwh
     held, result = [], []
 
     def restart():
-        with sqlite3.connect(path, timeout=0) as conn:
+        with closing(sqlite3.connect(path, timeout=0)) as conn:
             result.append(ck.restart(conn))
 
     t = threading.Thread(target=restart)
@@ -158,6 +159,59 @@ def test_a_restart_waits_for_a_slow_reader_only_so_long_and_holds_writers_meanwh
         s.commit()
     reader.execute("COMMIT")
     reader.close()
+    db.engine.dispose()
+    keep.close()
+
+
+def test_the_checkpointer_restarts_a_long_wal_once_and_backs_off_after_a_busy_attempt(tmp_path):
+    """Writers wait while a restart runs, so it is tried only when the WAL is long, not again for a
+    WAL that has not been written since, and not for a few rounds after a reader outlasted it."""
+    path, url, db, keep = _wal_setup(tmp_path)
+    write_some(url)
+    ck = WalCheckpointer(str(path), write_lock=db.write_lock, restart_frames=1, backoff_rounds=2)
+    calls, answers = [], []
+    real = ck.restart
+
+    def counting_restart(conn):
+        calls.append(1)
+        return answers.pop(0) if answers else real(conn)
+
+    ck.restart = counting_restart
+    state: dict = {}
+    with closing(sqlite3.connect(path, timeout=0)) as conn:
+        ck.round(conn, state)
+        assert len(calls) == 1 and state["restarted_at"] > 0
+        ck.round(conn, state)  # nothing written since: the WAL still reports its old length
+        assert len(calls) == 1
+        write_some(url)
+        answers.append((1, 10**6, 0))  # a reader outlasted the wait
+        ck.round(conn, state)
+        assert len(calls) == 2
+        ck.round(conn, state)
+        ck.round(conn, state)
+        assert len(calls) == 2  # backing off
+        ck.round(conn, state)
+        assert len(calls) == 3
+        big = WalCheckpointer(str(path), write_lock=db.write_lock)  # the default: only a long WAL
+        big.restart = counting_restart
+        write_some(url)
+        big.round(conn, {})
+        assert len(calls) == 3
+    db.engine.dispose()
+    keep.close()
+
+
+def test_a_failed_restart_still_lets_the_writers_go(tmp_path):
+    path, url, db, keep = _wal_setup(tmp_path)
+
+    class Broken:
+        def execute(self, sql):
+            raise sqlite3.OperationalError("disk I/O error")
+
+    ck = WalCheckpointer(str(path), write_lock=db.write_lock)
+    with pytest.raises(sqlite3.OperationalError):
+        ck.restart(Broken())
+    assert not db.write_lock._thread_lock.locked()
     db.engine.dispose()
     keep.close()
 

@@ -66,7 +66,10 @@ def _decode(cursor: str) -> tuple[datetime, datetime | None, str]:
     """(next_due, created_at, id); created_at is None in a cc cursor, which pages on the copies."""
     try:
         due, created, hid = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        return datetime.fromisoformat(due), datetime.fromisoformat(created) if created else None, str(hid)
+        due, created = datetime.fromisoformat(due), datetime.fromisoformat(created) if created else None
+        if due.tzinfo is None or (created is not None and created.tzinfo is None):
+            raise ValueError("a cursor's times carry their offset")
+        return due, created, str(hid)
     except (ValueError, TypeError):
         raise Invalid("cursor: not a cursor this server issued (or one from before an upgrade): start from the "
                       "first page", code="bad_cursor", field="cursor") from None
@@ -80,8 +83,10 @@ def queue(
 ) -> tuple[list[tuple[Hazard, Place]], str | None]:
     """The caller's unit's hazards by urgency: overdue first (earliest deadline), then nearest deadline.
 
-    Keyset-paged on (next_due, created_at, id): equal deadlines oldest report first. Served by the
-    index (holder_unit_id, next_due, created_at, id), so page 1000 costs what page 1 does.
+    Keyset-paged on (next_due, created_at, id): equal deadlines oldest report first (the cc list:
+    (next_due, hazard_id) on the copies). A unit's list is served by the index (holder_unit_id,
+    next_due, created_at, id), so page 1000 costs what page 1 does; a grid worker's list is small
+    enough to sort.
     """
     stmt = select(Hazard, Place).join(Place, Place.id == Hazard.place_id)
     keys = [Hazard.next_due, Hazard.created_at, Hazard.id]

@@ -86,6 +86,10 @@ def test_a_cursor_from_before_the_age_tiebreak_or_another_listing_is_refused(clo
     old = base64.urlsafe_b64encode(json.dumps(["2026-03-05T16:00:00+00:00", many[0]]).encode()).decode()
     r = c.get("/api/v1/queue", params={"cursor": old}, headers=login(c, "office-a"))
     assert r.status_code == 422 and r.json()["error"]["code"] == "bad_cursor"
+    naive = base64.urlsafe_b64encode(json.dumps(["2026-03-05T16:00:00", "2026-03-02T01:00:00",
+                                                  many[0]]).encode()).decode()
+    r = c.get("/api/v1/queue", params={"cursor": naive}, headers=login(c, "office-a"))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "bad_cursor"
     plain = items(c, "office-a", limit=1)["next_cursor"]
     r = c.get("/api/v1/queue", params={"cursor": plain, "cc": "true"}, headers=login(c, "office-a"))
     assert r.status_code == 422 and r.json()["error"]["field"] == "cursor"
