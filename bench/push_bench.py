@@ -1,7 +1,7 @@
 """Push throughput against a running server (uvicorn, 2 workers): batches of 100 `inspection.submit`
 ops with 2 hazards each, from 4 concurrent phones, on SQLite and PostgreSQL.
 
-    .venv/bin/python -m bench.push_bench [--backend sqlite|postgresql|both] [--batches 160] [--clients 4]
+    .venv/bin/python -m bench.push_bench [--backend sqlite|postgresql|both] [--batches 160] [--clients 4] [--workers 2]
 
 160 batches (16,000 ops, ~10 s): a 40-batch run lasted 2 s and mostly measured the start (cold page
 caches, a WAL still small) on a machine whose speed wanders.
@@ -50,7 +50,7 @@ def batch(place_ids: list[str], n: int) -> dict:
     return {"ops": ops}
 
 
-def run(backend: str, batches: int, clients: int, batch_size: int) -> dict:
+def run(backend: str, batches: int, clients: int, batch_size: int, workers: int = 2) -> dict:
     url = None
     schema = None
     if backend == "postgresql":
@@ -62,7 +62,7 @@ def run(backend: str, batches: int, clients: int, batch_size: int) -> dict:
             c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
         url = DEFAULT_PG_URL + f"?options=-csearch_path%3D{schema}"
     try:
-        with running_server(url, workers=2) as (base, _proc, _env):
+        with running_server(url, workers=workers) as (base, _proc, _env):
             phones = []
             for i in range(clients):
                 user = WORKERS[i % len(WORKERS)]
@@ -118,11 +118,12 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=160)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=2)
     a = ap.parse_args()
     backends = ["sqlite", "postgresql"] if a.backend == "both" else [a.backend]
     rows = []
     for b in backends:
-        r = run(b, a.batches, a.clients, a.batch_size)
+        r = run(b, a.batches, a.clients, a.batch_size, a.workers)
         rows.append([r["backend"], r["ops"], r["seconds"], r["ops_s"], r["hazards_s"], r["batch_median_ms"], r["batch_max_ms"]])
     print(markdown_table(["backend", "ops", "seconds", "ops/s", "hazards/s", "batch median ms", "batch max ms"], rows))
 
