@@ -116,7 +116,7 @@ class WalCheckpointer:
     """
 
     def __init__(self, db_path: str, interval: float = 0.25, write_lock: "SQLiteWriteLock | None" = None,
-                 restart_frames: int = WAL_RESTART_FRAMES, reader_wait_ms: int = 50, backoff_rounds: int = 4):
+                 restart_frames: int = WAL_RESTART_FRAMES, reader_wait_ms: int = 50, backoff_rounds: int = 1):
         self._path = db_path
         self._interval = interval
         self._write_lock = write_lock

@@ -10,7 +10,10 @@ Prints ops/s (and hazards/s); never asserts on time.
 """
 
 import argparse
+import collections
 import json
+import re
+import subprocess
 import statistics
 import threading
 import time
@@ -50,6 +53,18 @@ def batch(place_ids: list[str], n: int) -> dict:
     return {"ops": ops}
 
 
+def connection_split(base: str) -> str:
+    """How many of the open client connections each server process holds, e.g. "2+2" (from ss -tnp)."""
+    port = base.rsplit(":", 1)[1]
+    try:
+        out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"], capture_output=True,
+                             text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    per_pid = collections.Counter(re.findall(r"pid=(\d+)", out))
+    return "+".join(str(n) for n in sorted(per_pid.values(), reverse=True)) or "?"
+
+
 def run(backend: str, batches: int, clients: int, batch_size: int, workers: int = 2) -> dict:
     url = None
     schema = None
@@ -79,16 +94,24 @@ def run(backend: str, batches: int, clients: int, batch_size: int, workers: int 
                 httpx.post(base + "/api/v1/sync/push", json=warm, headers=headers, timeout=120).raise_for_status()
             latencies: list[float] = []
             errors: list[str] = []
+            # each phone's keep-alive connection, opened before the clock starts, stays with the worker
+            # that accepted it: how they split over the workers (2+2 or 3+1) is worth knowing per run
+            conns = [httpx.Client(base_url=base, headers=h, timeout=120) for h, _ in phones]
+            for c in conns:
+                c.get("/healthz").raise_for_status()
+            split = connection_split(base)
 
             def phone(i: int) -> None:
-                headers, _ = phones[i]
-                with httpx.Client(base_url=base, headers=headers, timeout=120) as c:
+                c = conns[i]
+                try:
                     for body in bodies[i]:
                         t0 = time.perf_counter()
                         r = c.post("/api/v1/sync/push", content=body, headers={"Content-Type": "application/json"})
                         latencies.append(time.perf_counter() - t0)
                         if r.status_code != 200 or any(x["status"] != "applied" for x in r.json()["results"]):
                             errors.append(r.text[:300])
+                finally:
+                    c.close()
 
             threads = [threading.Thread(target=phone, args=(i,)) for i in range(clients)]
             t0 = time.perf_counter()
@@ -100,7 +123,7 @@ def run(backend: str, batches: int, clients: int, batch_size: int, workers: int 
             n_ops = len(bodies) * (batches // clients) * batch_size
             if errors:
                 raise SystemExit(f"{len(errors)} batches failed, first: {errors[0]}")
-            return {"backend": backend, "ops": n_ops, "seconds": elapsed, "ops_s": n_ops / elapsed,
+            return {"backend": backend, "split": split, "ops": n_ops, "seconds": elapsed, "ops_s": n_ops / elapsed,
                     "hazards_s": 2 * n_ops / elapsed, "batch_median_ms": statistics.median(latencies) * 1000,
                     "batch_max_ms": max(latencies) * 1000}
     finally:
@@ -124,8 +147,8 @@ def main() -> None:
     rows = []
     for b in backends:
         r = run(b, a.batches, a.clients, a.batch_size, a.workers)
-        rows.append([r["backend"], r["ops"], r["seconds"], r["ops_s"], r["hazards_s"], r["batch_median_ms"], r["batch_max_ms"]])
-    print(markdown_table(["backend", "ops", "seconds", "ops/s", "hazards/s", "batch median ms", "batch max ms"], rows))
+        rows.append([r["backend"], r["split"], r["ops"], r["seconds"], r["ops_s"], r["hazards_s"], r["batch_median_ms"], r["batch_max_ms"]])
+    print(markdown_table(["backend", "connections per worker", "ops", "seconds", "ops/s", "hazards/s", "batch median ms", "batch max ms"], rows))
 
 
 if __name__ == "__main__":
