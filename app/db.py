@@ -14,6 +14,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -391,6 +392,23 @@ class Database:
     @classmethod
     def from_settings(cls, settings: Settings) -> "Database":
         return cls(make_engine(settings.database_url, echo=settings.sql_echo))
+
+    @contextmanager
+    def connect(self, write: bool = False) -> Iterator[sa.Connection]:
+        """One short Core transaction, committed on success: for the hot paths that need a statement
+        or two and no ORM (a photo upload's checks and its row). ``write`` as for ``session()``."""
+        lock = self.write_lock if write and self.engine.dialect.name == "sqlite" else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            with self.engine.connect() as conn:
+                if write:
+                    conn.execution_options(sqlite_write=True)
+                with conn.begin():
+                    yield conn
+        finally:
+            if lock is not None:
+                lock.release()
 
     def session(self, write: bool = False) -> Session:
         session = Session(self.engine, expire_on_commit=False)

@@ -257,12 +257,13 @@ def server_cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(p) for p in pids)
 
 
-def transport_floor(photos: list[bytes], tokens: list[dict], workers: int, tmp: Path) -> tuple[float, float]:
+def transport_floor(photos: list[bytes], tokens: list[dict], workers: int, tmp: Path,
+                    server_env: dict[str, str]) -> tuple[float, float]:
     """(server CPU ms per photo, wall s) of the same uploads to bench.raw_upload_app on uvicorn."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     (tmp / "raw").mkdir(exist_ok=True)
-    env = {**os.environ, "RAW_UPLOAD_DIR": str(tmp / "raw"),
+    env = {**os.environ, **server_env, "RAW_UPLOAD_DIR": str(tmp / "raw"),
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.raw_upload_app:app", "--port", str(port),
                                "--workers", str(workers), "--log-level", "warning"], env=env, cwd=tmp,
@@ -297,7 +298,8 @@ def main() -> None:
     env = {**os.environ, "FIREGRID_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
            "FIREGRID_STORAGE_DIR": str(tmp / "blobs"), "FIREGRID_ENV": "dev", "FIREGRID_SWEEP_INTERVAL_SECONDS": "0",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    env.update(kv.split("=", 1) for kv in args.server_env)
+    server_env = dict(kv.split("=", 1) for kv in args.server_env)  # the transport floor runs with it too
+    env.update(server_env)
     firegrid = str(Path(sys.executable).parent / "firegrid")
     for cmd in (["migrate"], ["seed-demo"]):
         subprocess.run([firegrid, *cmd], env=env, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
@@ -366,7 +368,7 @@ def main() -> None:
     finally:
         stop(server)
     try:
-        raw_cpu, raw_wall = transport_floor(photos, tokens, args.workers, tmp)
+        raw_cpu, raw_wall = transport_floor(photos, tokens, args.workers, tmp, server_env)
     finally:
         if not args.keep:
             subprocess.run(["rm", "-rf", str(tmp)], check=False)

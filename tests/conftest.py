@@ -8,6 +8,7 @@ back, so tests never clean up by hand and cannot see each other's writes.
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,11 @@ class TestDatabase(Database):
 
     def session(self, write: bool = False) -> Session:
         return Session(bind=self.connection, join_transaction_mode="create_savepoint", expire_on_commit=False)
+
+    @contextmanager
+    def connect(self, write: bool = False) -> Iterator[sa.Connection]:
+        with self.connection.begin_nested():
+            yield self.connection
 
 
 @pytest.fixture

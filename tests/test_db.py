@@ -262,3 +262,23 @@ def test_insert_rows_names_the_columns_core_would_have_defaulted(session):
     del row["deleted"], row["changed_at"]  # both have Python-side defaults
     with pytest.raises(ValueError, match="changed_at, deleted"):
         insert_rows(session, Change.__table__, [row])
+
+
+def test_connect_commits_on_success_rolls_back_on_error_and_holds_the_write_lock_only_inside(tmp_path):
+    url = f"sqlite:///{tmp_path / 'connect.db'}"
+    migrate.upgrade(url)
+    db = Database(make_engine(url))
+    with db.connect(write=True) as conn:
+        assert db.write_lock._thread_lock.locked()  # BEGIN IMMEDIATE under the writers' lock
+        conn.execute(sa.text("INSERT INTO workday_overrides (day, is_workday, note) VALUES ('2031-01-02', 0, 'x')"))
+    assert not db.write_lock._thread_lock.locked()
+    with pytest.raises(RuntimeError):
+        with db.connect(write=True) as conn:
+            conn.execute(sa.text("INSERT INTO workday_overrides (day, is_workday, note) VALUES ('2031-01-03', 0, 'y')"))
+            raise RuntimeError("the request failed")
+    assert not db.write_lock._thread_lock.locked()
+    with db.connect() as conn:
+        assert not db.write_lock._thread_lock.locked()  # a read takes no write lock
+        days = conn.execute(sa.text("SELECT day FROM workday_overrides WHERE day >= '2031-01-01'")).scalars().all()
+    assert [str(d) for d in days] == ["2031-01-02"]
+    db.engine.dispose()

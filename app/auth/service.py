@@ -145,7 +145,7 @@ _TOKEN_IDS = (  # built once: constructing the statement cost more than running 
 )
 
 
-def authenticate_ids(session: Session, settings: Settings, token: str) -> tuple[str, str]:
+def authenticate_ids(session: Session | sa.Connection, settings: Settings, token: str) -> tuple[str, str]:
     """(user id, device id) for a valid token, with the same checks as authenticate() but no ORM
     objects: a photo upload needs nothing more, and it is the busiest authenticated call."""
     row = session.execute(_TOKEN_IDS, {"token_hash": token_digest(token, settings.secret_key)}).first()

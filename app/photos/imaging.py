@@ -191,10 +191,12 @@ def inspect_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, full
             "unsupported_media_type", "not an image of an accepted type (" + ", ".join(sorted(ACCEPTED_MIME)) + ")", 415
         )
     try:
-        # 1. structural check (PNG: every chunk CRC up to IEND; JPEG/WebP: headers parse)
-        with _open(path, mime, max_pixels) as im:
-            im.verify()
-        # 2. verify() leaves the object unusable: reopen for the size and the EXIF
+        # 1. structural check: PNG's verify() checks every chunk's CRC up to IEND. For JPEG and WebP
+        #    Pillow's verify() only closes the file, so parsing their headers below is the check.
+        if mime not in _HEADER_PARSE_IS_VERIFY:
+            with _open(path, mime, max_pixels) as im:
+                im.verify()
+        # 2. verify() leaves the object unusable: (re)open for the size and the EXIF
         with _open(path, mime, max_pixels) as im:
             width, height = im.size
             meta = _read_exif(im)
@@ -209,6 +211,9 @@ def inspect_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS, full
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError, struct.error, ... on bad input
         raise _classify(e, mime) from e
     return ImageInfo(mime=mime, width=width, height=height, **meta)
+
+
+_HEADER_PARSE_IS_VERIFY = frozenset({"image/jpeg", "image/webp"})
 
 
 def _jpeg_complete(path: Path) -> None:

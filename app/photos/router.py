@@ -8,14 +8,14 @@ short session for the permission check and lets it go before the bytes flow.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Annotated
 
+import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlmodel import Session
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from app.auth import service as auth_service
@@ -38,14 +38,9 @@ BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 # -- dependencies ----------------------------------------------------------------------------
 
 
-def get_store(request: Request) -> FilesystemBlobStore:
-    """One store per app, made on first use (and then clears temp files left by a crash)."""
-    store = getattr(request.app.state, "blob_store", None)
-    if store is None:
-        store = FilesystemBlobStore(request.app.state.settings.storage_dir)
-        store.cleanup_tmp()
-        request.app.state.blob_store = store
-    return store
+async def get_store(request: Request) -> FilesystemBlobStore:
+    # async: FastAPI runs a plain-def dependency in a worker thread, a thread hop per upload for a lookup
+    return request.app.state.blob_store
 
 
 StoreDep = Annotated[FilesystemBlobStore, Depends(get_store)]
@@ -62,9 +57,9 @@ def _authenticate(request: Request, session, creds: HTTPAuthorizationCredentials
     return user, device
 
 
-def _uploader(request: Request, creds: HTTPAuthorizationCredentials | None) -> Callable[[Session], service.Uploader]:
-    def authenticate(session: Session) -> service.Uploader:
-        return service.Uploader(*auth_service.authenticate_ids(session, request.app.state.settings, _token(creds)))
+def _uploader(request: Request, creds: HTTPAuthorizationCredentials | None) -> Callable[[sa.Connection], service.Uploader]:
+    def authenticate(conn: sa.Connection) -> service.Uploader:
+        return service.Uploader(*auth_service.authenticate_ids(conn, request.app.state.settings, _token(creds)))
     return authenticate
 
 
@@ -123,12 +118,12 @@ async def put_blob(sha256: str, request: Request, creds: BearerDep, store: Store
     max_bytes = request.app.state.settings.max_photo_bytes
     db = request.app.state.db
     # who is uploading and whether the photo is already here, in one short session before the body
-    who, stored = await run_in_threadpool(service.begin_upload, db, store, sha256, _uploader(request, creds))
+    who, stored = await asyncio.to_thread(service.begin_upload, db, store, sha256, _uploader(request, creds))
     if stored is not None:
         headers = None
         if "100-continue" in request.headers.get("expect", "").lower():
             headers = {"Connection": "close"}  # the body was never asked for: do not reuse the connection
-        return JSONResponse(service.public(stored, False).model_dump(mode="json"), status_code=200, headers=headers)
+        return JSONResponse(stored.model_dump(mode="json"), status_code=200, headers=headers)
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > max_bytes:
         raise service.PhotoTooLarge(f"a photo may be at most {max_bytes} bytes", max_bytes=max_bytes)

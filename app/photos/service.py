@@ -4,8 +4,8 @@ and ingesting an upload (stream to disk -> hash check -> structural check -> pub
 Refs (``photo_refs``) are written by the hazard services inside their own transaction
 (``register_refs``). Uploads are different: a 15 MB photo over a weak link can take minutes,
 so ``ingest`` never holds a transaction (on SQLite the write lock, on PostgreSQL a pooled
-connection) while bytes arrive. It opens a short session to check (``begin_upload``), and another
-to insert the row once the file is safely published.
+connection) while bytes arrive. It opens a short read transaction to check (``begin_upload``), and
+a short write transaction to insert the row once the file is safely published.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ from __future__ import annotations
 import os
 import threading
 import zlib
-from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
-from starlette.concurrency import run_in_threadpool
 
 from app.auth.scope import Scope, hazard_clause
 from app.db import Database, utcnow
@@ -184,10 +184,13 @@ class IngestResult:
     created: bool  # True -> 201, False -> 200
 
 
-def public(row: Blob, created: bool) -> BlobPublic:
-    return BlobPublic(sha256=row.sha256, size=row.size, mime=row.mime, width=row.width, height=row.height,
-                      created=created, exif_datetime=row.exif_datetime, gps_lat=row.gps_lat, gps_lon=row.gps_lon,
-                      orientation=row.orientation, created_at=row.created_at)
+_BLOBS = Blob.__table__
+_PUBLIC_COLUMNS = [c for c in _BLOBS.c if c.key in BlobPublic.model_fields]
+
+
+def public(row: Mapping[str, Any], created: bool) -> BlobPublic:
+    """The API's view of a ``blobs`` row (a result mapping, or the values just inserted)."""
+    return BlobPublic(created=created, **{c.key: row[c.key] for c in _PUBLIC_COLUMNS})
 
 
 @dataclass(frozen=True)
@@ -196,14 +199,19 @@ class Uploader:
     device_id: str
 
 
+# Built once: constructing a statement per upload cost more than running it. Core, not the ORM: an
+# upload needs a row's values, not an object (the ORM load was half of the pre-check's CPU).
+_SELECT_BLOB = sa.select(*_PUBLIC_COLUMNS).where(_BLOBS.c.sha256 == sa.bindparam("sha256"))
+
+
 def begin_upload(db: Database, store: BlobStore, sha256: str,
-                 authenticate: Callable[[Session], Uploader]) -> tuple[Uploader, Blob | None]:
-    """Before any byte of the body, in one short read session: who is uploading, and the photo's
-    row if it is already stored (row and file), so the body need not be read at all."""
-    with db.session() as session:
-        who = authenticate(session)
-        row = session.get(Blob, valid_name(sha256))
-    return who, (row if row is not None and store.has(sha256) else None)
+                 authenticate: Callable[[sa.Connection], Uploader]) -> tuple[Uploader, BlobPublic | None]:
+    """Before any byte of the body, in one short read transaction: who is uploading, and the photo
+    as the API shows it if it is already stored (row and file), so the body need not be read at all."""
+    with db.connect() as conn:
+        who = authenticate(conn)
+        row = conn.execute(_SELECT_BLOB, {"sha256": valid_name(sha256)}).mappings().first()
+    return who, (public(row, False) if row is not None and store.has(sha256) else None)
 
 
 def _insert_blob_stmt(dialect: str) -> sa.Insert:
@@ -211,14 +219,15 @@ def _insert_blob_stmt(dialect: str) -> sa.Insert:
     if stmt is None:
         insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
         # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT
-        stmt = _INSERT_BLOB[dialect] = insert(Blob.__table__).on_conflict_do_nothing().returning(Blob.sha256)
+        stmt = _INSERT_BLOB[dialect] = insert(_BLOBS).on_conflict_do_nothing().returning(_BLOBS.c.sha256)
     return stmt
 
 
-_INSERT_BLOB: dict[str, sa.Insert] = {}  # built once: a statement made per upload cost more than the insert
+_INSERT_BLOB: dict[str, sa.Insert] = {}
 
 
-def _record_blob(db: Database, put: PutResult[ImageInfo], uploader: Uploader, now: datetime) -> tuple[Blob, bool]:
+def _record_blob(db: Database, put: PutResult[ImageInfo], uploader: Uploader, now: datetime) -> IngestResult:
+    """The ``blobs`` row of a published photo, in its own short write transaction."""
     info = put.info
     assert info is not None  # the validate hook always returns one
     values = {
@@ -227,12 +236,12 @@ def _record_blob(db: Database, put: PutResult[ImageInfo], uploader: Uploader, no
         "gps_lat": info.gps_lat, "gps_lon": info.gps_lon, "orientation": info.orientation,
         "created_at": now, "uploaded_by_user_id": uploader.user_id, "uploaded_by_device_id": uploader.device_id,
     }
-    with db.session(write=True) as session:
-        inserted = session.execute(_insert_blob_stmt(session.get_bind().dialect.name), values).first() is not None
-        session.commit()
-        if inserted:
-            return Blob(**values), True
-        return session.get(Blob, put.sha256), False  # another upload of the same photo got there first
+    with db.connect(write=True) as conn:
+        inserted = conn.execute(_insert_blob_stmt(conn.dialect.name), values).first() is not None
+        row = values if inserted else conn.execute(_SELECT_BLOB, {"sha256": put.sha256}).mappings().one()
+    # created: this request made the photo available (a file left on disk by a crash between
+    # publishing and the insert counts as not yet stored: the row is what the API goes by)
+    return IngestResult(public(row, inserted), created=inserted)
 
 
 async def ingest(db: Database, store: BlobStore, sha256: str, chunks: AsyncIterable[bytes] | Iterable[bytes], *,
@@ -240,15 +249,21 @@ async def ingest(db: Database, store: BlobStore, sha256: str, chunks: AsyncItera
     """Store one uploaded photo under its name (after ``begin_upload`` found it absent).
 
     The body is streamed to a temp file while hashed (1 MB batches written in a worker thread),
-    checked against the name, given a structural check in a worker thread, and only then
-    published and recorded. Raises DomainError: 422 ``invalid_sha256`` / ``hash_mismatch``
+    checked against the name, given a structural check, published and recorded: the last four in
+    one worker thread hop. Raises DomainError: 422 ``invalid_sha256`` / ``hash_mismatch``
     / ``corrupt_image`` / ``truncated_image`` / ``decompression_bomb``, 415
     ``unsupported_media_type``, 413 ``too_large``. A failure or a client gone mid-way leaves
     nothing visible; the retry starts afresh.
     """
     sha256 = valid_name(sha256)
+    at = now or utcnow()
+    recorded: list[IngestResult] = []
+
+    def record(put: PutResult[ImageInfo]) -> None:
+        recorded.append(_record_blob(db, put, uploader, at))
+
     try:
-        put = await store.put_stream_async(sha256, chunks, max_bytes, validate=_validate)
+        await store.put_stream_async(sha256, chunks, max_bytes, validate=_validate, on_stored=record)
     except HashMismatch as exc:
         raise Invalid(f"the body hashes to {exc.actual}, not to its name {exc.expected}", code="hash_mismatch",
                       expected=exc.expected, actual=exc.actual) from exc
@@ -256,10 +271,7 @@ async def ingest(db: Database, store: BlobStore, sha256: str, chunks: AsyncItera
         raise PhotoTooLarge(f"a photo may be at most {exc.max_bytes} bytes", max_bytes=exc.max_bytes) from exc
     except ImageRejected as exc:
         raise DomainError(exc.message, code=exc.code, status=exc.status) from exc
-    row, inserted = await run_in_threadpool(_record_blob, db, put, uploader, now or utcnow())
-    # created: this request made the photo available (a file left on disk by a crash between
-    # publishing and the insert counts as not yet stored: the row is what the API goes by)
-    return IngestResult(public(row, inserted), created=inserted)
+    return recorded[0]
 
 
 # -- derivatives ---------------------------------------------------------------------------

@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Generic, Protocol, TypeVar, runtime_checkable
@@ -38,7 +38,7 @@ _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _KIND_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 TMP_MAX_AGE_SECONDS = 3600
-ASYNC_BATCH_BYTES = 1 << 20  # write + hash in a worker thread once this much is buffered
+READ_BYTES = 1 << 20  # put_stream() of a file object reads it this much at a time
 _FILE_MODE = 0o640
 
 
@@ -111,6 +111,7 @@ class BlobStore(Protocol):
         max_bytes: int,
         *,
         validate: Callable[[Path], T] | None = None,
+        on_stored: Callable[[PutResult[T]], object] | None = None,
     ) -> PutResult[T]: ...
 
     def put_derivative(self, sha256: str, kind: str, data: bytes) -> None: ...
@@ -142,8 +143,7 @@ class _Upload:
         self.max_bytes = max_bytes
         self.size = 0
         self.hasher = hashlib.sha256()
-        store.tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f"{expected_sha256[:16]}-", suffix=".part", dir=store.tmp_dir)
+        fd, name = store._mkstemp(prefix=f"{expected_sha256[:16]}-")
         self.tmp = Path(name)
         self.file = os.fdopen(fd, "wb")
 
@@ -154,13 +154,15 @@ class _Upload:
             raise TooLarge(self.max_bytes)
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
-        self.hasher.update(chunk)  # hashlib releases the GIL for large buffers
+        self.hasher.update(chunk)
         self.file.write(chunk)
 
-    def finish(self, last: bytes | bytearray, validate: Callable[[Path], T] | None) -> PutResult[T]:
-        if last:
-            self.write(last)
-        return self.commit(validate)
+    def finish(self, validate: Callable[[Path], T] | None,
+               on_stored: Callable[[PutResult[T]], object] | None = None) -> PutResult[T]:
+        put = self.commit(validate)
+        if on_stored is not None:
+            on_stored(put)
+        return put
 
     def commit(self, validate: Callable[[Path], T] | None) -> PutResult[T]:
         self.file.flush()
@@ -195,6 +197,19 @@ class FilesystemBlobStore:
         self.root = Path(root)
         self.tmp_dir = self.root / "tmp"
         self.derivatives_dir = self.root / "derivatives"
+        self._tmp_dir_made = False
+
+    def _mkstemp(self, prefix: str) -> tuple[int, str]:
+        """A new temp file in root/tmp. The directory is made once per store, not per upload (a
+        mkdir failing with EEXIST and a stat, on every photo), and again if someone removed it."""
+        if not self._tmp_dir_made:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            self._tmp_dir_made = True
+        try:
+            return tempfile.mkstemp(prefix=prefix, suffix=".part", dir=self.tmp_dir)
+        except FileNotFoundError:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+            return tempfile.mkstemp(prefix=prefix, suffix=".part", dir=self.tmp_dir)
 
     # ------------------------------------------------------------------ paths
 
@@ -270,7 +285,7 @@ class FilesystemBlobStore:
             raise TypeError("put_stream takes a sync iterable; use put_stream_async for async ones")
         if hasattr(chunks, "read"):
             f = chunks
-            chunks = iter(lambda: f.read(ASYNC_BATCH_BYTES), b"")
+            chunks = iter(lambda: f.read(READ_BYTES), b"")
         up = self._begin(expected_sha256, max_bytes)
         try:
             for chunk in chunks:
@@ -290,38 +305,27 @@ class FilesystemBlobStore:
         max_bytes: int,
         *,
         validate: Callable[[Path], T] | None = None,
-        batch_bytes: int = ASYNC_BATCH_BYTES,
+        on_stored: Callable[[PutResult[T]], object] | None = None,
     ) -> PutResult[T]:
         """``put_stream`` for Starlette's ``request.stream()``.
 
-        Chunks are buffered up to ``batch_bytes`` and each batch is hashed and written in a
-        worker thread, so the event loop only ever copies bytes. The size limit is checked
-        per chunk as it arrives. The final fsync, hash check, ``validate`` hook (image
-        decoding is CPU work) and publish all run in a worker thread too. If the request is
-        cancelled (client gone), the temp file is removed.
+        Each chunk is counted against the limit, hashed and written as it arrives, on the event
+        loop, the way nginx writes request bodies to its temp files: a chunk is what a socket read
+        or two brought (~64 KB with uvicorn's flow control), hashing it takes tens of microseconds
+        and the write lands in the page cache. A worker-thread hop per 1 MB batch cost more CPU
+        (thread wake-ups and GIL hand-offs) than the hashing it moved off the loop
+        (bench/photo_bench.py). What can block for real, the fsync, and the CPU work, the
+        ``validate`` hook, share one worker-thread hop with the hash check, publishing and then
+        ``on_stored(result)`` (e.g. the database row: it runs only once the blob is published).
+        If the request fails or is cancelled (client gone), the temp file is removed.
         """
-        up = self._begin(expected_sha256, max_bytes)  # a quick mkstemp; inline so a cancel cannot orphan it
-        buf = bytearray()
+        up = self._begin(expected_sha256, max_bytes)
         try:
-            if isinstance(chunks, AsyncIterable):
-                async for chunk in chunks:
-                    if not chunk:
-                        continue
+            async for chunk in _as_async(chunks):
+                if chunk:
                     up.count(len(chunk))
-                    buf += chunk
-                    if len(buf) >= batch_bytes:
-                        data, buf = buf, bytearray()  # handed over whole, not copied
-                        await asyncio.to_thread(up.write, data)
-            else:
-                for chunk in chunks:
-                    if not chunk:
-                        continue
-                    up.count(len(chunk))
-                    buf += chunk
-                    if len(buf) >= batch_bytes:
-                        data, buf = buf, bytearray()  # handed over whole, not copied
-                        await asyncio.to_thread(up.write, data)
-            return await asyncio.to_thread(up.finish, buf, validate)  # last bytes and commit: one thread hop
+                    up.write(chunk)
+            return await asyncio.to_thread(up.finish, validate, on_stored)
         except BaseException:
             up.abort()
             raise
@@ -330,8 +334,7 @@ class FilesystemBlobStore:
         """Write (or overwrite: derivatives are reproducible) atomically via root/tmp."""
         dest = self._derivative_path(sha256, kind)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f"{sha256[:16]}-{kind}-", suffix=".part", dir=self.tmp_dir)
+        fd, name = self._mkstemp(prefix=f"{sha256[:16]}-{kind}-")
         tmp = Path(name)
         try:
             with os.fdopen(fd, "wb") as f:
@@ -369,6 +372,16 @@ class FilesystemBlobStore:
             except FileNotFoundError:
                 pass
         return removed
+
+
+def _as_async(chunks: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterable[bytes]:
+    if isinstance(chunks, AsyncIterable):
+        return chunks
+
+    async def each() -> AsyncIterator[bytes]:
+        for chunk in chunks:
+            yield chunk
+    return each()
 
 
 def sha256_hex(data: bytes) -> str:

@@ -4,6 +4,7 @@ the missing query, who may see a photo, caching, and an upload cut off half-way.
 from __future__ import annotations
 
 import io
+import os
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -411,3 +412,20 @@ def test_an_upload_is_refused_with_a_token_that_no_longer_holds(client, session,
     r = put(client, h, png_image)
     assert r.status_code == 401, r.text
     assert session.get(Blob, sha256_hex(png_image)) is None
+
+
+def test_an_upload_cut_short_by_a_crash_leaves_a_temp_file_the_next_start_removes(db, settings):
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    tmp = settings.storage_dir / "tmp"
+    tmp.mkdir(parents=True)
+    stale, fresh = tmp / "dead-upload.part", tmp / "live-upload.part"
+    stale.write_bytes(b"half a photo")
+    fresh.write_bytes(b"an upload in progress in another worker")
+    hours_ago = datetime.now().timestamp() - 2 * 3600
+    os.utime(stale, (hours_ago, hours_ago))
+    with TestClient(create_app(settings, db)):
+        assert not stale.exists()
+        assert fresh.exists()

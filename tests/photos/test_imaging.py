@@ -4,7 +4,7 @@ import io
 import warnings
 
 import pytest
-from PIL import Image, ImageFile, JpegImagePlugin
+from PIL import Image, ImageFile, JpegImagePlugin, WebPImagePlugin
 
 from app.photos import imaging
 from app.photos.imaging import (
@@ -338,3 +338,12 @@ def test_a_png_keeps_an_xmp_orientation_that_precedes_its_pixels(write, monkeypa
     decoded = []
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.format))
     assert inspect_image(path).orientation == 6 and decoded == []
+
+
+def test_jpeg_and_webp_header_parse_is_all_their_verify_does():
+    """inspect_image skips verify() and a second open for these two because Pillow's verify() for
+    them only closes the file. If Pillow ever gives them a real check, this fails and the skip goes."""
+    plugins = {"image/jpeg": JpegImagePlugin.JpegImageFile, "image/webp": WebPImagePlugin.WebPImageFile}
+    assert set(plugins) == set(imaging._HEADER_PARSE_IS_VERIFY)
+    for cls in plugins.values():
+        assert cls.verify is ImageFile.ImageFile.verify, cls

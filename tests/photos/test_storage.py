@@ -303,16 +303,42 @@ async def _agen(chunks, fail_at: int | None = None):
         yield c
 
 
-def test_async_round_trip_with_batches_and_validate(store, big_jpeg):
+def test_async_round_trip_in_many_chunks_with_validate(store, big_jpeg):
     sha = sha256_hex(big_jpeg)
     res = asyncio.run(
-        store.put_stream_async(sha, _agen(chunked(big_jpeg, 7000)), MB, validate=inspect_image, batch_bytes=64_000)
+        store.put_stream_async(sha, _agen(chunked(big_jpeg, 7000)), MB, validate=inspect_image)
     )
     assert res.created and res.size == len(big_jpeg)
     assert res.info.width == 1200
     assert store.path(sha).read_bytes() == big_jpeg
     again = asyncio.run(store.put_stream_async(sha, _agen([big_jpeg]), MB))
     assert again.created is False
+
+
+def test_async_on_stored_runs_once_the_blob_is_published_and_its_failure_is_not_hidden(store):
+    data = os.urandom(70_000)
+    sha = sha256_hex(data)
+    seen = []
+
+    def on_stored(put):
+        seen.append((put.sha256, put.size, put.created, store.has(sha), threading.current_thread()))
+
+    res = asyncio.run(store.put_stream_async(sha, _agen(chunked(data, 9000)), MB, on_stored=on_stored))
+    assert res.created
+    [(name, size, created, visible, thread)] = seen
+    assert (name, size, created, visible) == (sha, len(data), True, True)
+    assert thread is not threading.main_thread()  # off the event loop, with the fsync and the publish
+
+    def fails(put):
+        raise RuntimeError("database down")
+
+    other = os.urandom(5000)
+    with pytest.raises(RuntimeError):
+        asyncio.run(store.put_stream_async(sha256_hex(other), [other], MB, on_stored=fails))
+    # the bytes are safe under their name; the retry finds them and runs its hook again
+    assert store.has(sha256_hex(other)) and tmp_files(store) == []
+    again = asyncio.run(store.put_stream_async(sha256_hex(other), [other], MB, on_stored=on_stored))
+    assert again.created is False and seen[-1][2] is False
 
 
 def test_async_accepts_sync_iterable(store):
@@ -325,7 +351,7 @@ def test_async_failures_leave_nothing(store):
     data = os.urandom(100_000)
     sha = sha256_hex(data)
     with pytest.raises(ConnectionResetError):
-        asyncio.run(store.put_stream_async(sha, _agen(chunked(data, 10_000), fail_at=5), MB, batch_bytes=15_000))
+        asyncio.run(store.put_stream_async(sha, _agen(chunked(data, 10_000), fail_at=5), MB))
     with pytest.raises(TooLarge):
         asyncio.run(store.put_stream_async(sha, _agen(chunked(data, 10_000)), 50_000))
     with pytest.raises(HashMismatch):
