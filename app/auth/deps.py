@@ -18,8 +18,8 @@ from app.errors import Forbidden, Unauthorized
 _bearer = HTTPBearer(auto_error=False)
 
 
-def get_settings_dep(request: Request) -> Settings:
-    return request.app.state.settings
+async def get_settings_dep(request: Request) -> Settings:
+    return request.app.state.settings  # async: no worker-thread hop for an attribute
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -9,8 +9,9 @@ from app.db import SessionDep
 from app.referrals.service import Rules, load_calendar
 
 
-def get_now(request: Request) -> datetime:
-    # one clock for the app, so tests (and `sweep --now`) can move time without touching the code
+async def get_now(request: Request) -> datetime:
+    # one clock for the app, so tests (and `sweep --now`) can move time without touching the code.
+    # async: FastAPI runs a plain-def dependency in a worker thread, a thread hop for reading a clock
     return request.app.state.clock()
 
 
