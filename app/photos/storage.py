@@ -134,6 +134,27 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _make_dirs_durably(directory: Path) -> None:
+    """Create ``directory`` and any missing parents, fsyncing the directory that gained each new entry.
+
+    Publishing fsyncs the blob's own directory; if that directory is new, its entry in the level
+    above must be on disk too, or a crash could take an acknowledged photo away with it. (ext4
+    happens to commit all metadata in order; other filesystems need not.)
+    """
+    if directory.is_dir():
+        return
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            pass  # a concurrent upload made it a moment ago; its fsync may not have happened yet
+        _fsync_dir(d.parent)
+
+
 class _Upload:
     """One upload in progress: a temp file in root/tmp and a running sha256."""
 
@@ -145,7 +166,9 @@ class _Upload:
         self.hasher = hashlib.sha256()
         fd, name = store._mkstemp(prefix=f"{expected_sha256[:16]}-")
         self.tmp = Path(name)
-        self.file = os.fdopen(fd, "wb")
+        # unbuffered: chunks are tens of KB, and going through a BufferedWriter cost more than the
+        # write(2) itself (1.1-2.2 ms against 0.65-0.8 ms per MB in 64 KB pieces, measured here)
+        self.file = os.fdopen(fd, "wb", buffering=0)
 
     def count(self, n: int) -> None:
         """Account for n more bytes; raise TooLarge as soon as the limit is passed."""
@@ -155,7 +178,9 @@ class _Upload:
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
         self.hasher.update(chunk)
-        self.file.write(chunk)
+        view = memoryview(chunk)
+        while view:  # a raw write may be short
+            view = view[self.file.write(view):]
 
     def finish(self, validate: Callable[[Path], T] | None,
                on_stored: Callable[[PutResult[T]], object] | None = None) -> PutResult[T]:
@@ -165,7 +190,6 @@ class _Upload:
         return put
 
     def commit(self, validate: Callable[[Path], T] | None) -> PutResult[T]:
-        self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
         actual = self.hasher.hexdigest()
@@ -175,7 +199,7 @@ class _Upload:
         info = validate(self.tmp) if validate is not None else None
         os.chmod(self.tmp, _FILE_MODE)
         dest = self.store._blob_path(self.expected)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        _make_dirs_durably(dest.parent)
         created = self.store._publish(self.tmp, dest)
         return PutResult(sha256=self.expected, size=self.size, created=created, info=info)
 

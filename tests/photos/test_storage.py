@@ -390,3 +390,25 @@ def test_sync_put_refuses_async_iterable(store):
     with pytest.raises(TypeError):
         store.put_stream("0" * 64, gen, MB)
     asyncio.run(gen.aclose())
+
+
+def test_a_new_blob_directory_is_made_durable_in_the_level_above(store, monkeypatch):
+    from app.photos import storage
+
+    synced: list[Path] = []
+    real = storage._fsync_dir
+    monkeypatch.setattr(storage, "_fsync_dir", lambda p: (synced.append(Path(p)), real(p)))
+    data = os.urandom(3000)
+    sha = sha256_hex(data)
+    store.put_stream(sha, [data], MB)
+    fan1, fan2 = store.root / sha[:2], store.root / sha[:2] / sha[2:4]
+    # each new directory's entry, then the blob's own entry
+    assert synced == [store.root, fan1, fan2]
+
+    other = os.urandom(3000)
+    other_sha = sha256_hex(other)
+    other_dir = store.root / other_sha[:2] / other_sha[2:4]
+    other_dir.mkdir(parents=True, exist_ok=True)  # as after many uploads: the directories exist
+    synced.clear()
+    store.put_stream(other_sha, [other], MB)
+    assert synced == [other_dir]  # nothing new above it: only the blob's entry
