@@ -248,9 +248,9 @@ async def ingest(db: Database, store: BlobStore, sha256: str, chunks: AsyncItera
                  max_bytes: int, uploader: Uploader, now: datetime | None = None) -> IngestResult:
     """Store one uploaded photo under its name (after ``begin_upload`` found it absent).
 
-    The body is streamed to a temp file while hashed (1 MB batches written in a worker thread),
-    checked against the name, given a structural check, published and recorded: the last four in
-    one worker thread hop. Raises DomainError: 422 ``invalid_sha256`` / ``hash_mismatch``
+    The body is streamed to a temp file while hashed (chunk by chunk as it arrives), then checked
+    against the name, given a structural check, published and recorded, those four in one worker
+    thread hop. Raises DomainError: 422 ``invalid_sha256`` / ``hash_mismatch``
     / ``corrupt_image`` / ``truncated_image`` / ``decompression_bomb``, 415
     ``unsupported_media_type``, 413 ``too_large``. A failure or a client gone mid-way leaves
     nothing visible; the retry starts afresh.
