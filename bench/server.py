@@ -54,13 +54,17 @@ def running_server(database_url: str | None = None, workers: int = 2, extra_env:
     for cmd in (["migrate"], ["seed-demo"]) if seed else (["migrate"],):
         subprocess.run([FIREGRID, *cmd], env=env, cwd=tmp, check=True, capture_output=True)
     port = free_port()
-    proc = subprocess.Popen([FIREGRID, "serve", "--port", str(port), "--workers", str(workers)], env=env, cwd=tmp,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # a file, not a pipe nobody reads: a pipe fills with the access log after ~600 requests and the
+    # server then blocks writing to it
+    log = tmp / "server.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen([FIREGRID, "serve", "--port", str(port), "--workers", str(workers)], env=env, cwd=tmp,
+                                stdout=subprocess.DEVNULL, stderr=err)
     base = f"http://127.0.0.1:{port}"
     try:
         if not wait_until_up(base + "/healthz", proc, timeout=20):
             stop(proc)
-            raise RuntimeError("server did not start: " + proc.stderr.read().decode()[-2000:])
+            raise RuntimeError("server did not start: " + log.read_text(errors="replace")[-2000:])
         yield base, proc, env
     finally:
         stop(proc)
