@@ -87,23 +87,54 @@ def clocks_public(h: Hazard, now: datetime) -> dict[str, dict[str, Any]]:
 TIER_KIND = {"town_office": UnitKind.town_office, "police_station": UnitKind.police_station, "brigade": UnitKind.brigade}
 
 
+@dataclass(frozen=True)
+class TownFacts:
+    """What routing needs to know about the place's town: enforcement power and the unit of each tier."""
+
+    enforcement_power: bool
+    units: dict[str, str]
+
+
+_ORG = OrgUnit.__table__
+# Everything routing needs about a town in one statement, built once: the town (its enforcement power),
+# the community (its beat's police station), the town's office and stations, the county's brigade. As
+# four ORM loads it was a fifth of a one-op push's CPU (the identity map does not keep an unreferenced
+# unit, so the town was loaded twice).
+_TOWN_UNITS = (
+    sa.select(_ORG.c.id, _ORG.c.kind, _ORG.c.town_id, _ORG.c.enforcement_power, _ORG.c.police_station_id)
+    .where(sa.or_(
+        _ORG.c.id == sa.bindparam("town"),
+        _ORG.c.id == sa.bindparam("community"),
+        sa.and_(_ORG.c.town_id == sa.bindparam("town"),
+                sa.or_(_ORG.c.kind == UnitKind.town_office.value, _ORG.c.kind == UnitKind.police_station.value)),
+        sa.and_(_ORG.c.kind == UnitKind.brigade.value,
+                _ORG.c.county_id == sa.select(_ORG.c.county_id).where(_ORG.c.id == sa.bindparam("town"))
+                .scalar_subquery()),
+    ))
+    .order_by(_ORG.c.code)
+)
+_TOWN_TIERS = (UnitKind.town_office.value, UnitKind.police_station.value)
+
+
+def _town_units(session: Session, town_id: str, community_id: str | None) -> TownFacts:
+    enforcement_power, beat_station = False, None
+    units: dict[str, str] = {}
+    for unit_id, kind, unit_town, power, station in session.execute(
+            _TOWN_UNITS, {"town": town_id, "community": community_id}):
+        if unit_id == town_id:
+            enforcement_power = bool(power)
+        elif community_id is not None and unit_id == community_id:
+            beat_station = station
+        if kind == UnitKind.brigade.value or (kind in _TOWN_TIERS and unit_town == town_id):
+            units.setdefault(kind, unit_id)  # by code, as ever: the first of a kind
+    if beat_station:
+        units["police_station"] = beat_station  # the station whose beat covers the community
+    return TownFacts(enforcement_power, units)
+
+
 def tier_units(session: Session, town_id: str, community_id: str | None) -> dict[str, str]:
     """The unit of each tier responsible for a place in this town/community."""
-    town = session.get(OrgUnit, town_id)
-    rows = session.exec(
-        select(OrgUnit).where(
-            ((OrgUnit.town_id == town_id) & OrgUnit.kind.in_([UnitKind.town_office, UnitKind.police_station]))
-            | ((OrgUnit.county_id == town.county_id) & (OrgUnit.kind == UnitKind.brigade))
-        ).order_by(OrgUnit.code)
-    ).all()
-    units: dict[str, str] = {}
-    for u in rows:
-        units.setdefault(u.kind, u.id)
-    if community_id:
-        community = session.get(OrgUnit, community_id)
-        if community is not None and community.police_station_id:
-            units["police_station"] = community.police_station_id  # the station whose beat covers it
-    return units
+    return _town_units(session, town_id, community_id).units
 
 
 def lock_hazard(session: Session, hazard_id: str, skip_locked: bool = False) -> Hazard | None:
@@ -148,17 +179,8 @@ class PlannedHazard:
     events: list[dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class TownFacts:
-    """What routing needs to know about the place's town: enforcement power and the unit of each tier."""
-
-    enforcement_power: bool
-    units: dict[str, str]
-
-
 def town_facts(session: Session, place: Place) -> TownFacts:
-    town = session.get(OrgUnit, place.town_id)
-    return TownFacts(bool(town.enforcement_power), tier_units(session, place.town_id, place.community_id))
+    return _town_units(session, place.town_id, place.community_id)
 
 
 def plan_hazard(rules: Rules, report: HazardReport, place: Place, town: TownFacts, duplicate_of: str | None,

@@ -32,7 +32,20 @@ def record_push(session: Session, device_id: str, now: datetime, offset_s: float
         values["clock_offset_s"] = offset_s
     if app_version:
         values["app_version"] = app_version
-    session.execute(sa.update(Device).where(Device.id == device_id).values(**values))
+    session.execute(_device_update(tuple(values)), {**values, "device": device_id})
+
+
+_DEVICE_UPDATES: dict[tuple[str, ...], sa.Update] = {}
+
+
+def _device_update(columns: tuple[str, ...]) -> sa.Update:
+    """UPDATE devices SET <columns> for one device, built once per set of columns (every push runs one)."""
+    stmt = _DEVICE_UPDATES.get(columns)
+    if stmt is None:
+        table = Device.__table__
+        stmt = _DEVICE_UPDATES[columns] = (sa.update(table).where(table.c.id == sa.bindparam("device"))
+                                           .values({c: sa.bindparam(c) for c in columns}))
+    return stmt
 
 
 def _pending_media_by_device(session: Session, device_ids: list[str]) -> dict[str, int]:
