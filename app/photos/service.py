@@ -65,7 +65,8 @@ def valid_name(sha256: str, field: str = "sha256") -> str:
         raise Invalid(f"{field}: {exc}", code="invalid_sha256", field=field) from exc
 
 
-_CHUNK = 900  # rows or IN-list entries per statement (well under SQLite's bound-parameter limit)
+_CHUNK = 900  # IN-list entries per statement (well under SQLite's bound-parameter limit)
+_STORED = sa.select(Blob.sha256).where(Blob.sha256.in_(sa.bindparam("shas", expanding=True)))  # built once
 
 
 def _dedupe(shas: Iterable[str]) -> list[str]:
@@ -128,7 +129,7 @@ def missing(session: Session, shas: Sequence[str], store: BlobStore | None = Non
         return []
     stored: set[str] = set()
     for i in range(0, len(shas), _CHUNK):
-        stored.update(session.exec(select(Blob.sha256).where(Blob.sha256.in_(shas[i:i + _CHUNK]))).all())
+        stored.update(session.execute(_STORED, {"shas": shas[i:i + _CHUNK]}).scalars())
     if store is not None:
         stored = {s for s in stored if store.has(s)}
     return [s for s in shas if s not in stored]

@@ -45,9 +45,11 @@ class Rules:
     calendar: WorkCalendar
 
 
+_OVERRIDES = sa.select(WorkdayOverride.day, WorkdayOverride.is_workday)  # built once: every routed request reads it
+
+
 def load_calendar(session: Session) -> WorkCalendar:
-    overrides = {o.day: o.is_workday for o in session.exec(select(WorkdayOverride)).all()}
-    return WorkCalendar(overrides)
+    return WorkCalendar(dict(session.execute(_OVERRIDES).all()))
 
 
 # -- state <-> row -------------------------------------------------------------------------
