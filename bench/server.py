@@ -48,7 +48,10 @@ def running_server(database_url: str | None = None, workers: int = 2, extra_env:
                    seed: bool = True):
     """Yields (base_url, server Popen, env). Migrates (and seeds the demo, unless seed=False) first."""
     tmp = Path(tempfile.mkdtemp(prefix="fg-bench-"))
-    env = {**os.environ, "FIREGRID_DATABASE_URL": database_url or f"sqlite:///{tmp / 'bench.db'}",
+    # PYTHONPATH: the server runs the code of the checkout this file is in, not whichever checkout the
+    # virtualenv's editable install points at (a worktree of an older commit would otherwise measure ours)
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "FIREGRID_DATABASE_URL": database_url or f"sqlite:///{tmp / 'bench.db'}",
            "FIREGRID_STORAGE_DIR": str(tmp / "blobs"), "FIREGRID_SWEEP_INTERVAL_SECONDS": "0",
            "FIREGRID_LOGIN_MAX_FAILURES_PER_ADDRESS": "100000", **(extra_env or {})}
     for cmd in (["migrate"], ["seed-demo"]) if seed else (["migrate"],):
