@@ -6,6 +6,7 @@ Benchmarks print tables; they never assert on timings.
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import date
@@ -46,6 +47,16 @@ def time_calls(fn: Callable[[int], object], repeat: int, warmup: int, budget: fl
         if budget is not None and spent > budget and len(out) >= min_calls:
             break
     return out
+
+
+def run_together(threads: Sequence[threading.Thread]) -> float:
+    """Start the client threads together and wait for all of them; wall seconds."""
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:

@@ -47,6 +47,7 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw, ImageFilter
 
+from bench.common import run_together
 from bench.server import free_port, stop, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,7 +222,7 @@ def floor(photos: list[bytes], directory: Path) -> tuple[float, float]:
 
 
 def decode_share(photos: list[bytes], directory: Path, n: int = 30) -> float:
-    """CPU ms per photo of the validation alone (inspect_image: full decode), in this thread."""
+    """CPU ms per photo of the validation alone (inspect_image: the structural check an upload gets), in this thread."""
     from app.photos.imaging import inspect_image
 
     path = directory / "decode-probe"
@@ -260,13 +261,7 @@ def put_all(base: str, tokens: list[dict], photos: list[bytes], expect: int) -> 
                 if r.status_code != expect:
                     errors.append(f"{r.status_code} {r.text[:200]}")
 
-    threads = [threading.Thread(target=run, args=(t,)) for t in tokens]
-    t0 = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_together([threading.Thread(target=run, args=(t,)) for t in tokens])
     if errors:
         raise SystemExit(f"{len(errors)} uploads failed, e.g. {errors[0]}")
     return wall
@@ -413,7 +408,7 @@ def main() -> None:
                                            + ", ".join(f"{c:.2f}" for c, _ in floors)
                                            + f")  -> server/floor {ingest_cpu / floor_cpu:.1f}x"),
         ("floor: sha256+write+fsync, wall", f"{floor_wall:.2f} ms per photo  -> server/floor {ingest_cpu / floor_wall:.1f}x"),
-        ("of which validation (full decode)", f"{decode_cpu:.1f} ms per photo (measured in-process on the same files)"),
+        ("of which the structural check", f"{decode_cpu:.1f} ms per photo (measured in-process on the same files)"),
         ("transport floor: bare ASGI app on uvicorn", f"{raw_cpu:.1f} ms server CPU per photo ({args.photos / raw_wall:.0f} photos/s) "
                                                      f"-> Firegrid adds {ingest_cpu - raw_cpu:.1f} ms; server/transport floor "
                                                      f"{ingest_cpu / raw_cpu:.1f}x"),

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import markdown_table
+from bench.common import markdown_table, run_together
 from bench.photo_bench import RssSampler, distinct_jpegs, server_cpu, warm_memory, worker_pids
 from bench.push_bench import WORKERS, places_of
 from bench.server import running_server, token
@@ -87,15 +87,9 @@ def run(mode, conns: list[httpx.Client], work: list[list[tuple[dict, bytes]]], p
         except Exception as exc:  # reported after the run; the clock is not the judge of errors
             errors.append(str(exc))
 
-    threads = [threading.Thread(target=phone, args=(i,)) for i in range(len(conns))]
     cpu0 = server_cpu(pids)
     with RssSampler(pids) as mem:
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.perf_counter() - t0
+        elapsed = run_together([threading.Thread(target=phone, args=(i,)) for i in range(len(conns))])
     if errors:
         raise SystemExit(f"{len(errors)} phones failed, first: {errors[0]}")
     n = sum(len(w) for w in work)
