@@ -47,6 +47,7 @@ from pathlib import Path
 import httpx
 from PIL import Image, ImageDraw, ImageFilter
 
+from app.cli import SERVE_ENV
 from bench.common import run_together
 from bench.server import free_port, stop, wait_until_up
 
@@ -277,7 +278,8 @@ def transport_floor(photos: list[bytes], tokens: list[dict], workers: int, tmp: 
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     (tmp / "raw").mkdir(exist_ok=True)
-    env = {**os.environ, **server_env, "RAW_UPLOAD_DIR": str(tmp / "raw"),
+    # the environment `firegrid serve` gives uvicorn (SERVE_ENV), so both servers run alike
+    env = {**SERVE_ENV, **os.environ, **server_env, "RAW_UPLOAD_DIR": str(tmp / "raw"),
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     server = subprocess.Popen([sys.executable, "-m", "uvicorn", "bench.raw_upload_app:app", "--port", str(port),
                                "--workers", str(workers), "--log-level", "warning"], env=env, cwd=tmp,

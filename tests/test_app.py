@@ -91,3 +91,22 @@ def test_serving_workers_freeze_their_startup_heap(tmp_path):
         counts[mod] = int(out.stdout.split()[-1])
     assert counts["app.main"] == 0
     assert counts["app.asgi"] > 10_000
+
+
+def test_serve_execs_uvicorn_with_a_capped_malloc_arena_count_unless_the_operator_set_one(monkeypatch):
+    import os
+
+    from typer.testing import CliRunner
+
+    from app import cli
+
+    calls = []
+    monkeypatch.setattr(os, "execv", lambda exe, args: calls.append((args, os.environ.get("MALLOC_ARENA_MAX"))))
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert CliRunner().invoke(cli.cli, ["serve", "--workers", "2"]).exit_code == 0
+    args, arenas = calls[-1]
+    assert arenas == "2"
+    assert args[1:4] == ["-P", "-m", "uvicorn"] and args[args.index("--workers") + 1] == "2"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert CliRunner().invoke(cli.cli, ["serve"]).exit_code == 0
+    assert calls[-1][1] == "4"
