@@ -41,32 +41,15 @@ class Principal:
             raise Forbidden(f"this needs the role {' or '.join(r.value for r in roles)}")
 
 
-BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-
-
-def _bearer_present(creds: HTTPAuthorizationCredentials | None) -> HTTPAuthorizationCredentials:
+def current_principal(
+    session: SessionDep,
+    settings: SettingsDep,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
     if creds is None or creds.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    return creds
-
-
-async def require_bearer(creds: BearerCredentials) -> HTTPAuthorizationCredentials:
-    """A bearer token is there (not yet whether it is valid): 401 before the body is even validated,
-    for endpoints that authenticate in their own worker thread (``principal_for``)."""
-    return _bearer_present(creds)
-
-
-RequiredBearer = Annotated[HTTPAuthorizationCredentials, Depends(require_bearer)]
-
-
-def principal_for(session: Session, settings: Settings, creds: HTTPAuthorizationCredentials | None) -> Principal:
-    """Who is calling (401 unless a live token of an active user on a registered device)."""
-    user, device, token = service.authenticate(session, settings, _bearer_present(creds).credentials)
+    user, device, token = service.authenticate(session, settings, creds.credentials)
     return Principal(user=user, device=device, token=token, session=session)
-
-
-def current_principal(session: SessionDep, settings: SettingsDep, creds: BearerCredentials) -> Principal:
-    return principal_for(session, settings, creds)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

@@ -8,7 +8,6 @@ short session for the permission check and lets it go before the bytes flow.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Annotated
 
@@ -16,6 +15,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from app.auth import service as auth_service
@@ -118,7 +118,9 @@ async def put_blob(sha256: str, request: Request, creds: BearerDep, store: Store
     max_bytes = request.app.state.settings.max_photo_bytes
     db = request.app.state.db
     # who is uploading and whether the photo is already here, in one short session before the body
-    who, stored = await asyncio.to_thread(service.begin_upload, db, store, sha256, _uploader(request, creds))
+    # Starlette's pool, not asyncio's: the uploads' finishing hops (a decode slot, the write lock) wait in
+    # asyncio's few threads, and a re-sent photo's 200 or a 401 must not queue behind them
+    who, stored = await run_in_threadpool(service.begin_upload, db, store, sha256, _uploader(request, creds))
     if stored is not None:
         headers = None
         if "100-continue" in request.headers.get("expect", "").lower():

@@ -3,11 +3,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from app.auth.deps import CurrentPrincipal, RequiredBearer, principal_for
+from app.auth.deps import CurrentPrincipal
 from app.db import SessionDep
 from app.errors import Invalid
-from app.referrals.deps import NowDep
-from app.referrals.service import Rules, load_calendar
+from app.referrals.deps import NowDep, RulesDep
 from app.sync import health, service
 from app.auth.models import Role
 from app.sync.schemas import DeviceHealthPublic, PushRequest, PushResponse
@@ -23,37 +22,32 @@ _ONE_PUSH_PER_PROCESS = threading.Lock()
 
 
 @router.post("/push", response_model=PushResponse)
-def push(body: PushRequest, request: Request, creds: RequiredBearer):
+def push(body: PushRequest, request: Request, p: CurrentPrincipal, session: SessionDep, rules: RulesDep, now: NowDep):
     """Apply a batch of field ops for the authenticated device: one result per op, in order.
 
     Validation and routing run on a read transaction; the rows are then written in one short write
     transaction that commits before the answer leaves (an acknowledged op is durable)."""
-    # The whole push in this one worker thread: authentication, the rules, the plan and the write. As
-    # FastAPI dependencies (the session, the principal, the rules) each ran in a thread hop of its own,
-    # five per push, a tenth of the CPU of a phone that syncs each inspection as it is made.
-    state = request.app.state
-    now = state.clock()
-    with state.db.session() as session:
-        p = principal_for(session, state.settings, creds)
-        if body.device_id and body.device_id not in (p.device.id, p.device.device_key):
-            raise Invalid("device_id: does not match the device this token was issued to", code="device_mismatch",
-                          field="device_id")
-        ctx = service.PushContext(session=session, rules=Rules(policy=state.policy, calendar=load_calendar(session)),
-                                  scope=p.scope, user=p.user, device=p.device, now=now)
-        offset = health.clock_offset(body.sent_at, now)
-        # End the read transaction authentication began: waiting for the gate with it open would pin the
-        # WAL (no checkpoint can pass its snapshot), and the plan should see what committed meanwhile.
-        session.commit()
-        with _ONE_PUSH_PER_PROCESS:
-            plan = service.plan_push(ctx, body.ops)
-            session.commit()  # end the read transaction (nothing to commit) before the write one begins
-            with state.db.session(write=True) as writer:
-                writer.info["origin_device_id"] = p.device.id  # the change feed does not echo a phone's own writes
-                results = service.apply_push(ctx, body.ops, plan, writer)
-                health.record_push(writer, p.device.id, now, offset, body.app_version)
-                writer.commit()
+    if body.device_id and body.device_id not in (p.device.id, p.device.device_key):
+        raise Invalid("device_id: does not match the device this token was issued to", code="device_mismatch",
+                      field="device_id")
+    ctx = service.PushContext(session=session, rules=rules, scope=p.scope, user=p.user, device=p.device, now=now)
+    offset = health.clock_offset(body.sent_at, now)
+    # End the read transaction authentication began: waiting for the gate with it open would pin the
+    # WAL (no checkpoint can pass its snapshot), and the plan should see what committed meanwhile.
+    session.commit()
+    with _ONE_PUSH_PER_PROCESS:
+        plan = service.plan_push(ctx, body.ops)
+        session.commit()  # end the read transaction (nothing to commit) before the write one begins
+        with request.app.state.db.session(write=True) as writer:
+            writer.info["origin_device_id"] = p.device.id  # the change feed does not echo a phone's own writes
+            results = service.apply_push(ctx, body.ops, plan, writer)
+            health.record_push(writer, p.device.id, now, offset, body.app_version)
+            writer.commit()
     return PushResponse(results=results, server_time=now, clock_offset_s=offset,
                         clock_flagged=health.clock_flagged(offset))
+
+
+push.opens_own_write_transaction = True
 
 
 devices_router = APIRouter(prefix="/api/v1/devices", tags=["sync"])

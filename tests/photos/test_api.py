@@ -429,3 +429,19 @@ def test_an_upload_cut_short_by_a_crash_leaves_a_temp_file_the_next_start_remove
     with TestClient(create_app(settings, db)):
         assert not stale.exists()
         assert fresh.exists()
+
+
+def test_a_store_that_does_not_call_on_stored_still_gets_its_row(db, exif_jpeg, tmp_path):
+    import asyncio
+
+    class QuietStore(FilesystemBlobStore):
+        async def put_stream_async(self, *args, on_stored=None, **kw):
+            return await super().put_stream_async(*args, **kw)  # publishes, never calls the hook
+
+    store = QuietStore(tmp_path / "quiet")
+    sha = sha256_hex(exif_jpeg)
+    res = asyncio.run(service.ingest(db, store, sha, [exif_jpeg], max_bytes=10**7,
+                                     uploader=service.Uploader(user_id=None, device_id="d")))
+    assert res.created and res.blob.sha256 == sha
+    with db.session() as s:
+        assert s.get(Blob, sha) is not None
