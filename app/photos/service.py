@@ -10,6 +10,7 @@ a short write transaction to insert the row once the file is safely published.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import zlib
@@ -77,21 +78,20 @@ def _dedupe(shas: Iterable[str]) -> list[str]:
 # -- refs: which records use which photo ---------------------------------------------------
 
 
-_INSERT_REF: dict[str, sa.Insert] = {}
+@functools.cache
+def _insert_ignoring_conflicts(dialect: str, table: sa.Table, returning: str | None = None) -> sa.Insert:
+    """INSERT … ON CONFLICT DO NOTHING on either backend, built once per (dialect, table): a statement
+    built per call cost more than running it. RETURNING, where wanted, because psycopg reports a
+    rowcount of -1 for it."""
+    stmt = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect](table).on_conflict_do_nothing()
+    return stmt.returning(table.c[returning]) if returning else stmt
 
 
 def _insert_refs(session: Session, rows: list[dict]) -> None:
-    """INSERT … ON CONFLICT DO NOTHING on both backends: a re-sent op or a concurrent registration of
-    the same ref adds nothing. One statement per dialect, built once and run as an executemany: a
+    """A re-sent op or a concurrent registration of the same ref adds nothing. One executemany: a
     multi-VALUES statement was compiled afresh for every push (a quarter of a one-op push's writes)."""
-    if not rows:
-        return
-    dialect = session.get_bind().dialect.name
-    stmt = _INSERT_REF.get(dialect)
-    if stmt is None:
-        insert = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]
-        stmt = _INSERT_REF[dialect] = insert(PhotoRef.__table__).on_conflict_do_nothing()
-    session.execute(stmt, rows)
+    if rows:
+        session.execute(_insert_ignoring_conflicts(session.get_bind().dialect.name, PhotoRef.__table__), rows)
 
 
 def register_refs(session: Session, hazard_id: str, record_kind: str | RecordKind, record_id: str,
@@ -216,18 +216,6 @@ def begin_upload(db: Database, store: BlobStore, sha256: str,
     return who, (public(row, False) if row is not None and store.has(sha256) else None)
 
 
-def _insert_blob_stmt(dialect: str) -> sa.Insert:
-    stmt = _INSERT_BLOB.get(dialect)
-    if stmt is None:
-        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        # RETURNING, not rowcount: psycopg reports -1 for INSERT … ON CONFLICT
-        stmt = _INSERT_BLOB[dialect] = insert(_BLOBS).on_conflict_do_nothing().returning(_BLOBS.c.sha256)
-    return stmt
-
-
-_INSERT_BLOB: dict[str, sa.Insert] = {}
-
-
 def _record_blob(db: Database, put: PutResult[ImageInfo], uploader: Uploader, now: datetime) -> IngestResult:
     """The ``blobs`` row of a published photo, in its own short write transaction."""
     info = put.info
@@ -239,7 +227,7 @@ def _record_blob(db: Database, put: PutResult[ImageInfo], uploader: Uploader, no
         "created_at": now, "uploaded_by_user_id": uploader.user_id, "uploaded_by_device_id": uploader.device_id,
     }
     with db.connect(write=True) as conn:
-        inserted = conn.execute(_insert_blob_stmt(conn.dialect.name), values).first() is not None
+        inserted = conn.execute(_insert_ignoring_conflicts(conn.dialect.name, _BLOBS, "sha256"), values).first() is not None
         row = values if inserted else conn.execute(_SELECT_BLOB, {"sha256": put.sha256}).mappings().one()
     # created: this request made the photo available (a file left on disk by a crash between
     # publishing and the insert counts as not yet stored: the row is what the API goes by)
