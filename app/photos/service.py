@@ -227,7 +227,8 @@ def _record_blob(db: Database, put: PutResult[ImageInfo], uploader: Uploader, no
         "created_at": now, "uploaded_by_user_id": uploader.user_id, "uploaded_by_device_id": uploader.device_id,
     }
     with db.connect(write=True) as conn:
-        inserted = conn.execute(_insert_ignoring_conflicts(conn.dialect.name, _BLOBS, "sha256"), values).first() is not None
+        insert = _insert_ignoring_conflicts(conn.dialect.name, _BLOBS, "sha256")
+        inserted = conn.execute(insert, values).first() is not None
         row = values if inserted else conn.execute(_SELECT_BLOB, {"sha256": put.sha256}).mappings().one()
     # created: this request made the photo available (a file left on disk by a crash between
     # publishing and the insert counts as not yet stored: the row is what the API goes by)
