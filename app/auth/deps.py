@@ -15,7 +15,7 @@ from app.config import Settings
 from app.db import SessionDep
 from app.errors import Forbidden, Unauthorized
 
-_bearer = HTTPBearer(auto_error=False)
+bearer = HTTPBearer(auto_error=False)
 
 
 async def get_settings_dep(request: Request) -> Settings:
@@ -41,14 +41,19 @@ class Principal:
             raise Forbidden(f"this needs the role {' or '.join(r.value for r in roles)}")
 
 
+def require_bearer(creds: HTTPAuthorizationCredentials | None) -> str:
+    """The token of an ``Authorization: Bearer`` header, or 401."""
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise Unauthorized("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
+    return creds.credentials
+
+
 def current_principal(
     session: SessionDep,
     settings: SettingsDep,
-    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    if creds is None or creds.scheme.lower() != "bearer":
-        raise Unauthorized("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    user, device, token = service.authenticate(session, settings, creds.credentials)
+    user, device, token = service.authenticate(session, settings, require_bearer(creds))
     return Principal(user=user, device=device, token=token, session=session)
 
 

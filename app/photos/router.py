@@ -14,14 +14,15 @@ from typing import Annotated
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPAuthorizationCredentials
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from app.auth import service as auth_service
+from app.auth.deps import bearer, require_bearer
 from app.auth.models import Device, User
 from app.auth.scope import scope_for
-from app.errors import NotFound, Unauthorized, error_body
+from app.errors import NotFound, error_body
 from app.photos import service
 from app.photos.imaging import ACCEPTED_MIME
 from app.photos.models import Blob
@@ -31,8 +32,7 @@ from app.photos.storage import FilesystemBlobStore, InvalidName, validate_sha256
 router = APIRouter(prefix="/api/v1/blobs", tags=["photos"])
 
 CACHE_CONTROL = "private, max-age=31536000, immutable"
-_bearer = HTTPBearer(auto_error=False)
-BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 
 
 # -- dependencies ----------------------------------------------------------------------------
@@ -46,20 +46,14 @@ async def get_store(request: Request) -> FilesystemBlobStore:
 StoreDep = Annotated[FilesystemBlobStore, Depends(get_store)]
 
 
-def _token(creds: HTTPAuthorizationCredentials | None) -> str:
-    if creds is None or creds.scheme.lower() != "bearer":
-        raise Unauthorized("missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    return creds.credentials
-
-
 def _authenticate(request: Request, session, creds: HTTPAuthorizationCredentials | None) -> tuple[User, Device]:
-    user, device, _ = auth_service.authenticate(session, request.app.state.settings, _token(creds))
+    user, device, _ = auth_service.authenticate(session, request.app.state.settings, require_bearer(creds))
     return user, device
 
 
 def _uploader(request: Request, creds: HTTPAuthorizationCredentials | None) -> Callable[[sa.Connection], service.Uploader]:
     def authenticate(conn: sa.Connection) -> service.Uploader:
-        return service.Uploader(*auth_service.authenticate_ids(conn, request.app.state.settings, _token(creds)))
+        return service.Uploader(*auth_service.authenticate_ids(conn, request.app.state.settings, require_bearer(creds)))
     return authenticate
 
 
