@@ -35,6 +35,23 @@ def test_resent_op_is_duplicate_with_same_result(clocked_client, worker, place, 
     assert len(session.exec(select(Hazard).where(Hazard.id == o["data"]["id"])).all()) == 1
 
 
+@pytest.mark.parametrize("op_type", ["hazard.report", "inspection.submit"])
+def test_resent_op_gets_its_first_answer_even_if_its_data_no_longer_validates(clocked_client, worker, place, op_type):
+    """The op_id decides: a phone that re-sends an op (an app update changed how it serialises it, say)
+    must not see a rejection for what was applied, or it would show the record as failed."""
+    data = hazard_data(place.id, NOW)
+    if op_type == "inspection.submit":
+        data = {"id": uid(), "place_id": place.id, "started_at": "2026-03-02T08:00:00+08:00",
+                "finished_at": "2026-03-02T08:30:00+08:00", "checklist": [], "hazards": [data]}
+    o = op(op_type, data)
+    [first] = push(clocked_client, worker, o)
+    assert first["status"] == "applied", first
+    broken = {**o, "data": {**o["data"], "place_id": 42}}
+    [again, other] = push(clocked_client, worker, broken, op(op_type, broken["data"]))
+    assert again == {**first, "status": "duplicate"}
+    assert other["status"] == "rejected" and other["error"]["code"] == "validation_error"
+
+
 def test_same_op_twice_in_one_batch_applies_once(clocked_client, worker, place, session):
     o = op("hazard.report", hazard_data(place.id, NOW))
     a, b = push(clocked_client, worker, o, o)
