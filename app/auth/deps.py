@@ -11,6 +11,7 @@ from sqlmodel import Session
 from app.auth import service
 from app.auth.models import AuthToken, Device, Role, User
 from app.auth.scope import Scope, scope_for
+from app.org.models import OrgUnit
 from app.config import Settings
 from app.db import SessionDep
 from app.errors import Forbidden, Unauthorized
@@ -31,10 +32,11 @@ class Principal:
     device: Device
     token: AuthToken
     session: Session
+    unit: OrgUnit | None = None  # the user's unit, as authentication loaded it
 
     @cached_property
     def scope(self) -> Scope:
-        return scope_for(self.session, self.user)
+        return scope_for(self.session, self.user, self.unit)
 
     def require_role(self, *roles: Role) -> None:
         if self.user.role not in roles:
@@ -53,8 +55,8 @@ def current_principal(
     settings: SettingsDep,
     creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
-    user, device, token = service.authenticate(session, settings, require_bearer(creds))
-    return Principal(user=user, device=device, token=token, session=session)
+    user, device, token, unit = service.authenticate(session, settings, require_bearer(creds))
+    return Principal(user=user, device=device, token=token, session=session, unit=unit)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

@@ -75,8 +75,10 @@ class Scope:
         return self.town_ids is not None and (unit.town_id in self.town_ids or unit.id in self.town_ids)
 
 
-def scope_for(session: Session, user: User) -> Scope:
-    unit = session.get(OrgUnit, user.org_unit_id)
+def scope_for(session: Session, user: User, unit: OrgUnit | None = None) -> Scope:
+    """The user's scope. ``unit``: the user's unit if the caller has it already (authentication loads it)."""
+    if unit is None or unit.id != user.org_unit_id:
+        unit = session.get(OrgUnit, user.org_unit_id)
     if unit is None:  # foreign key makes this impossible short of manual tampering
         raise Forbidden("user has no unit")
     base = dict(user_id=user.id, role=Role(user.role), unit_id=unit.id)

@@ -124,20 +124,23 @@ def issue_token(session: Session, settings: Settings, user_id: str, *, device_ke
 
 
 _TOKEN_ROWS = (  # built once, like every statement of a request that each request makes
-    select(AuthToken, User, Device)
+    select(AuthToken, User, Device, OrgUnit)
     .join(User, User.id == AuthToken.user_id)
     .join(Device, Device.id == AuthToken.device_id)
+    .join(OrgUnit, OrgUnit.id == User.org_unit_id)
     .where(AuthToken.token_hash == sa.bindparam("token_hash"))
 )
 
 
-def authenticate(session: Session, settings: Settings, token: str) -> tuple[User, Device, AuthToken]:
+def authenticate(session: Session, settings: Settings, token: str) -> tuple[User, Device, AuthToken, OrgUnit]:
+    """The token's user, device and token row, and the user's unit (what their scope starts from: one
+    statement for the lot, where the scope used to load the unit with one of its own)."""
     row = session.exec(_TOKEN_ROWS, params={"token_hash": token_digest(token, settings.secret_key)}).first()
     if row is None:
         raise Unauthorized("invalid token", headers={"WWW-Authenticate": "Bearer"})
-    tok, user, device = row
+    tok, user, device, unit = row
     _check_token(tok.revoked_at, tok.expires_at, device.revoked_at, user.is_active)
-    return user, device, tok
+    return user, device, tok, unit
 
 
 _TOKEN_IDS = (  # built once: constructing the statement cost more than running it

@@ -20,9 +20,10 @@ from starlette.requests import ClientDisconnect
 
 from app.auth import service as auth_service
 from app.auth.deps import bearer, require_bearer
-from app.auth.models import Device, User
+from app.auth.models import User
 from app.auth.scope import scope_for
 from app.errors import NotFound, error_body
+from app.org.models import OrgUnit
 from app.photos import service
 from app.photos.imaging import ACCEPTED_MIME
 from app.photos.models import Blob
@@ -46,9 +47,9 @@ async def get_store(request: Request) -> FilesystemBlobStore:
 StoreDep = Annotated[FilesystemBlobStore, Depends(get_store)]
 
 
-def _authenticate(request: Request, session, creds: HTTPAuthorizationCredentials | None) -> tuple[User, Device]:
-    user, device, _ = auth_service.authenticate(session, request.app.state.settings, require_bearer(creds))
-    return user, device
+def _authenticate(request: Request, session, creds: HTTPAuthorizationCredentials | None) -> tuple[User, OrgUnit]:
+    user, _, _, unit = auth_service.authenticate(session, request.app.state.settings, require_bearer(creds))
+    return user, unit
 
 
 def _uploader(request: Request, creds: HTTPAuthorizationCredentials | None) -> Callable[[sa.Connection], service.Uploader]:
@@ -60,12 +61,12 @@ def _uploader(request: Request, creds: HTTPAuthorizationCredentials | None) -> C
 def viewable_blob(sha256: str, request: Request, creds: BearerDep) -> Blob:
     """The photo's row, for a caller who may see a record that uses it (else 404, as for any unseen thing)."""
     with request.app.state.db.session() as session:
-        user, _ = _authenticate(request, session, creds)
+        user, unit = _authenticate(request, session, creds)
         try:
             validate_sha256(sha256)
         except InvalidName:
             raise NotFound(f"photo {sha256[:80]} not found") from None
-        if not service.can_view(session, scope_for(session, user), sha256):
+        if not service.can_view(session, scope_for(session, user, unit), sha256):
             raise NotFound(f"photo {sha256} not found")
         blob = session.get(Blob, sha256)
     if blob is None:

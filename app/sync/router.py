@@ -49,8 +49,8 @@ def pusher(request: Request, settings: SettingsDep,
     """
     token = require_bearer(creds)
     with request.app.state.db.session() as session:
-        user, device, _ = auth_service.authenticate(session, settings, token)
-        return Pusher(user=user, device=device, scope=scope_for(session, user),
+        user, device, _, unit = auth_service.authenticate(session, settings, token)
+        return Pusher(user=user, device=device, scope=scope_for(session, user, unit),
                       rules=Rules(policy=request.app.state.policy, calendar=load_calendar(session)))
 
 

@@ -132,3 +132,25 @@ def test_user_must_belong_to_unit_of_its_role(client, units):
 def test_password_is_argon2(session):
     user = session.exec(select(User).where(User.username == "admin")).one()
     assert user.password_hash.startswith("$argon2")
+
+
+def test_a_token_and_the_scope_it_grants_take_one_statement(client, db, settings):
+    """The user's unit comes with the token row, so a request's scope costs no statement of its own
+    (bench/instructions.py); a unit that is not the user's is not trusted."""
+    from sqlalchemy import event
+
+    from app.auth.scope import scope_for
+    from app.auth.service import authenticate
+    from app.org.models import OrgUnit
+
+    token = login(client, "worker-a1")["Authorization"].removeprefix("Bearer ")
+    with db.session() as s:
+        statements = []
+        event.listen(s.connection(), "before_cursor_execute", lambda *a: statements.append(a[2]))
+        user, _, _, unit = authenticate(s, settings, token)
+        scope = scope_for(s, user, unit)
+        assert len(statements) == 1 and unit.id == user.org_unit_id
+        other = s.exec(select(OrgUnit).where(OrgUnit.id != user.org_unit_id)).first()
+        s.expunge(unit)  # not in the identity map any more: using `other` would go unnoticed otherwise
+        assert scope_for(s, user, other) == scope
+        assert len(statements) == 3  # `other`, then the user's own unit loaded again
