@@ -134,25 +134,34 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _make_dirs_durably(directory: Path) -> None:
-    """Create ``directory`` and any missing parents, fsyncing the directory that gained each new entry.
+def _make_dirs_durably(directory: Path, root: Path) -> None:
+    """Create ``directory`` (and missing parents), and make every entry on the way down from ``root``
+    durable: each directory from ``root`` to ``directory``'s parent is fsynced.
 
-    Publishing fsyncs the blob's own directory; if that directory is new, its entry in the level
-    above must be on disk too, or a crash could take an acknowledged photo away with it. (ext4
-    happens to commit all metadata in order; other filesystems need not.)
+    Publishing fsyncs the blob's own directory; if that directory is new, its entry in the level above
+    must be on disk too, or a crash could take an acknowledged photo away with it. This is done on every
+    upload, not only by the one that made the directory: a concurrent upload may have made it a moment
+    ago and not have fsynced it yet. An fsync of a directory with nothing new costs ~0.02 ms of CPU here.
+    (ext4 happens to commit all metadata in order; other filesystems need not.)
     """
-    if directory.is_dir():
-        return
-    missing = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:
-            pass  # a concurrent upload made it a moment ago; its fsync may not have happened yet
-        _fsync_dir(d.parent)
+    if not directory.is_dir():
+        missing = []
+        d = directory
+        while not d.exists():
+            missing.append(d)
+            d = d.parent
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+            except FileExistsError:
+                pass  # a concurrent upload made it a moment ago: the fsyncs below cover it all the same
+    chain = []
+    d = directory.parent
+    while d != root and root in d.parents:
+        chain.append(d)
+        d = d.parent
+    for d in [root, *reversed(chain)]:
+        _fsync_dir(d)
 
 
 class _Upload:
@@ -199,7 +208,7 @@ class _Upload:
         info = validate(self.tmp) if validate is not None else None
         os.chmod(self.tmp, _FILE_MODE)
         dest = self.store._blob_path(self.expected)
-        _make_dirs_durably(dest.parent)
+        _make_dirs_durably(dest.parent, self.store.root)
         created = self.store._publish(self.tmp, dest)
         return PutResult(sha256=self.expected, size=self.size, created=created, info=info)
 
