@@ -14,7 +14,8 @@ off while it starts. A few untimed submissions warm it up, then counting is swit
 - push: a push of one `inspection.submit` op with one hazard naming one photo (a phone syncing each
   inspection as it is made);
 - put: the PUT of a ~300 KB photo (bench/submission_bench.py's);
-- batch: a push of 100 ops with 2 hazards each (bench/push_bench.py's batch), per op.
+- batch: a push of 100 ops with 2 hazards each (bench/push_bench.py's batch), per op;
+- pull: an incremental pull with nothing new (a phone checking for news), after a full pull.
 Needs Debian's `valgrind`. About a minute per kind of request; nothing is asserted. Hashing is shown
 apart: valgrind's CPU lacks the SHA extensions, so under it sha256 costs ~10x what it costs here.
 """
@@ -71,12 +72,20 @@ def count(root: Path, what: str, n: int) -> tuple[float, float]:
             if what == "batch":
                 c.post("/api/v1/sync/push", json=batch(places, BATCH_OPS)).raise_for_status()
             batches = [batch(places, BATCH_OPS) for _ in range(n)] if what == "batch" else []
+            cursor = None
+            if what == "pull":  # the whole scope first, untimed, then the same question again and again
+                more = True
+                while more:
+                    page = c.get("/api/v1/sync/pull", params={"cursor": cursor} if cursor else {}).json()
+                    cursor, more = page["cursor"], page["more"]
             subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)], check=True, capture_output=True)
             for i in range(n):
                 if what == "batch":
                     c.post("/api/v1/sync/push", json=batches[i]).raise_for_status()
                 elif what == "push":
                     push(c, [subs[i][0]])
+                elif what == "pull":
+                    c.get("/api/v1/sync/pull", params={"cursor": cursor}).raise_for_status()
                 else:  # the PUT path does not look at the photo's record: the photos alone
                     put_photo(c, subs[i][1])
             for cmd in ("--instr=off", "--dump"):  # off first: the shutdown must not be counted
@@ -100,7 +109,7 @@ def _hashing(dump: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=30, help="counted requests of each kind")
-    ap.add_argument("--what", default="push,put,batch", help="comma-separated: push, put, batch")
+    ap.add_argument("--what", default="push,put,batch", help="comma-separated: push, put, batch, pull")
     ap.add_argument("--root", type=Path, default=ROOT, help="the checkout whose code the server runs")
     args = ap.parse_args()
     rows = []

@@ -40,7 +40,7 @@ from app.hazards.models import Hazard
 from app.inspections.models import Inspection
 from app.places.models import PLACE_CLASS_NAMES, Place, key_unit_level
 from app.referrals.policy import Policy
-from app.sync.feed import Change, hazard_data, high_water, inspection_data, place_data, read_state
+from app.sync.feed import Change, hazard_data, inspection_data, place_data, read_head, read_state
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
@@ -183,10 +183,10 @@ def clamp_limit(limit: int | None) -> int:
 def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | None = None,
          cursor: str | None = None, limit: int | None = DEFAULT_LIMIT) -> PullPage:
     limit = clamp_limit(limit)
-    epoch, _ = read_state(session)
+    epoch, pruned_at_start, upto_now = read_head(session)
     fp = scope_fingerprint(scope)
     if cursor is None:
-        upto = high_water(session)
+        upto = upto_now
         c = Cursor(e=epoch, f=fp, r=policy.version, a=upto, u=upto, m="s", p=REF, k=None)
     else:
         c = Cursor.decode(cursor)
@@ -197,13 +197,14 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
             raise CursorExpired("cursor: your jurisdiction changed since it was made; start over with a pull "
                                 "without a cursor", reason="scope_changed")
         if c.m is None:  # a new pull: fix its upper bound now
-            upto = high_water(session)
+            upto = upto_now
             if c.a > upto:
                 raise CursorExpired("cursor: ahead of this server's feed; start over with a pull without a cursor",
                                     reason="other_feed")
             c = replace(c, u=upto, m="c", p=REF if c.r != policy.version else CHANGES, k=None)
     reads_from = (c.k if c.p == CHANGES and c.k is not None else c.a) if c.m == "c" else None
     out: list[dict[str, Any]] = []
+    read_changes = False
     phases = SNAPSHOT_PHASES if c.m == "s" else INCREMENTAL_PHASES
     while c.p is not None and len(out) < limit:
         room = limit - len(out)
@@ -215,8 +216,11 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
                 c = replace(c, k=start + room)
                 break
         elif c.p == CHANGES:
-            last, done = _changes(session, scope, device_id, after=c.k if c.k is not None else c.a, upto=c.u,
-                                  room=room, out=out)
+            after = c.k if c.k is not None else c.a
+            done = True
+            if after < c.u:  # else nothing new: no statement (most pulls are a phone asking for news)
+                last, done = _changes(session, scope, device_id, after=after, upto=c.u, room=room, out=out)
+                read_changes = True
             if not done:
                 c = replace(c, k=last)
                 break
@@ -228,8 +232,9 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
         nxt = phases.index(c.p) + 1
         c = replace(c, p=phases[nxt] if nxt < len(phases) else None, k=None)
     # a cursor older than the retained feed: checked after reading, so a prune that committed while
-    # we read cannot have taken rows from under this page unnoticed
-    _, pruned_through = read_state(session)
+    # we read (PostgreSQL reads what committed statement by statement) cannot have taken rows from
+    # under this page unnoticed; if no change row was read, the state read before is enough
+    pruned_through = read_state(session)[1] if read_changes else pruned_at_start
     if reads_from is not None and reads_from < pruned_through:
         raise CursorExpired("cursor: older than the retained change feed; start over with a pull without a cursor",
                             reason="pruned")

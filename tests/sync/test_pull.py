@@ -286,6 +286,25 @@ def test_a_cursor_the_server_cannot_serve_is_410(c, session, units):
     assert ids(pull_all(c, w, fresh)[0]) == [hid]
 
 
+def test_asking_for_news_when_there_is_none_takes_two_statements(c, db, session, units):
+    """Phones ask for news far more often than there is any: the token, then the feed's epoch, low-water
+    mark and newest seq in one statement, and no change query for an empty range (bench/instructions.py)."""
+    w = login(c, "worker-a1")
+    _, cursor, _ = pull_all(c, w)
+    statements = []
+    listener = lambda conn, cur, stmt, *a: statements.append(stmt)  # noqa: E731
+    sa.event.listen(db.connection, "before_cursor_execute", listener)
+    try:
+        assert get_page(c, w, cursor)["changes"] == []
+        news = [s for s in statements if not s.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))]
+        assert len(news) == 2, news
+        # and with news, it is read
+        hid = report(c, login(c, "worker-a1", device="phone-2"), place_of(session, units, "grid-a-1-1", "nine_small").id)
+        assert ids(get_page(c, w, cursor)["changes"]) == [hid]
+    finally:
+        sa.event.remove(db.connection, "before_cursor_execute", listener)
+
+
 def test_a_pull_stops_at_the_bound_fixed_on_its_first_page(c, session, units):
     d1, d2 = login(c, "worker-a1", device="phone-1"), login(c, "worker-a1", device="phone-2")
     _, cursor, _ = pull_all(c, d1)
