@@ -8,10 +8,8 @@ short session for the permission check and lets it go before the bytes flow.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Annotated
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
@@ -50,12 +48,6 @@ StoreDep = Annotated[FilesystemBlobStore, Depends(get_store)]
 def _authenticate(request: Request, session, creds: HTTPAuthorizationCredentials | None) -> tuple[User, OrgUnit]:
     user, _, _, unit = auth_service.authenticate(session, request.app.state.settings, require_bearer(creds))
     return user, unit
-
-
-def _uploader(request: Request, creds: HTTPAuthorizationCredentials | None) -> Callable[[sa.Connection], service.Uploader]:
-    def authenticate(conn: sa.Connection) -> service.Uploader:
-        return service.Uploader(*auth_service.authenticate_ids(conn, request.app.state.settings, require_bearer(creds)))
-    return authenticate
 
 
 def viewable_blob(sha256: str, request: Request, creds: BearerDep) -> Blob:
@@ -115,7 +107,8 @@ async def put_blob(sha256: str, request: Request, creds: BearerDep, store: Store
     # who is uploading and whether the photo is already here, in one short session before the body
     # Starlette's pool, not asyncio's: the uploads' finishing hops (a decode slot, the write lock) wait in
     # asyncio's few threads, and a re-sent photo's 200 or a 401 must not queue behind them
-    who, stored = await run_in_threadpool(service.begin_upload, db, store, sha256, _uploader(request, creds))
+    token_hash = auth_service.token_digest(require_bearer(creds), request.app.state.settings.secret_key)
+    who, stored = await run_in_threadpool(service.begin_upload, db, store, sha256, token_hash)
     if stored is not None:
         headers = None
         if "100-continue" in request.headers.get("expect", "").lower():

@@ -14,7 +14,7 @@ import functools
 import os
 import threading
 import zlib
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -25,6 +25,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
+from app.auth import service as auth_service
 from app.auth.scope import Scope, hazard_clause
 from app.db import Database, utcnow
 from app.errors import DomainError, Invalid, NotFound
@@ -204,16 +205,26 @@ class Uploader:
 # Built once: constructing a statement per upload cost more than running it. Core, not the ORM: an
 # upload needs a row's values, not an object (the ORM load was half of the pre-check's CPU).
 _SELECT_BLOB = sa.select(*_PUBLIC_COLUMNS).where(_BLOBS.c.sha256 == sa.bindparam("sha256"))
+# The token check and whether the photo is stored, in one statement: a new photo (the usual case)
+# needs no other before its body (bench/instructions.py); a stored one's row is read after it.
+_UPLOAD_CHECK = auth_service.token_ids_query(
+    sa.exists().where(_BLOBS.c.sha256 == sa.bindparam("sha256")).label("stored"))
 
 
-def begin_upload(db: Database, store: BlobStore, sha256: str,
-                 authenticate: Callable[[sa.Connection], Uploader]) -> tuple[Uploader, BlobPublic | None]:
-    """Before any byte of the body, in one short read transaction: who is uploading, and the photo
-    as the API shows it if it is already stored (row and file), so the body need not be read at all."""
+def begin_upload(db: Database, store: BlobStore, sha256: str, token_hash: str) -> tuple[Uploader, BlobPublic | None]:
+    """Before any byte of the body, in one short read transaction: who is uploading (401 first,
+    whatever the name), and the photo as the API shows it if it is already stored (row and file),
+    so the body need not be read at all. ``token_hash``: auth_service.token_digest of the bearer token."""
+    try:
+        name = validate_sha256(sha256)
+    except InvalidName:
+        name = None
     with db.connect() as conn:
-        who = authenticate(conn)
-        row = conn.execute(_SELECT_BLOB, {"sha256": valid_name(sha256)}).mappings().first()
-    return who, (public(row, False) if row is not None and store.has(sha256) else None)
+        row = conn.execute(_UPLOAD_CHECK, {"token_hash": token_hash, "sha256": name or ""}).first()
+        who = Uploader(*auth_service.ids_of_token_row(row))
+        valid_name(sha256)  # a bad name is a 422, said only to a caller with a valid token
+        stored = conn.execute(_SELECT_BLOB, {"sha256": name}).mappings().first() if row.stored else None
+    return who, (public(stored, False) if stored is not None and store.has(sha256) else None)
 
 
 def _record_blob(db: Database, put: PutResult[ImageInfo], uploader: Uploader, now: datetime) -> IngestResult:

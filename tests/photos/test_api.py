@@ -8,6 +8,7 @@ import os
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import sqlalchemy as sa
 from PIL import Image
 from sqlmodel import func, select
 
@@ -152,6 +153,28 @@ def test_invalid_name_and_no_token(client, worker, png_image):
     assert r.status_code == 422
     r = client.put(f"{URL}/{sha256_hex(png_image)}", content=png_image)
     assert r.status_code == 401
+    # a stranger learns nothing, not even that a name is malformed
+    r = client.put(f"{URL}/not-a-hash", content=png_image, headers={"Authorization": "Bearer not-a-token"})
+    assert r.status_code == 401, r.text
+
+
+def test_an_upload_of_a_new_photo_checks_token_and_name_in_one_statement(client, worker, png_image, db):
+    """Before the body: the token check and whether the photo is stored are one statement
+    (bench/instructions.py), and a stored photo's row is read only when it is stored."""
+    statements = []
+    listener = lambda conn, cur, stmt, *a: statements.append(stmt)  # noqa: E731
+    sa.event.listen(db.connection, "before_cursor_execute", listener)
+    try:
+        assert put(client, worker, png_image).status_code == 201
+        before_body = [s for s in statements if not s.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))]
+        statements.clear()
+        assert put(client, worker, png_image).status_code == 200  # stored: its row, for the answer
+        again = [s for s in statements if not s.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))]
+    finally:
+        sa.event.remove(db.connection, "before_cursor_execute", listener)
+    assert len(before_body) == 2, before_body  # the check, then (after the body) the row's insert
+    assert "INSERT INTO blobs" in before_body[1]
+    assert len(again) == 2 and "FROM blobs" in again[1], again
 
 
 # -- missing ---------------------------------------------------------------------------------
@@ -392,8 +415,6 @@ def test_unauthenticated_upload_is_refused_before_the_body(client, png_image):
 @pytest.mark.parametrize("how", ["logout", "expired", "device_revoked", "user_deactivated"])
 def test_an_upload_is_refused_with_a_token_that_no_longer_holds(client, session, png_image, how):
     """Uploads authenticate on their own lean path: it must refuse what every other call refuses."""
-    import sqlalchemy as sa
-
     from app.auth.models import AuthToken, Device, User
     from app.db import utcnow
 
