@@ -109,7 +109,7 @@ def _hashing(dump: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--requests", type=int, default=30, help="counted requests of each kind")
-    ap.add_argument("--what", default="push,put,batch", help="comma-separated: push, put, batch, pull")
+    ap.add_argument("--what", default="push,put,batch,pull", help="comma-separated: push, put, batch, pull")
     ap.add_argument("--root", type=Path, default=ROOT, help="the checkout whose code the server runs")
     args = ap.parse_args()
     rows = []

@@ -134,36 +134,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _make_dirs_durably(directory: Path, root: Path) -> None:
-    """Create ``directory`` (and missing parents), and make every entry on the way down from ``root``
-    durable: each directory from ``root`` to ``directory``'s parent is fsynced.
-
-    Publishing fsyncs the blob's own directory; if that directory is new, its entry in the level above
-    must be on disk too, or a crash could take an acknowledged photo away with it. This is done on every
-    upload, not only by the one that made the directory: a concurrent upload may have made it a moment
-    ago and not have fsynced it yet. An fsync of a directory with nothing new costs ~0.02 ms of CPU here.
-    (ext4 happens to commit all metadata in order; other filesystems need not.)
-    """
-    if not directory.is_dir():
-        missing = []
-        d = directory
-        while not d.exists():
-            missing.append(d)
-            d = d.parent
-        for d in reversed(missing):
-            try:
-                d.mkdir()
-            except FileExistsError:
-                pass  # a concurrent upload made it a moment ago: the fsyncs below cover it all the same
-    chain = []
-    d = directory.parent
-    while d != root and root in d.parents:
-        chain.append(d)
-        d = d.parent
-    for d in [root, *reversed(chain)]:
-        _fsync_dir(d)
-
-
 class _Upload:
     """One upload in progress: a temp file in root/tmp and a running sha256."""
 
@@ -208,7 +178,7 @@ class _Upload:
         info = validate(self.tmp) if validate is not None else None
         os.chmod(self.tmp, _FILE_MODE)
         dest = self.store._blob_path(self.expected)
-        _make_dirs_durably(dest.parent, self.store.root)
+        self.store._make_fan_out_durable(self.expected)
         created = self.store._publish(self.tmp, dest)
         return PutResult(sha256=self.expected, size=self.size, created=created, info=info)
 
@@ -231,6 +201,10 @@ class FilesystemBlobStore:
         self.tmp_dir = self.root / "tmp"
         self.derivatives_dir = self.root / "derivatives"
         self._tmp_dir_made = False
+        # fan-out directories this process has made durable, by their hex prefix: root/ab (256) and
+        # root/ab/cd (65,536), a byte each; see _make_fan_out_durable
+        self._durable_ab = bytearray(256)
+        self._durable_abcd = bytearray(65536)
 
     def _mkstemp(self, prefix: str) -> tuple[int, str]:
         """A new temp file in root/tmp. The directory is made once per store, not per upload (a
@@ -273,12 +247,37 @@ class FilesystemBlobStore:
 
     # ------------------------------------------------------------------ writes
 
+    def _make_fan_out_durable(self, sha256: str) -> None:
+        """Make root/ab/cd/ exist, with its entries in root/ab and root durable.
+
+        Publishing fsyncs the blob's own directory; if that directory is new, its entry in the level
+        above must be on disk too, or a crash could take an acknowledged photo away with it. Whoever
+        made the directory: a concurrent upload (another worker, say) may have made it a moment ago
+        and not have fsynced yet, so each process fsyncs each level once itself, the first time it
+        uses the directory, and never again. (An fsync of a directory with nothing new may still
+        flush the disk's cache: not on every upload. ext4 happens to commit metadata in order;
+        other filesystems need not.)
+        """
+        ab, abcd = int(sha256[:2], 16), int(sha256[:4], 16)
+        if self._durable_abcd[abcd]:
+            return
+        fan1 = self.root / sha256[:2]
+        (fan1 / sha256[2:4]).mkdir(parents=True, exist_ok=True)
+        if not self._durable_ab[ab]:
+            _fsync_dir(self.root)
+            self._durable_ab[ab] = 1
+        _fsync_dir(fan1)
+        self._durable_abcd[abcd] = 1
+
     def _publish(self, tmp: Path, dest: Path) -> bool:
         """Move tmp to dest atomically; False if dest already existed (tmp is then removed)."""
         try:
             os.link(tmp, dest)
         except FileExistsError:
             tmp.unlink(missing_ok=True)
+            # a concurrent upload of the same photo linked it a moment ago and may not have fsynced
+            # its directory yet: this upload answers too, so it makes the entry durable itself
+            _fsync_dir(dest.parent)
             return False
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK, errno.ENOSYS):
@@ -286,6 +285,7 @@ class FilesystemBlobStore:
             # no hard links here: os.replace is atomic too, and the bytes are identical
             if dest.exists():
                 tmp.unlink(missing_ok=True)
+                _fsync_dir(dest.parent)  # as above
                 return False
             os.replace(tmp, dest)
             _fsync_dir(dest.parent)

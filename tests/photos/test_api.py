@@ -166,14 +166,14 @@ def test_an_upload_of_a_new_photo_checks_token_and_name_in_one_statement(client,
     sa.event.listen(db.connection, "before_cursor_execute", listener)
     try:
         assert put(client, worker, png_image).status_code == 201
-        before_body = [s for s in statements if not s.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))]
+        new_photo = [s for s in statements if not s.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))]
         statements.clear()
         assert put(client, worker, png_image).status_code == 200  # stored: its row, for the answer
         again = [s for s in statements if not s.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))]
     finally:
         sa.event.remove(db.connection, "before_cursor_execute", listener)
-    assert len(before_body) == 2, before_body  # the check, then (after the body) the row's insert
-    assert "INSERT INTO blobs" in before_body[1]
+    assert len(new_photo) == 2, new_photo  # the check before the body, then the row's insert after it
+    assert "INSERT INTO blobs" in new_photo[1]
     assert len(again) == 2 and "FROM blobs" in again[1], again
 
 

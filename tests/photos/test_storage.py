@@ -392,6 +392,14 @@ def test_sync_put_refuses_async_iterable(store):
     asyncio.run(gen.aclose())
 
 
+def _bytes_whose_sha_starts(prefix: str, not_prefix: str | None = None) -> bytes:
+    while True:
+        data = os.urandom(16)
+        sha = sha256_hex(data)
+        if sha.startswith(prefix) and not (not_prefix and sha.startswith(not_prefix)):
+            return data
+
+
 def test_every_directory_on_the_way_to_a_blob_is_durable_before_it_is_acknowledged(store, monkeypatch):
     from app.photos import storage
 
@@ -405,12 +413,41 @@ def test_every_directory_on_the_way_to_a_blob_is_durable_before_it_is_acknowledg
     # each new directory's entry, then the blob's own entry
     assert synced == [store.root, fan1, fan2]
 
-    other = os.urandom(3000)
+    # directories made by another process (a worker that has not fsynced them yet, or crashed before
+    # it did): this process cannot tell, so it makes their entries durable itself, once
+    other = _bytes_whose_sha_starts("", not_prefix=sha[:2])
     other_sha = sha256_hex(other)
     other_dir = store.root / other_sha[:2] / other_sha[2:4]
-    # made by a concurrent upload that has not fsynced them yet, or by a process that crashed before
-    # it did: this upload cannot tell, so it makes the entries durable itself
     other_dir.mkdir(parents=True, exist_ok=True)
     synced.clear()
     store.put_stream(other_sha, [other], MB)
     assert synced == [store.root, other_dir.parent, other_dir]
+
+    # once made durable by this process, a directory costs only the blob's own entry
+    same_dir = _bytes_whose_sha_starts(sha[:4])
+    synced.clear()
+    store.put_stream(sha256_hex(same_dir), [same_dir], MB)
+    assert synced == [fan2]
+    # ... and another process (a new store on the same root) makes sure once for itself
+    again = FilesystemBlobStore(store.root)
+    same_dir_too = _bytes_whose_sha_starts(sha[:4])
+    synced.clear()
+    again.put_stream(sha256_hex(same_dir_too), [same_dir_too], MB)
+    assert synced == [store.root, fan1, fan2]
+
+
+def test_an_upload_that_finds_its_photo_already_linked_makes_the_entry_durable_before_answering(store, monkeypatch):
+    """A retry racing the first attempt: the first linked the file and has not fsynced its directory
+    yet; the retry answers too, so it must not answer before that entry is on disk."""
+    from app.photos import storage
+
+    data = os.urandom(3000)
+    sha = sha256_hex(data)
+    dest = store.root / sha[:2] / sha[2:4] / sha
+    dest.parent.mkdir(parents=True)
+    dest.write_bytes(data)  # as the first attempt left it: linked, directory not yet fsynced
+    synced: list[Path] = []
+    real = storage._fsync_dir
+    monkeypatch.setattr(storage, "_fsync_dir", lambda p: (synced.append(Path(p)), real(p)))
+    put = store.put_stream(sha, [data], MB)
+    assert not put.created and synced[-1] == dest.parent
