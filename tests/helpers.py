@@ -1,7 +1,11 @@
 """Small builders shared by the DB-backed tests."""
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
+
+import sqlalchemy as sa
 
 from sqlmodel import Session, select
 
@@ -44,3 +48,19 @@ def report(client, headers, place_id: str, found_at: datetime, **kw) -> dict:
     [res] = push(client, headers, op("hazard.report", hazard_data(place_id, found_at, **kw)))
     assert res["status"] == "applied", res
     return res["result"]
+
+
+@contextmanager
+def statements_on(connection: sa.Connection) -> Iterator[list[str]]:
+    """The SQL statements run on ``connection`` meanwhile, without the test database's savepoints."""
+    seen: list[str] = []
+
+    def listener(conn, cursor, statement, *args) -> None:
+        if not statement.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK")):
+            seen.append(statement)
+
+    sa.event.listen(connection, "before_cursor_execute", listener)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(connection, "before_cursor_execute", listener)

@@ -537,14 +537,15 @@ def new_epoch() -> str:
     return uuid.uuid4().hex
 
 
+_STATE = sa.select(ChangeFeedState.epoch, ChangeFeedState.pruned_through).where(ChangeFeedState.id == 1)
+
+
 def read_state(session: Session) -> tuple[str, int]:
     """(epoch, pruned_through) without writing anything."""
-    row = session.execute(sa.select(ChangeFeedState.epoch, ChangeFeedState.pruned_through)
-                          .where(ChangeFeedState.id == 1)).first()
+    row = session.execute(_STATE).first()
     return (row.epoch, int(row.pruned_through)) if row else ("", 0)
 
 
-_STATE = sa.select(ChangeFeedState.epoch, ChangeFeedState.pruned_through).where(ChangeFeedState.id == 1)
 # one row even without a state row (then epoch and pruned_through are NULL); built once
 _HEAD = sa.select(_STATE.with_only_columns(ChangeFeedState.epoch).scalar_subquery(),
                   _STATE.with_only_columns(ChangeFeedState.pruned_through).scalar_subquery(),

@@ -6,6 +6,7 @@ from sqlmodel import select
 from app.auth.models import AuthToken, User
 from app.db import utcnow
 from tests.conftest import login
+from tests.helpers import statements_on
 
 
 def test_login_me_and_device_binding(client):
@@ -137,16 +138,12 @@ def test_password_is_argon2(session):
 def test_a_token_and_the_scope_it_grants_take_one_statement(client, db, settings):
     """The user's unit comes with the token row, so a request's scope costs no statement of its own
     (bench/instructions.py); a unit that is not the user's is not trusted."""
-    from sqlalchemy import event
-
     from app.auth.scope import scope_for
     from app.auth.service import authenticate
     from app.org.models import OrgUnit
 
     token = login(client, "worker-a1")["Authorization"].removeprefix("Bearer ")
-    with db.session() as s:
-        statements = []
-        event.listen(s.connection(), "before_cursor_execute", lambda *a: statements.append(a[2]))
+    with db.session() as s, statements_on(s.connection()) as statements:
         user, _, _, unit = authenticate(s, settings, token)
         scope = scope_for(s, user, unit)
         assert len(statements) == 1 and unit.id == user.org_unit_id

@@ -16,7 +16,7 @@ from app.photos import service
 from app.photos.models import Blob, PhotoRef
 from app.photos.storage import FilesystemBlobStore, sha256_hex
 from tests.conftest import login
-from tests.helpers import place_of, report, uid
+from tests.helpers import place_of, report, statements_on, uid
 from tests.photos.conftest import EXIF_DATETIME, GPS_LAT, GPS_LON, jpeg_bytes, noisy_rgb
 
 URL = "/api/v1/blobs"
@@ -161,17 +161,10 @@ def test_invalid_name_and_no_token(client, worker, png_image):
 def test_an_upload_of_a_new_photo_checks_token_and_name_in_one_statement(client, worker, png_image, db):
     """Before the body: the token check and whether the photo is stored are one statement
     (bench/instructions.py), and a stored photo's row is read only when it is stored."""
-    statements = []
-    listener = lambda conn, cur, stmt, *a: statements.append(stmt)  # noqa: E731
-    sa.event.listen(db.connection, "before_cursor_execute", listener)
-    try:
+    with statements_on(db.connection) as new_photo:
         assert put(client, worker, png_image).status_code == 201
-        new_photo = [s for s in statements if not s.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))]
-        statements.clear()
+    with statements_on(db.connection) as again:
         assert put(client, worker, png_image).status_code == 200  # stored: its row, for the answer
-        again = [s for s in statements if not s.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))]
-    finally:
-        sa.event.remove(db.connection, "before_cursor_execute", listener)
     assert len(new_photo) == 2, new_photo  # the check before the body, then the row's insert after it
     assert "INSERT INTO blobs" in new_photo[1]
     assert len(again) == 2 and "FROM blobs" in again[1], again

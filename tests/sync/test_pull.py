@@ -20,7 +20,7 @@ from app.referrals.policy import load_policy
 from app.sync import feed
 from app.sync.feed import Change, prune_changes
 from tests.conftest import login
-from tests.helpers import hazard_data, op, place_of, push, uid
+from tests.helpers import hazard_data, op, place_of, push, statements_on, uid
 
 NOW = datetime.now(timezone.utc)
 
@@ -291,18 +291,12 @@ def test_asking_for_news_when_there_is_none_takes_two_statements(c, db, session,
     mark and newest seq in one statement, and no change query for an empty range (bench/instructions.py)."""
     w = login(c, "worker-a1")
     _, cursor, _ = pull_all(c, w)
-    statements = []
-    listener = lambda conn, cur, stmt, *a: statements.append(stmt)  # noqa: E731
-    sa.event.listen(db.connection, "before_cursor_execute", listener)
-    try:
+    with statements_on(db.connection) as statements:
         assert get_page(c, w, cursor)["changes"] == []
-        news = [s for s in statements if not s.startswith(("SAVEPOINT", "RELEASE", "ROLLBACK"))]
-        assert len(news) == 2, news
-        # and with news, it is read
-        hid = report(c, login(c, "worker-a1", device="phone-2"), place_of(session, units, "grid-a-1-1", "nine_small").id)
-        assert ids(get_page(c, w, cursor)["changes"]) == [hid]
-    finally:
-        sa.event.remove(db.connection, "before_cursor_execute", listener)
+    assert len(statements) == 2, statements
+    # and with news, it is read
+    hid = report(c, login(c, "worker-a1", device="phone-2"), place_of(session, units, "grid-a-1-1", "nine_small").id)
+    assert ids(get_page(c, w, cursor)["changes"]) == [hid]
 
 
 def test_a_pull_stops_at_the_bound_fixed_on_its_first_page(c, session, units):
