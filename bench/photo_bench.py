@@ -9,18 +9,18 @@ What it does, all in one run on one machine:
 1. ``firegrid migrate`` + ``firegrid seed-demo`` on a temp SQLite file and blob directory
    (FIREGRID_DATABASE_URL / FIREGRID_STORAGE_DIR), then ``firegrid serve --workers 2`` on a free port.
 2. Makes N distinct 3-megapixel JPEGs (2048x1536, photo-like: gradients, shapes, sensor noise).
-3. Floor: in this process, sha256 + write + fsync of each of the same files into the same
-   filesystem (CPU time of the thread and wall time); again after step 5 and after step 7, and
-   the median of the three is the floor.
-4. Ingest: 4 client threads (httpx) PUT the photos; photos/s, and the server's CPU per photo
-   from /proc/<pid>/stat (utime+stime of the worker processes, before/after). Peak RSS of the
-   workers is sampled every 20 ms meanwhile.
-5. Re-send of the same photos (already stored: 200 without reading the body).
-6. First view of a thumbnail (made lazily, then cached): server CPU per thumbnail.
-7. Transport floor: after Firegrid stops, the same uvicorn (same number of workers) serves
-   ``bench.raw_upload_app``, a bare ASGI app that only hashes, writes, fsyncs and keeps the body; the same
-   4 clients PUT the same photos. Its CPU per photo is the HTTP server's cost plus the floor.
-8. A 15 MB photo (a PNG of noise, ~2250x2250 RGB, under the 15 MiB default limit) streamed
+3. Interleaved rounds (``--rounds``, 8): each round takes fresh variants of a slice of the photos
+   (``variant``: same pixels, other bytes) and has three measure them in turn, in an order that
+   rotates: Firegrid (4 client threads PUT them; the workers' CPU from their process CPU clocks),
+   the **transport floor** (the same uvicorn, same number of workers, serving
+   ``bench.raw_upload_app``, a bare ASGI app that only hashes, writes, fsyncs and keeps the body; the
+   same clients PUT the same bytes), and the **floor** (in this process, sha256 + write + fsync of
+   the same bytes into the same filesystem, CPU time of the thread). The ratios are taken per round,
+   so all three meet the same machine: its speed wanders 2-3x within minutes. Peak RSS of
+   Firegrid's workers is sampled every 20 ms meanwhile.
+4. Re-send of the same photos (already stored: 200 without reading the body).
+5. First view of a thumbnail (made lazily, then cached): server CPU per thumbnail.
+6. A 15 MB photo (a PNG of noise, ~2250x2250 RGB, under the 15 MiB default limit) streamed
    alone, once right after warm-up (before step 3) and once more after the load: peak RSS of
    the workers (sum of VmRSS sampled every 20 ms; PSS too, which counts shared pages once).
 
@@ -42,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -89,9 +90,17 @@ def worker_pids(server_pid: int) -> list[int]:
 
 
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5), counted from 1
-    return (utime + stime) / CLK_TCK
+    """CPU time of the whole process (every thread, living or gone), user and system, in seconds.
+
+    Read from the process's CPU-time clock (clock_gettime on the clock id Linux derives from a pid,
+    to the nanosecond): /proc/<pid>/stat counts in 10 ms ticks, too coarse for the short interleaved
+    rounds below. Falls back to /proc where that clock cannot be read."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)  # MAKE_PROCESS_CPUCLOCK(pid, CPUCLOCK_SCHED)
+    except OSError:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5), counted from 1
+        return (utime + stime) / CLK_TCK
 
 
 def rss_bytes(pid: int) -> int:
@@ -206,19 +215,18 @@ def warm_memory(gib: float) -> None:
 
 
 def floor(photos: list[bytes], directory: Path) -> tuple[float, float]:
-    """(CPU ms, wall ms) per photo of sha256 + write + fsync, in this thread."""
+    """(CPU ms, wall ms) per photo of sha256 + write + fsync, in this thread. The files are kept, as a
+    store keeps its photos: deleting them would let the next writes reuse their page-cache pages,
+    which costs less than growing the cache as the servers must."""
     directory.mkdir(parents=True, exist_ok=True)
     cpu0, wall0 = time.thread_time(), time.perf_counter()
-    for i, data in enumerate(photos):
-        hashlib.sha256(data).hexdigest()
-        path = directory / f"floor-{i}"
-        with open(path, "wb") as f:
+    for data in photos:
+        name = hashlib.sha256(data).hexdigest()
+        with open(directory / name, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
     cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
-    for i in range(len(photos)):
-        (directory / f"floor-{i}").unlink()
     return cpu * 1000 / len(photos), wall * 1000 / len(photos)
 
 
@@ -272,9 +280,17 @@ def server_cpu(pids: list[int]) -> float:
     return sum(cpu_seconds(p) for p in pids)
 
 
-def transport_floor(photos: list[bytes], tokens: list[dict], workers: int, tmp: Path,
-                    server_env: dict[str, str]) -> tuple[float, float]:
-    """(server CPU ms per photo, wall s) of the same uploads to bench.raw_upload_app on uvicorn."""
+def variant(photo: bytes, tag: int) -> bytes:
+    """The same JPEG with a comment segment after its start marker: other bytes and another name, the
+    same pixels and the same decoding cost. Each interleaved round sends fresh photos this way, so no
+    round finds its photos already stored."""
+    note = f"bench round {tag}".encode()
+    return photo[:2] + b"\xff\xfe" + (len(note) + 2).to_bytes(2, "big") + note + photo[2:]
+
+
+@contextmanager
+def raw_server(workers: int, tmp: Path, server_env: dict[str, str]):
+    """bench.raw_upload_app on the same uvicorn as Firegrid; yields (base URL, worker pids)."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     (tmp / "raw").mkdir(exist_ok=True)
@@ -288,18 +304,54 @@ def transport_floor(photos: list[bytes], tokens: list[dict], workers: int, tmp: 
         if not wait_until_up(base + "/", server, timeout=30):
             raise SystemExit("the raw upload app did not start")
         time.sleep(1.0)
-        pids = worker_pids(server.pid)
-        put_all(base, tokens, photos[:8], 201)  # warm-up
-        cpu0 = server_cpu(pids)
-        wall = put_all(base, tokens, photos, 201)
-        return (server_cpu(pids) - cpu0) * 1000 / len(photos), wall
+        yield base, worker_pids(server.pid)
     finally:
         stop(server)
+
+
+def interleaved(photos: list[bytes], rounds: int, tokens: list[dict], firegrid: tuple[str, list[int]],
+                raw: tuple[str, list[int]], floor_dir: Path) -> list[dict[str, float]]:
+    """Firegrid, the bare app and the in-process floor, taking turns on fresh variants of the same photos.
+
+    The machine's speed wanders by 2-3x within minutes (docs/PERFORMANCE.md): measured one after the
+    other, the floor and the servers met different machines, and the ratio moved more with the
+    denominator than with the code. Here each round has the three measure the same bytes within a
+    second or two, in an order that rotates from round to round. Per round: CPU ms per photo of each,
+    and Firegrid's wall seconds."""
+    per = max(1, len(photos) // rounds)
+    out = []
+    for r in range(rounds):
+        batch = [variant(p, r) for p in photos[r * per:(r + 1) * per]]
+        row: dict[str, float] = {}
+
+        def firegrid_turn() -> None:
+            cpu0 = server_cpu(firegrid[1])
+            row["wall"] = put_all(firegrid[0], tokens, batch, 201)
+            row["firegrid"] = (server_cpu(firegrid[1]) - cpu0) * 1000 / len(batch)
+
+        def raw_turn() -> None:
+            cpu0 = server_cpu(raw[1])
+            put_all(raw[0], tokens, batch, 201)
+            row["raw"] = (server_cpu(raw[1]) - cpu0) * 1000 / len(batch)
+
+        def floor_turn() -> None:
+            row["floor"], row["floor_wall"] = floor(batch, floor_dir)
+
+        turns = [firegrid_turn, raw_turn, floor_turn]
+        for turn in turns[r % 3:] + turns[:r % 3]:
+            turn()
+        out.append(row)
+    return out
+
+
+def _spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):.1f}x, {min(values):.1f}-{max(values):.1f}x over {len(values)} rounds"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--photos", type=int, default=200)
+    ap.add_argument("--rounds", type=int, default=8, help="interleaved rounds the photos are split into")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--big-side", type=int, default=2250, help="side of the noise PNG (2250 -> ~15.2 MB)")
@@ -357,26 +409,23 @@ def main() -> None:
         if r.status_code != 201:
             raise SystemExit(f"big upload: {r.status_code} {r.text[:300]}")
 
-        # the floor three times (before the ingest, after it, after the transport floor): one reading of
-        # it swung 1.3-3.1 ms between runs, and the ratio is only as steady as its denominator
-        floors = [floor(photos, tmp / "floor")]
         decode_cpu = decode_share(photos, tmp)
+        with raw_server(args.workers, tmp, server_env) as (raw_base, raw_pids):
+            put_all(raw_base, tokens, warm, 201)  # warm-up
+            with RssSampler(pids) as load_rss:
+                rounds = interleaved(photos, args.rounds, tokens, (base, pids), (raw_base, raw_pids), tmp / "floor")
+        sent = [variant(p, r) for r in range(args.rounds)
+                for p in photos[r * (len(photos) // args.rounds):(r + 1) * (len(photos) // args.rounds)]]
 
         cpu0 = server_cpu(pids)
-        with RssSampler(pids) as load_rss:
-            wall = put_all(base, tokens, photos, 201)
-        ingest_cpu = (server_cpu(pids) - cpu0) * 1000 / len(photos)
+        resend_wall = put_all(base, tokens, sent, 200)
+        resend_cpu = (server_cpu(pids) - cpu0) * 1000 / len(sent)
 
-        cpu0 = server_cpu(pids)
-        resend_wall = put_all(base, tokens, photos, 200)
-        resend_cpu = (server_cpu(pids) - cpu0) * 1000 / len(photos)
-        floors.append(floor(photos, tmp / "floor"))
-
-        n_thumbs = min(50, len(photos))
+        n_thumbs = min(50, len(sent))
         cpu0 = server_cpu(pids)
         with httpx.Client(base_url=base, headers=tokens[0], timeout=60) as c:
             t0 = time.perf_counter()
-            for data in photos[:n_thumbs]:
+            for data in sent[:n_thumbs]:
                 r = c.get(f"/api/v1/blobs/{hashlib.sha256(data).hexdigest()}/thumb")
                 r.raise_for_status()
             thumb_wall = (time.perf_counter() - t0) * 1000 / n_thumbs
@@ -390,31 +439,32 @@ def main() -> None:
         supervisor_rss = rss_bytes(server.pid)
     finally:
         stop(server)
-    try:
-        raw_cpu, raw_wall = transport_floor(photos, tokens, args.workers, tmp, server_env)
-        floors.append(floor(photos, tmp / "floor"))
-    finally:
         if not args.keep:
             subprocess.run(["rm", "-rf", str(tmp)], check=False)
 
-    floor_cpu = statistics.median(c for c, _ in floors)
-    floor_wall = statistics.median(w for _, w in floors)
+    n = len(sent)
+    fg = statistics.mean(r["firegrid"] for r in rounds)  # rounds are equal in size: the mean is the total's
+    raw = statistics.mean(r["raw"] for r in rounds)
+    fl = statistics.mean(r["floor"] for r in rounds)
+    fl_wall = statistics.mean(r["floor_wall"] for r in rounds)
+    wall = sum(r["wall"] for r in rounds)
     mean_kb = statistics.mean(len(p) for p in photos) / 1024
     mb = 1024 * 1024
     rows = [
-        ("photos", f"{args.photos} distinct 2048x1536 JPEGs, mean {mean_kb:.0f} KB; {args.clients} clients, "
-                   f"{args.workers} workers, SQLite"),
-        ("ingest throughput", f"{args.photos / wall:.1f} photos/s ({args.photos / wall * mean_kb / 1024:.1f} MB/s)"),
-        ("server CPU per photo", f"{ingest_cpu:.1f} ms"),
-        ("floor: sha256+write+fsync, CPU", f"{floor_cpu:.2f} ms per photo (median of {len(floors)}: "
-                                           + ", ".join(f"{c:.2f}" for c, _ in floors)
-                                           + f")  -> server/floor {ingest_cpu / floor_cpu:.1f}x"),
-        ("floor: sha256+write+fsync, wall", f"{floor_wall:.2f} ms per photo  -> server/floor {ingest_cpu / floor_wall:.1f}x"),
-        ("of which the structural check", f"{decode_cpu:.1f} ms per photo (measured in-process on the same files)"),
-        ("transport floor: bare ASGI app on uvicorn", f"{raw_cpu:.1f} ms server CPU per photo ({args.photos / raw_wall:.0f} photos/s) "
-                                                     f"-> Firegrid adds {ingest_cpu - raw_cpu:.1f} ms; server/transport floor "
-                                                     f"{ingest_cpu / raw_cpu:.1f}x"),
-        ("re-send (already stored, 200)", f"{args.photos / resend_wall:.0f} photos/s, {resend_cpu:.2f} ms server CPU each"),
+        ("photos", f"{n} distinct 2048x1536 JPEGs, mean {mean_kb:.0f} KB, in {args.rounds} interleaved rounds; "
+                   f"{args.clients} clients, {args.workers} workers, SQLite"),
+        ("ingest throughput", f"{n / wall:.1f} photos/s ({n / wall * mean_kb / 1024:.1f} MB/s)"),
+        ("server CPU per photo", f"{fg:.2f} ms (rounds: " + ", ".join(f"{r['firegrid']:.1f}" for r in rounds) + ")"),
+        ("floor: sha256+write+fsync, CPU", f"{fl:.2f} ms per photo (rounds: " + ", ".join(f"{r['floor']:.2f}" for r in rounds)
+                                           + f")  -> server/floor {fg / fl:.2f}x; per round "
+                                           + _spread([r["firegrid"] / r["floor"] for r in rounds])),
+        ("floor: sha256+write+fsync, wall", f"{fl_wall:.2f} ms per photo  -> server/floor {fg / fl_wall:.2f}x"),
+        ("of which the structural check", f"{decode_cpu:.2f} ms per photo (measured in-process on the same files)"),
+        ("transport floor: bare ASGI app on uvicorn", f"{raw:.2f} ms server CPU per photo -> Firegrid adds {fg - raw:.2f} ms; "
+                                                     f"server/transport floor {fg / raw:.2f}x, per round "
+                                                     + _spread([r["firegrid"] / r["raw"] for r in rounds])
+                                                     + f"; transport floor/floor {raw / fl:.2f}x"),
+        ("re-send (already stored, 200)", f"{n / resend_wall:.0f} photos/s, {resend_cpu:.2f} ms server CPU each"),
         ("first thumbnail view (lazy, cached)", f"{thumb_cpu:.1f} ms server CPU, {thumb_wall:.1f} ms wall each"),
         ("workers idle after warm-up", f"RSS {idle_rss / mb:.0f} MB (sum), PSS {idle_pss / mb:.0f} MB"),
         (f"15 MB photo ({len(big) / 1e6:.1f} MB PNG), fresh", f"{big_wall * 1000:.0f} ms; peak RSS {big_rss.peak_sum / mb:.0f} MB "
