@@ -24,6 +24,10 @@ class Settings(BaseSettings):
     login_max_failures_per_address: int = 30
     login_window_minutes: int = 15
     max_photo_bytes: int = 15 * 1024 * 1024
+    # Bodies are read into memory before anything looks at them: without a bound, one request (a
+    # stranger's too) could take a worker's memory. A push of 500 ops is ~0.5 MB as phones send them.
+    max_push_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    max_request_bytes: int = Field(default=1024 * 1024, ge=1024)  # every other JSON or form body
     sweep_interval_seconds: int = 300  # 0 disables the in-process sweep
     sql_echo: bool = False
 

@@ -58,6 +58,15 @@ class TooManyRequests(DomainError):
     code = "rate_limited"
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """A request body past its limit (app.main.BodyLimit). An HTTP exception, not a DomainError: it is
+    raised from inside a body read, and FastAPI turns anything else raised there into a 400."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__(413, f"the request body is larger than this call's limit of {max_bytes} bytes")
+        self.max_bytes = max_bytes
+
+
 def error_body(code: str, message: str, **extra: Any) -> dict:
     return {"error": {"code": code, "message": message, **extra}}
 
@@ -87,8 +96,9 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             exc.status_code, "http_error"
         )
+        extra = {"max_bytes": exc.max_bytes} if isinstance(exc, BodyTooLarge) else {}
         return JSONResponse(
-            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=getattr(exc, "headers", None)
+            error_body(code, str(exc.detail), **extra), status_code=exc.status_code, headers=getattr(exc, "headers", None)
         )
 
     @app.exception_handler(Exception)

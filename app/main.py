@@ -11,14 +11,17 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel
 from sqlmodel import select
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
 from app.auth.models import User
 from app.auth.router import router as auth_router
 from app.config import Settings, check_production_safety, get_settings
 from app.db import Database, utcnow
-from app.errors import install_error_handlers
+from app.errors import BodyTooLarge, error_body, install_error_handlers
 from app.hazards.router import router as hazards_router
 from app.org.router import router as org_router
 from app.places.router import router as places_router
@@ -32,6 +35,7 @@ from app.photos.storage import FilesystemBlobStore
 from app.sync.pull_router import router as sync_pull_router
 from app.sync.router import devices_router
 from app.sync.router import router as sync_router
+from app.sync.schemas import PushRequest
 
 PWA_DIR = Path(__file__).resolve().parent.parent / "pwa"
 log = logging.getLogger("firegrid")
@@ -91,7 +95,74 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
     for router in (sync_router, sync_pull_router, photos_router, hazards_router, auth_router, org_router, places_router,
                    referrals_router, devices_router):
         app.include_router(router)
+    _document_bodies_read_by_hand(app, PushRequest)
+    app.add_middleware(BodyLimit, settings=settings)
 
     # Last: the PWA owns every path the API does not.
     app.mount("/", StaticFiles(directory=PWA_DIR, html=True), name="pwa")
     return app
+
+
+class BodyLimit:
+    """Bounds every request body as it arrives: 413 (JSON, naming the limit) past it.
+
+    FastAPI reads a declared JSON body whole, before any dependency runs: without a bound, one request
+    (a stranger's too) could fill a worker's memory. A push has a bound of its own, larger; a photo
+    upload none here, because it counts its bytes against max_photo_bytes as it streams them to disk.
+    (FastAPI's own ``max_body_size`` answers in plain text, not in this API's error format.)"""
+
+    def __init__(self, app: ASGIApp, settings: Settings):
+        self.app = app
+        self.settings = settings
+
+    def limit_for(self, scope: Scope) -> int | None:
+        path = scope["path"]
+        if path == "/api/v1/sync/push":
+            return self.settings.max_push_bytes
+        if scope["method"] == "PUT" and path.startswith("/api/v1/blobs/"):
+            return None
+        return self.settings.max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        limit = self.limit_for(scope) if scope["type"] == "http" else None
+        if limit is None:
+            await self.app(scope, receive, send)
+            return
+        declared = Headers(scope=scope).get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:  # refused before a byte of it is read
+            body = error_body("too_large", BodyTooLarge(limit).detail, max_bytes=limit)
+            await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(limit)  # from inside the endpoint's read: the error handlers answer it
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _document_bodies_read_by_hand(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Put these models into the OpenAPI document's components.
+
+    A route that authenticates before it reads its body (the push) cannot declare the body as a
+    parameter, because FastAPI reads and parses declared bodies before any dependency runs. It names
+    the model in ``openapi_extra`` instead (``#/components/schemas/<Model>``), and this puts the model
+    and the models inside it where that reference points."""
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            components = generate().setdefault("components", {}).setdefault("schemas", {})
+            for model in models:
+                schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+                components.update(schema.pop("$defs", {}))
+                components[model.__name__] = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
