@@ -66,8 +66,10 @@ def serve(
     # its workers afresh and each re-imports the parent's main module, so serving from this CLI made
     # every worker import Typer and the supervisor hold ~13 MB more (bench/photo_bench.py).
     # -P: the working directory is not put on sys.path, so a stray app/ there cannot shadow ours
+    # --ws none: the API has no WebSocket route, and the default ("auto") imports a WebSocket library into
+    # every worker (~1 MB each, bench/photo_bench.py)
     args = [sys.executable, "-P", "-m", "uvicorn", "app.asgi:app", "--host", host, "--port", str(port),
-            "--workers", str(workers), "--proxy-headers"]
+            "--workers", str(workers), "--proxy-headers", "--ws", "none"]
     if reload:
         args.append("--reload")
     for key, value in SERVE_ENV.items():

@@ -107,6 +107,7 @@ def test_serve_execs_uvicorn_with_a_capped_malloc_arena_count_unless_the_operato
     args, arenas = calls[-1]
     assert arenas == "2"
     assert args[1:4] == ["-P", "-m", "uvicorn"] and args[args.index("--workers") + 1] == "2"
+    assert args[args.index("--ws") + 1] == "none"  # no WebSocket library in the workers
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert CliRunner().invoke(cli.cli, ["serve"]).exit_code == 0
     assert calls[-1][1] == "4"
