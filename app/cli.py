@@ -44,11 +44,18 @@ def seed_demo() -> None:
                "password for every account: firegrid-demo")
 
 
-# glibc gives each thread that allocates a heap ("arena") of its own, up to 8 per CPU, and each keeps
-# freed memory. A worker's threads (the event loop, the sync endpoints' pool, the upload hops) then
-# held 2-4 MB more under a push+photo load (bench/submission_bench.py: peak PSS 158-160 MB against
-# 161-162 for both workers), with no CPU difference the benchmarks could see. Set unless the operator did.
-SERVE_ENV = {"MALLOC_ARENA_MAX": "2"}
+# glibc, read when the new image starts; each set unless the operator did.
+# - MALLOC_ARENA_MAX: glibc gives each thread that allocates a heap ("arena") of its own, up to 8 per
+#   CPU, and each keeps freed memory. A worker's threads (the event loop, the sync endpoints' pool, the
+#   upload hops) then held 2-4 MB more under a push+photo load (bench/submission_bench.py: peak PSS
+#   158-160 MB against 161-162 for both workers), with no CPU difference the benchmarks could see.
+# - MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_: a request body arrives as 64 KB pieces that uvicorn
+#   joins and the app frees. By default glibc hands such memory back to the kernel (munmap, heap trim)
+#   and faults it in afresh for the next request, and on a VM each fresh page can cost a fault in the
+#   host. Pieces under 1 MB now come from the heap, which keeps 2 MB of free memory at its top: photos
+#   -10 to -20 % server CPU, a phone's sync of 50 inspections with photos +23-28 % per s, for 1-4 MB
+#   more PSS (bench/photo_bench.py, bench/submission_bench.py, alternating runs).
+SERVE_ENV = {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "2097152"}
 
 
 @cli.command()

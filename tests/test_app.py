@@ -93,21 +93,25 @@ def test_serving_workers_freeze_their_startup_heap(tmp_path):
     assert counts["app.asgi"] > 10_000
 
 
-def test_serve_execs_uvicorn_with_a_capped_malloc_arena_count_unless_the_operator_set_one(monkeypatch):
+def test_serve_execs_uvicorn_with_glibc_malloc_tuned_unless_the_operator_tuned_it(monkeypatch):
     import os
 
     from typer.testing import CliRunner
 
     from app import cli
 
+    knobs = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
     calls = []
-    monkeypatch.setattr(os, "execv", lambda exe, args: calls.append((args, os.environ.get("MALLOC_ARENA_MAX"))))
-    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.setattr(os, "execv", lambda exe, args: calls.append((args, {k: os.environ.get(k) for k in knobs})))
+    for knob in knobs:  # set first, so that monkeypatch restores what serve's setdefault writes
+        monkeypatch.setenv(knob, "x")
+        monkeypatch.delenv(knob)
     assert CliRunner().invoke(cli.cli, ["serve", "--workers", "2"]).exit_code == 0
-    args, arenas = calls[-1]
-    assert arenas == "2"
+    args, env = calls[-1]
+    assert env == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "2097152"}
     assert args[1:4] == ["-P", "-m", "uvicorn"] and args[args.index("--workers") + 1] == "2"
     assert args[args.index("--ws") + 1] == "none"  # no WebSocket library in the workers
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
     assert CliRunner().invoke(cli.cli, ["serve"]).exit_code == 0
-    assert calls[-1][1] == "4"
+    assert calls[-1][1] == {"MALLOC_ARENA_MAX": "4", "MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "0"}
