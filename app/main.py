@@ -116,10 +116,12 @@ class BodyLimit:
         self.settings = settings
 
     def limit_for(self, scope: Scope) -> int | None:
-        path = scope["path"]
+        path, method = scope["path"], scope["method"]
+        if method in ("GET", "HEAD", "OPTIONS"):  # no route reads a body here
+            return None
         if path == "/api/v1/sync/push":
             return self.settings.max_push_bytes
-        if scope["method"] == "PUT" and path.startswith("/api/v1/blobs/"):
+        if method == "PUT" and path.startswith("/api/v1/blobs/"):
             return None
         return self.settings.max_request_bytes
 
