@@ -161,10 +161,10 @@ def _document_bodies_read_by_hand(app: FastAPI, *models: type[BaseModel]) -> Non
     def openapi() -> dict:
         if app.openapi_schema is None:
             components = generate().setdefault("components", {}).setdefault("schemas", {})
-            for model in models:
+            for model in models:  # what FastAPI generated under the same name stays as it is
                 schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-                components.update(schema.pop("$defs", {}))
-                components[model.__name__] = schema
+                for name, definition in {**schema.pop("$defs", {}), model.__name__: schema}.items():
+                    components.setdefault(name, definition)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

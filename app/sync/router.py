@@ -5,16 +5,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from app.auth import service as auth_service
 from app.auth.deps import CurrentPrincipal, SettingsDep, bearer, require_bearer
 from app.auth.models import Device, User
 from app.auth.scope import Scope, scope_for
 from app.db import Database, SessionDep
-from app.errors import Invalid
+from app.errors import Invalid, error_body
 from app.referrals.deps import NowDep
 from app.referrals.service import Rules, load_calendar
 from app.sync import health, service
@@ -56,6 +58,11 @@ def pusher(request: Request, settings: SettingsDep,
                       rules=Rules(policy=request.app.state.policy, calendar=load_calendar(session)))
 
 
+def _is_json(content_type: str) -> bool:
+    kind = content_type.partition(";")[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
 def parse_push(raw: bytes) -> PushRequest:
     """The push body, parsed and checked in one pass by pydantic's JSON parser; 422 naming each bad field."""
     try:
@@ -75,13 +82,21 @@ _PUSH_BODY = {"requestBody": {"required": True, "content": {
 
 @router.post("/push", response_model=PushResponse, openapi_extra=_PUSH_BODY,
              responses={413: {"description": "more than 500 ops (`batch_too_large`), or a body over "
-                                             "FIREGRID_MAX_PUSH_BYTES (`too_large`)"}})
+                                             "FIREGRID_MAX_PUSH_BYTES (`too_large`)"},
+                        422: {"description": "the body is not a push (`validation_error`, naming each field), or "
+                                             "`device_mismatch`"}})
 async def push(request: Request, who: Annotated[Pusher, Depends(pusher)], now: NowDep) -> Response:
     """Apply a batch of field ops for the authenticated device: one result per op, in order.
 
     Validation and routing run on a read transaction; the rows are then written in one short write
     transaction that commits before the answer leaves (an acknowledged op is durable)."""
-    raw = await request.body()  # bounded by the router's max_body_size (413 past it)
+    if not _is_json(request.headers.get("content-type", "")):  # as FastAPI holds declared JSON bodies to it
+        raise RequestValidationError([{"type": "content_type", "loc": ("body",),
+                                       "msg": "send the push as JSON (Content-Type: application/json)"}])
+    try:
+        raw = await request.body()  # bounded by app.main.BodyLimit (413 past it)
+    except ClientDisconnect:  # the phone went away mid-push (a weak link): nothing was read, nobody hears this
+        return JSONResponse(error_body("client_disconnected", "push interrupted"), status_code=400)
     # parsing, the whole push and the answer's JSON in one worker-thread hop (a sync endpoint would
     # take two: its return value is validated against the response model in another)
     answer = await run_in_threadpool(_push, request.app.state.db, who, raw, now)

@@ -1,6 +1,8 @@
 """The push's body: read only after the token is checked, bounded in size, parsed with errors that name
 the field, and documented in the OpenAPI schema although FastAPI does not parse it."""
 
+import asyncio
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -52,6 +54,46 @@ def test_a_malformed_body_is_422_naming_what_is_wrong(client, body, field):
     assert err["message"].startswith(f"{field}: ")
 
 
+@pytest.mark.parametrize("content_type", ["text/plain", None, "application/x-www-form-urlencoded"])
+def test_a_push_that_is_not_sent_as_json_is_422(client, content_type):
+    """As FastAPI holds a declared JSON body to its Content-Type: the body is not even read."""
+    worker = login(client, "worker-a1")
+    headers = {**worker, **({"Content-Type": content_type} if content_type else {})}
+    r = client.post(PUSH, content=b'{"ops": []}', headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["fields"] == [{"field": "body", "message": "send the push as JSON (Content-Type: "
+                                                                        "application/json)"}]
+    for ok in ("application/json; charset=utf-8", "application/vnd.firegrid+json"):
+        r = client.post(PUSH, content=b'{"ops": []}', headers={**worker, "Content-Type": ok})
+        assert r.status_code == 200 and r.json()["results"] == [], r.text
+
+
+def test_a_phone_that_drops_mid_push_gets_a_quiet_400_and_nothing_applies(client, session, caplog):
+    """On a weak link the connection goes mid-body: no 500, no stack trace in the log, nothing stored."""
+    token = login(client, "worker-a1")["Authorization"].encode()
+    app = client.app
+    before = hazards(session)
+    sent: list[dict] = []
+    body = [{"type": "http.request", "body": b'{"ops": [{"op_id": "a1b2c3d4", "type": "hazard.re', "more_body": True},
+            {"type": "http.disconnect"}]
+
+    async def receive():
+        return body.pop(0) if body else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": PUSH, "raw_path": PUSH.encode(), "query_string": b"", "root_path": "", "server": ("t", 80),
+             "client": ("127.0.0.1", 1), "headers": [(b"authorization", token), (b"content-type", b"application/json")]}
+    caplog.set_level("ERROR")
+    asyncio.run(app(scope, receive, send))
+    assert sent[0]["status"] == 400
+    assert json.loads(sent[1]["body"])["error"]["code"] == "client_disconnected"
+    assert [r for r in caplog.records if r.levelname == "ERROR"] == []
+    assert hazards(session) == before
+
+
 def test_a_push_over_the_size_limit_is_413_naming_the_limit_and_applies_nothing(db, settings, session, place,
                                                                                    clock):
     clock.now = NOW
@@ -64,6 +106,8 @@ def test_a_push_over_the_size_limit_is_413_naming_the_limit_and_applies_nothing(
         assert r.status_code == 413, r.text
         assert r.json()["error"] == {"code": "too_large", "max_bytes": 4096,
                                      "message": "the request body is larger than this call's limit of 4096 bytes"}
+        # refused on its Content-Length, unread: the connection is not kept for a next request behind it
+        assert r.headers["connection"] == "close"
 
         def chunked():  # no Content-Length: counted as the bytes arrive
             body = r.request.content
@@ -72,6 +116,7 @@ def test_a_push_over_the_size_limit_is_413_naming_the_limit_and_applies_nothing(
 
         r = c.post(PUSH, content=chunked(), headers={**worker, "Content-Type": "application/json"})
         assert r.status_code == 413 and r.json()["error"]["max_bytes"] == 4096, r.text
+        assert "connection" not in r.headers  # stopped while counting, after the bytes began to arrive
         assert hazards(session) == before
         [result] = push(c, worker, ops[0])  # a batch under the limit goes through
         assert result["status"] == "applied" and hazards(session) == before + 1
@@ -117,3 +162,17 @@ def test_the_push_body_is_documented_from_its_model(client):
     assert schemas["PushRequest"]["properties"]["ops"]["items"] == {"$ref": "#/components/schemas/Op"}
     assert set(schemas["Op"]["required"]) == {"op_id", "type"}
     assert "PushResponse" in schemas  # the generated part is still there
+    assert set(doc["paths"][PUSH]["post"]["responses"]) >= {"200", "413", "422"}
+
+    def refs(node):
+        if isinstance(node, dict):
+            yield from ([node["$ref"]] if isinstance(node.get("$ref"), str) else [])
+            for value in node.values():
+                yield from refs(value)
+        elif isinstance(node, list):
+            for value in node:
+                yield from refs(value)
+
+    unresolved = {ref for ref in refs(doc) if ref.removeprefix("#/components/schemas/") not in schemas}
+    assert unresolved == set()
+    assert "$defs" not in json.dumps(doc)
