@@ -309,6 +309,11 @@ def raw_server(workers: int, tmp: Path, server_env: dict[str, str]):
         stop(server)
 
 
+def round_photos(photos: list[bytes], rounds: int, r: int) -> list[bytes]:
+    """Round r's photos: every rounds-th one from the r-th on (all photos used, rounds differ by one at most)."""
+    return [variant(p, r) for p in photos[r::rounds]]
+
+
 def interleaved(photos: list[bytes], rounds: int, tokens: list[dict], firegrid: tuple[str, list[int]],
                 raw: tuple[str, list[int]], floor_dir: Path) -> list[dict[str, float]]:
     """Firegrid, the bare app and the in-process floor, taking turns on fresh variants of the same photos.
@@ -318,10 +323,9 @@ def interleaved(photos: list[bytes], rounds: int, tokens: list[dict], firegrid: 
     denominator than with the code. Here each round has the three measure the same bytes within a
     second or two, in an order that rotates from round to round. Per round: CPU ms per photo of each,
     and Firegrid's wall seconds."""
-    per = max(1, len(photos) // rounds)
     out = []
     for r in range(rounds):
-        batch = [variant(p, r) for p in photos[r * per:(r + 1) * per]]
+        batch = round_photos(photos, rounds, r)
         row: dict[str, float] = {}
 
         def firegrid_turn() -> None:
@@ -361,6 +365,8 @@ def main() -> None:
     ap.add_argument("--server-env", action="append", default=[], metavar="K=V",
                     help="extra environment for the server, e.g. MALLOC_ARENA_MAX=2 (repeatable)")
     args = ap.parse_args()
+    if not 1 <= args.rounds <= args.photos:
+        ap.error("--rounds must be between 1 and --photos")
 
     tmp = Path(tempfile.mkdtemp(prefix="fg-photo-bench-"))
     port = free_port()
@@ -414,8 +420,7 @@ def main() -> None:
             put_all(raw_base, tokens, warm, 201)  # warm-up
             with RssSampler(pids) as load_rss:
                 rounds = interleaved(photos, args.rounds, tokens, (base, pids), (raw_base, raw_pids), tmp / "floor")
-        sent = [variant(p, r) for r in range(args.rounds)
-                for p in photos[r * (len(photos) // args.rounds):(r + 1) * (len(photos) // args.rounds)]]
+        sent = [p for r in range(args.rounds) for p in round_photos(photos, args.rounds, r)]
 
         cpu0 = server_cpu(pids)
         resend_wall = put_all(base, tokens, sent, 200)
@@ -443,7 +448,7 @@ def main() -> None:
             subprocess.run(["rm", "-rf", str(tmp)], check=False)
 
     n = len(sent)
-    fg = statistics.mean(r["firegrid"] for r in rounds)  # rounds are equal in size: the mean is the total's
+    fg = statistics.mean(r["firegrid"] for r in rounds)  # rounds differ in size by one photo at most
     raw = statistics.mean(r["raw"] for r in rounds)
     fl = statistics.mean(r["floor"] for r in rounds)
     fl_wall = statistics.mean(r["floor_wall"] for r in rounds)
