@@ -66,6 +66,9 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"the request body is larger than this call's limit of {max_bytes} bytes")
         self.max_bytes = max_bytes
 
+    def body(self) -> dict:
+        return error_body("too_large", self.detail, max_bytes=self.max_bytes)
+
 
 def error_body(code: str, message: str, **extra: Any) -> dict:
     return {"error": {"code": code, "message": message, **extra}}
@@ -96,10 +99,8 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             exc.status_code, "http_error"
         )
-        extra = {"max_bytes": exc.max_bytes} if isinstance(exc, BodyTooLarge) else {}
-        return JSONResponse(
-            error_body(code, str(exc.detail), **extra), status_code=exc.status_code, headers=getattr(exc, "headers", None)
-        )
+        body = exc.body() if isinstance(exc, BodyTooLarge) else error_body(code, str(exc.detail))
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception):

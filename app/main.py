@@ -21,7 +21,7 @@ from app.auth.models import User
 from app.auth.router import router as auth_router
 from app.config import Settings, check_production_safety, get_settings
 from app.db import Database, utcnow
-from app.errors import BodyTooLarge, error_body, install_error_handlers
+from app.errors import BodyTooLarge, install_error_handlers
 from app.hazards.router import router as hazards_router
 from app.org.router import router as org_router
 from app.places.router import router as places_router
@@ -103,6 +103,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
     return app
 
 
+_PUSH_PATH = sync_router.prefix + "/push"
+_BLOBS_PATH = photos_router.prefix + "/"
+
+
 class BodyLimit:
     """Bounds every request body as it arrives: 413 (JSON, naming the limit) past it.
 
@@ -119,9 +123,9 @@ class BodyLimit:
         path, method = scope["path"], scope["method"]
         if method in ("GET", "HEAD", "OPTIONS"):  # no route reads a body here
             return None
-        if path == "/api/v1/sync/push":
+        if path == _PUSH_PATH:
             return self.settings.max_push_bytes
-        if method == "PUT" and path.startswith("/api/v1/blobs/"):
+        if method == "PUT" and path.startswith(_BLOBS_PATH):
             return None
         return self.settings.max_request_bytes
 
@@ -132,8 +136,8 @@ class BodyLimit:
             return
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > limit:  # refused before a byte of it is read
-            body = error_body("too_large", BodyTooLarge(limit).detail, max_bytes=limit)
-            await JSONResponse(body, status_code=413, headers={"Connection": "close"})(scope, receive, send)
+            response = JSONResponse(BodyTooLarge(limit).body(), status_code=413, headers={"Connection": "close"})
+            await response(scope, receive, send)
             return
         seen = 0
 
