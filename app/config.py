@@ -16,6 +16,9 @@ class Settings(BaseSettings):
     env: Literal["dev", "prod"] = "dev"
     database_url: str = "sqlite:///./data/firegrid.db"
     storage_dir: Path = Path("./data/blobs")
+    # Photos are written to the disk around the page cache (O_DIRECT; app/photos/staging.py). Off:
+    # through it, for a filesystem that takes O_DIRECT but serves it badly.
+    storage_direct_io: bool = True
     policy_file: Path | None = None
     # Pepper mixed into token hashes: a stolen database alone cannot be replayed as tokens.
     secret_key: str = DEFAULT_SECRET

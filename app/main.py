@@ -31,6 +31,7 @@ from app.referrals.policy import DEFAULT_POLICY_PATH, load_policy
 from app.referrals.router import router as referrals_router
 from app.referrals.sweeper import periodic_sweep
 from app.photos.router import router as photos_router
+from app.photos.staging import Staging
 from app.photos.storage import FilesystemBlobStore
 from app.sync.pull_router import router as sync_pull_router
 from app.sync.router import devices_router
@@ -77,7 +78,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
     app.state.db = db
     app.state.policy = policy
     app.state.clock = clock
-    app.state.blob_store = FilesystemBlobStore(settings.storage_dir)
+    app.state.blob_store = FilesystemBlobStore(settings.storage_dir,
+                                               staging=Staging(direct=settings.storage_direct_io))
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["ops"])

@@ -8,8 +8,9 @@ Guarantees of ``FilesystemBlobStore``:
 
 * A blob is only ever visible under its name complete, hash-verified and (if a
   ``validate`` hook is given) validated: bytes are streamed to ``root/tmp/`` (same
-  filesystem), hashed chunk by chunk while written (never held whole in memory), fsynced,
-  checked, and only then linked into ``root/ab/cd/<sha256>``.
+  filesystem), hashed chunk by chunk as they arrive and written a 512 KiB stage at a time
+  (never held whole in memory beyond that; staging.py), fsynced, checked, and only then linked
+  into ``root/ab/cd/<sha256>``.
 * A crash or a client disconnect mid-upload leaves at most a temp file in ``root/tmp/``
   (removed by ``cleanup_tmp()`` once older than an hour), never a half blob.
 * Publishing uses ``os.link`` (atomic create-if-absent): of several concurrent uploads of
@@ -31,6 +32,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Generic, Protocol, TypeVar, runtime_checkable
+
+from app.photos.staging import Staging, StagedFile
 
 T = TypeVar("T")
 
@@ -143,11 +146,14 @@ class _Upload:
         self.max_bytes = max_bytes
         self.size = 0
         self.hasher = hashlib.sha256()
-        fd, name = store._mkstemp(prefix=f"{expected_sha256[:16]}-")
+        self.fd, name = store._mkstemp(prefix=f"{expected_sha256[:16]}-")
         self.tmp = Path(name)
-        # unbuffered: chunks are tens of KB, and going through a BufferedWriter cost more than the
-        # write(2) itself (1.1-2.2 ms against 0.65-0.8 ms per MB in 64 KB pieces, measured here)
-        self.file = os.fdopen(fd, "wb", buffering=0)
+        try:
+            self.out = StagedFile(self.fd, store.staging)  # written mostly with O_DIRECT: see staging.py
+        except BaseException:  # no memory for a stage: leave nothing behind
+            os.close(self.fd)
+            self.tmp.unlink(missing_ok=True)
+            raise
 
     def count(self, n: int) -> None:
         """Account for n more bytes; raise TooLarge as soon as the limit is passed."""
@@ -155,11 +161,11 @@ class _Upload:
         if self.size > self.max_bytes:
             raise TooLarge(self.max_bytes)
 
-    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+    def write(self, chunk: bytes | bytearray | memoryview) -> memoryview | None:
+        """Hash and stage a chunk; what did not fit when the stage is full (``out.drain()``, then
+        ``out.stage()`` the rest)."""
         self.hasher.update(chunk)
-        view = memoryview(chunk)
-        while view:  # a raw write may be short
-            view = view[self.file.write(view):]
+        return self.out.stage(chunk)
 
     def finish(self, validate: Callable[[Path], T] | None,
                on_stored: Callable[[PutResult[T]], object] | None = None) -> PutResult[T]:
@@ -169,8 +175,11 @@ class _Upload:
         return put
 
     def commit(self, validate: Callable[[Path], T] | None) -> PutResult[T]:
-        os.fsync(self.file.fileno())
-        self.file.close()
+        self.out.drain(final=True)
+        os.fsync(self.fd)
+        self.out.close()
+        os.close(self.fd)
+        self.fd = -1
         actual = self.hasher.hexdigest()
         if actual != self.expected:
             raise HashMismatch(self.expected, actual)
@@ -183,10 +192,13 @@ class _Upload:
         return PutResult(sha256=self.expected, size=self.size, created=created, info=info)
 
     def abort(self) -> None:
-        try:
-            self.file.close()
-        except Exception:
-            pass
+        self.out.close()
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
         try:
             self.tmp.unlink(missing_ok=True)
         except OSError:
@@ -196,11 +208,12 @@ class _Upload:
 class FilesystemBlobStore:
     """root/ab/cd/<sha256> for originals, root/derivatives/<kind>/ab/cd/<sha256> for the rest."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, staging: Staging | None = None):
         self.root = Path(root)
         self.tmp_dir = self.root / "tmp"
         self.derivatives_dir = self.root / "derivatives"
         self._tmp_dir_made = False
+        self.staging = staging if staging is not None else Staging()
         # fan-out directories this process has made durable, by their hex prefix: root/ab (256) and
         # root/ab/cd (65,536), a byte each; see _make_fan_out_durable
         self._durable_ab = bytearray(256)
@@ -325,7 +338,10 @@ class FilesystemBlobStore:
                 if not chunk:
                     continue
                 up.count(len(chunk))
-                up.write(chunk)
+                rest = up.write(chunk)
+                while rest is not None:
+                    up.out.drain()
+                    rest = up.out.stage(rest)
             return up.commit(validate)
         except BaseException:
             up.abort()
@@ -342,23 +358,26 @@ class FilesystemBlobStore:
     ) -> PutResult[T]:
         """``put_stream`` for Starlette's ``request.stream()``.
 
-        Each chunk is counted against the limit, hashed and written as it arrives, on the event
-        loop, the way nginx writes request bodies to its temp files: a chunk is what a socket read
-        or two brought (~64 KB with uvicorn's flow control), hashing it takes tens of microseconds
-        and the write lands in the page cache. A worker-thread hop per 1 MB batch cost more CPU
-        (thread wake-ups and GIL hand-offs) than the hashing it moved off the loop
-        (bench/photo_bench.py). What can block for real, the fsync, and the CPU work, the
-        ``validate`` hook, share one worker-thread hop with the hash check, publishing and then
-        ``on_stored(result)`` (e.g. the database row: it runs only once the blob is published).
-        If the request fails or is cancelled (client gone), the temp file is removed.
+        Each chunk is counted against the limit, hashed and copied into the upload's stage as it
+        arrives, on the event loop: a chunk is what a socket read or two brought (~64 KB with
+        uvicorn's flow control), and hashing it takes tens of microseconds. A worker-thread hop per
+        1 MB batch cost more CPU (thread wake-ups and GIL hand-offs) than the hashing it moved off
+        the loop (bench/photo_bench.py). What can block, writing the stage to the disk (see
+        staging.py) and the fsync, and the CPU work, the ``validate`` hook, share one worker-thread
+        hop with the hash check, publishing and then ``on_stored(result)`` (e.g. the database row:
+        it runs only once the blob is published); a photo larger than a stage takes a hop per
+        further stage. If the request fails or is cancelled, the temp file is removed.
         """
         up = self._begin(expected_sha256, max_bytes)
         try:
             async for chunk in _as_async(chunks):
                 if chunk:
                     up.count(len(chunk))
-                    up.write(chunk)
-            return await asyncio.to_thread(up.finish, validate, on_stored)
+                    rest = up.write(chunk)
+                    while rest is not None:
+                        await _in_thread(up.out.drain)
+                        rest = up.out.stage(rest)
+            return await _in_thread(up.finish, validate, on_stored)
         except BaseException:
             up.abort()
             raise
@@ -405,6 +424,24 @@ class FilesystemBlobStore:
             except FileNotFoundError:
                 pass
         return removed
+
+
+async def _in_thread(fn: Callable[..., T], *args) -> T:
+    """``fn(*args)`` in a worker thread. Cancelled meanwhile, the caller still waits for ``fn`` to
+    return before the cancellation goes on: an upload's cleanup must not close the file, or hand
+    its stage to another upload, under a thread still writing from it."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        while not fut.done():
+            try:
+                await asyncio.wait([fut])
+            except asyncio.CancelledError:
+                continue
+        if not fut.cancelled():
+            fut.exception()  # retrieved: the cancellation is what the caller hears
+        raise
 
 
 def _as_async(chunks: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterable[bytes]:

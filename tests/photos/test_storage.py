@@ -162,7 +162,7 @@ def test_hard_crash_leaves_only_tmp_which_cleanup_removes(store):
     gen = chunked(data, 500)
     up = store._begin(sha, MB)
     up.write(next(gen))  # ... and then the process dies: no abort(), no commit()
-    up.file.close()
+    os.close(up.fd)
     assert not store.has(sha)
     assert len(tmp_files(store)) == 1
     fresh = store.tmp_dir / "fresh.part"
