@@ -1,6 +1,6 @@
 """Photo ingest benchmark against a real server (uvicorn, 2 workers) on a throw-away SQLite database.
 
-    .venv/bin/python -m bench.photo_bench [--photos 200] [--clients 4] [--workers 2]
+    .venv/bin/python -m bench.photo_bench [--photos 200] [--clients 4] [--workers 2] [--compare K=V]
 
 What it does, all in one run on one machine:
 
@@ -17,7 +17,8 @@ What it does, all in one run on one machine:
    same clients PUT the same bytes), and the **floor** (in this process, sha256 + write + fsync of
    the same bytes into the same filesystem, CPU time of the thread). The ratios are taken per round,
    so all three meet the same machine: its speed wanders 2-3x within minutes. Peak RSS of
-   Firegrid's workers is sampled every 20 ms meanwhile.
+   Firegrid's workers is sampled every 20 ms meanwhile. ``--compare K=V`` adds a second Firegrid,
+   run with that environment (e.g. ``FIREGRID_STORAGE_DIRECT_IO=false``), to the same rounds.
 4. Re-send of the same photos (already stored: 200 without reading the body).
 5. First view of a thumbnail (made lazily, then cached): server CPU per thumbnail.
 6. A 15 MB photo (a PNG of noise, ~2250x2250 RGB, under the 15 MiB default limit) streamed
@@ -31,6 +32,7 @@ Prints a table; no assertion on timings (bench/ never fails on numbers).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import io
 import os
@@ -314,38 +316,60 @@ def round_photos(photos: list[bytes], rounds: int, r: int) -> list[bytes]:
     return [variant(p, r) for p in photos[r::rounds]]
 
 
-def interleaved(photos: list[bytes], rounds: int, tokens: list[dict], firegrid: tuple[str, list[int]],
-                raw: tuple[str, list[int]], floor_dir: Path) -> list[dict[str, float]]:
-    """Firegrid, the bare app and the in-process floor, taking turns on fresh variants of the same photos.
+def interleaved(photos: list[bytes], rounds: int, servers: dict[str, tuple[str, list[dict], list[int]]],
+                floor_dir: Path) -> list[dict[str, float]]:
+    """The servers (name -> base URL, tokens, worker pids: Firegrid, the bare app, maybe Firegrid run
+    otherwise) and the in-process floor, taking turns on fresh variants of the same photos.
 
     The machine's speed wanders by 2-3x within minutes (docs/PERFORMANCE.md): measured one after the
     other, the floor and the servers met different machines, and the ratio moved more with the
-    denominator than with the code. Here each round has the three measure the same bytes within a
-    second or two, in an order that rotates from round to round. Per round: CPU ms per photo of each,
-    and Firegrid's wall seconds."""
+    denominator than with the code. Here each round has them all measure the same bytes within a few
+    seconds, in an order that rotates from round to round. Per round: CPU ms per photo of each, and
+    each server's wall seconds ("<name>_wall")."""
     out = []
     for r in range(rounds):
         batch = round_photos(photos, rounds, r)
         row: dict[str, float] = {}
 
-        def firegrid_turn() -> None:
-            cpu0 = server_cpu(firegrid[1])
-            row["wall"] = put_all(firegrid[0], tokens, batch, 201)
-            row["firegrid"] = (server_cpu(firegrid[1]) - cpu0) * 1000 / len(batch)
-
-        def raw_turn() -> None:
-            cpu0 = server_cpu(raw[1])
-            put_all(raw[0], tokens, batch, 201)
-            row["raw"] = (server_cpu(raw[1]) - cpu0) * 1000 / len(batch)
+        def server_turn(name: str) -> None:
+            base, tokens, pids = servers[name]
+            cpu0 = server_cpu(pids)
+            row[name + "_wall"] = put_all(base, tokens, batch, 201)
+            row[name] = (server_cpu(pids) - cpu0) * 1000 / len(batch)
 
         def floor_turn() -> None:
             row["floor"], row["floor_wall"] = floor(batch, floor_dir)
 
-        turns = [firegrid_turn, raw_turn, floor_turn]
-        for turn in turns[r % 3:] + turns[:r % 3]:
+        turns = [lambda name=name: server_turn(name) for name in servers] + [floor_turn]
+        k = r % len(turns)
+        for turn in turns[k:] + turns[:k]:
             turn()
         out.append(row)
     return out
+
+
+@contextmanager
+def firegrid_server(tmp: Path, env: dict[str, str], workers: int):
+    """`firegrid serve` on a fresh SQLite database and blob directory under tmp; yields (base URL,
+    server Popen, worker pids)."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    env = {**env, "FIREGRID_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}", "FIREGRID_STORAGE_DIR": str(tmp / "blobs")}
+    firegrid = str(Path(sys.executable).parent / "firegrid")
+    for cmd in (["migrate"], ["seed-demo"]):
+        subprocess.run([firegrid, *cmd], env=env, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen([firegrid, "serve", "--port", str(port), "--workers", str(workers)], env=env,
+                              cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"))
+    try:
+        if not wait_until_up(f"{base}/healthz", server):
+            raise SystemExit(f"server did not start, see {tmp / 'server.log'}")
+        time.sleep(1.0)  # let the second worker finish starting
+        pids = worker_pids(server.pid)
+        assert len(pids) == workers, f"expected {workers} workers, found {pids}"
+        yield base, server, pids
+    finally:
+        stop(server)
 
 
 def _spread(values: list[float]) -> str:
@@ -364,21 +388,19 @@ def main() -> None:
                     help="touch and free this much memory first (0: measure on a cold virtual machine)")
     ap.add_argument("--server-env", action="append", default=[], metavar="K=V",
                     help="extra environment for the server, e.g. MALLOC_ARENA_MAX=2 (repeatable)")
+    ap.add_argument("--compare", action="append", default=[], metavar="K=V",
+                    help="also run a second Firegrid with this environment in the same rounds, e.g. "
+                         "FIREGRID_STORAGE_DIRECT_IO=false (repeatable: one server with all of them)")
     args = ap.parse_args()
     if not 1 <= args.rounds <= args.photos:
         ap.error("--rounds must be between 1 and --photos")
 
     tmp = Path(tempfile.mkdtemp(prefix="fg-photo-bench-"))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "FIREGRID_DATABASE_URL": f"sqlite:///{tmp / 'bench.db'}",
-           "FIREGRID_STORAGE_DIR": str(tmp / "blobs"), "FIREGRID_ENV": "dev", "FIREGRID_SWEEP_INTERVAL_SECONDS": "0",
+    env = {**os.environ, "FIREGRID_ENV": "dev", "FIREGRID_SWEEP_INTERVAL_SECONDS": "0",
            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     server_env = dict(kv.split("=", 1) for kv in args.server_env)  # the transport floor runs with it too
     env.update(server_env)
-    firegrid = str(Path(sys.executable).parent / "firegrid")
-    for cmd in (["migrate"], ["seed-demo"]):
-        subprocess.run([firegrid, *cmd], env=env, cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+    compare_env = dict(kv.split("=", 1) for kv in args.compare)
 
     print(f"warming {args.warm_memory_gib:g} GiB of memory; making {args.photos} distinct 3 MP JPEGs and a "
           f"{args.big_side}x{args.big_side} noise PNG ...", flush=True)
@@ -390,15 +412,8 @@ def main() -> None:
         env["FIREGRID_MAX_PHOTO_BYTES"] = str(len(big) + 1)
         print(f"note: the big PNG is {len(big)} bytes, over 15 MiB: FIREGRID_MAX_PHOTO_BYTES={len(big) + 1}")
 
-    server = subprocess.Popen([firegrid, "serve", "--port", str(port), "--workers", str(args.workers)], env=env,
-                              cwd=tmp, stdout=subprocess.DEVNULL, stderr=open(tmp / "server.log", "wb"))
-    try:
-        if not wait_until_up(f"{base}/healthz", server):
-            raise SystemExit(f"server did not start, see {tmp / 'server.log'}")
-        time.sleep(1.0)  # let the second worker finish starting
-        pids = worker_pids(server.pid)
-        assert len(pids) == args.workers, f"expected {args.workers} workers, found {pids}"
-
+    with contextlib.ExitStack() as running:
+        base, server, pids = running.enter_context(firegrid_server(tmp, env, args.workers))
         tokens = [login(base, f"bench-{i}") for i in range(args.clients)]
         # warm-up: each worker imports Pillow's plugins and opens its DB connections on first use
         warm = distinct_jpegs(4, 640, 480)
@@ -416,10 +431,19 @@ def main() -> None:
             raise SystemExit(f"big upload: {r.status_code} {r.text[:300]}")
 
         decode_cpu = decode_share(photos, tmp)
-        with raw_server(args.workers, tmp, server_env) as (raw_base, raw_pids):
+        servers = {"firegrid": (base, tokens, pids)}
+        with contextlib.ExitStack() as others:
+            raw_base, raw_pids = others.enter_context(raw_server(args.workers, tmp, server_env))
             put_all(raw_base, tokens, warm, 201)  # warm-up
+            servers["raw"] = (raw_base, tokens, raw_pids)
+            if compare_env:
+                cmp_base, _, cmp_pids = others.enter_context(
+                    firegrid_server(tmp / "compare", {**env, **compare_env}, args.workers))
+                cmp_tokens = [login(cmp_base, f"bench-{i}") for i in range(args.clients)]
+                put_all(cmp_base, cmp_tokens, warm, 201)
+                servers["compare"] = (cmp_base, cmp_tokens, cmp_pids)
             with RssSampler(pids) as load_rss:
-                rounds = interleaved(photos, args.rounds, tokens, (base, pids), (raw_base, raw_pids), tmp / "floor")
+                rounds = interleaved(photos, args.rounds, servers, tmp / "floor")
         sent = [p for r in range(args.rounds) for p in round_photos(photos, args.rounds, r)]
 
         cpu0 = server_cpu(pids)
@@ -442,17 +466,15 @@ def main() -> None:
         if r.status_code != 201:
             raise SystemExit(f"second big upload: {r.status_code} {r.text[:300]}")
         supervisor_rss = rss_bytes(server.pid)
-    finally:
-        stop(server)
-        if not args.keep:
-            subprocess.run(["rm", "-rf", str(tmp)], check=False)
+    if not args.keep:
+        subprocess.run(["rm", "-rf", str(tmp)], check=False)
 
     n = len(sent)
     fg = statistics.mean(r["firegrid"] for r in rounds)  # rounds differ in size by one photo at most
     raw = statistics.mean(r["raw"] for r in rounds)
     fl = statistics.mean(r["floor"] for r in rounds)
     fl_wall = statistics.mean(r["floor_wall"] for r in rounds)
-    wall = sum(r["wall"] for r in rounds)
+    wall = sum(r["firegrid_wall"] for r in rounds)
     mean_kb = statistics.mean(len(p) for p in photos) / 1024
     mb = 1024 * 1024
     rows = [
@@ -469,6 +491,10 @@ def main() -> None:
                                                      f"server/transport floor {fg / raw:.2f}x, per round "
                                                      + _spread([r["firegrid"] / r["raw"] for r in rounds])
                                                      + f"; transport floor/floor {raw / fl:.2f}x"),
+        *([(f"Firegrid with {' '.join(args.compare)}",
+             f"{statistics.mean(r['compare'] for r in rounds):.2f} ms server CPU per photo (rounds: "
+             + ", ".join(f"{r['compare']:.1f}" for r in rounds) + "); this run's Firegrid / it: per round "
+             + _spread([r["firegrid"] / r["compare"] for r in rounds]))] if compare_env else []),
         ("re-send (already stored, 200)", f"{n / resend_wall:.0f} photos/s, {resend_cpu:.2f} ms server CPU each"),
         ("first thumbnail view (lazy, cached)", f"{thumb_cpu:.1f} ms server CPU, {thumb_wall:.1f} ms wall each"),
         ("workers idle after warm-up", f"RSS {idle_rss / mb:.0f} MB (sum), PSS {idle_pss / mb:.0f} MB"),
