@@ -13,7 +13,8 @@ except for what the upload's own check reads back at once:
 * the first ``HEAD_BYTES`` (the sniff, the image header and its EXIF), and
 * the last block or two (the end-marker check reads the last 4 KB),
 
-which go through the page cache, where the check finds them without a disk read.
+which go through the page cache, where the check finds them without a disk read; and except PNGs
+(rare from phones), whose check reads every chunk back: they go through the page cache whole.
 
 Where the filesystem refuses O_DIRECT (tmpfs before Linux 6.6, some network filesystems; macOS has
 no O_DIRECT) the bytes are written the ordinary way, by that store from then on. Either way it is
@@ -43,6 +44,7 @@ STAGE_BYTES = 512 * 1024
 KEEP_STAGES = 2  # a worker takes about two photos at a time under load
 
 O_DIRECT = getattr(os, "O_DIRECT", 0)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _align_down(n: int) -> int:
@@ -70,14 +72,20 @@ class Staging:
         with self._lock:
             if self._free:
                 return self._free.pop()
-        return mmap.mmap(-1, self.stage_bytes)
+        # private: a stage is this process's alone, even across a fork
+        return mmap.mmap(-1, self.stage_bytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
 
     def give(self, buf: mmap.mmap) -> None:
         with self._lock:
             if len(self._free) < self.keep:
                 self._free.append(buf)
                 return
-        buf.close()
+        try:
+            buf.close()
+        except BufferError:
+            # a view of it is still alive (say, in the traceback of a failed write): the mapping goes
+            # when that view does
+            pass
 
     def idle(self) -> int:
         """Buffers kept for the next uploads."""
@@ -87,17 +95,20 @@ class Staging:
     def refused(self, exc: OSError) -> None:
         if self.direct:
             log.warning("the blob store's filesystem refuses O_DIRECT (%s): photos are written through the "
-                        "page cache from now on", exc)
+                        "page cache from now on", str(exc))  # str: a kept log record must not pin a stage
         self.direct = False
 
 
-def _pwrite_all(fd: int, view: memoryview, offset: int) -> None:
-    while view:  # a write may be short
-        n = os.pwrite(fd, view, offset)
+def _pwrite_all(fd: int, stage: memoryview, a: int, b: int, base: int) -> None:
+    """Write stage[a - base:b - base] at file offset a. Each slice of the stage is released as soon as
+    it is written, even when the write fails: a slice kept alive (by a traceback) would stop the
+    stage's mapping from being closed."""
+    while a < b:  # a write may be short
+        with stage[a - base:b - base] as piece:
+            n = os.pwrite(fd, piece, a)
         if n == 0:
             raise OSError(errno.EIO, "write made no progress")
-        view = view[n:]
-        offset += n
+        a += n
 
 
 class StagedFile:
@@ -112,6 +123,7 @@ class StagedFile:
         self.view = memoryview(self.buf)
         self.staged = 0  # bytes in the stage, from its start
         self.offset = 0  # where the stage's first byte goes in the file (a multiple of ALIGN)
+        self.through_cache = False
 
     def stage(self, chunk: bytes | bytearray | memoryview) -> memoryview | None:
         """Copy ``chunk`` into the stage; what did not fit (the stage is then full), or None."""
@@ -135,7 +147,10 @@ class StagedFile:
         upto = end - keep_back  # a multiple of ALIGN when not final: a full stage is
         lo = max(start, HEAD_BYTES)  # the head goes through the page cache
         hi = _align_down(upto - TAIL_BYTES) if final else upto
-        if self.staging.direct and lo < hi:
+        if self.offset == 0 and self.staged:
+            # a PNG's check reads it all back (every chunk's CRC): from the page cache, not the disk
+            self.through_cache = bytes(self.view[:len(PNG_SIGNATURE)]) == PNG_SIGNATURE
+        if self.staging.direct and not self.through_cache and lo < hi:
             self._write(start, lo)
             self._write_direct(lo, hi)
             self._write(hi, upto)
@@ -148,14 +163,14 @@ class StagedFile:
 
     def _write(self, a: int, b: int) -> None:
         if a < b:
-            _pwrite_all(self.fd, self.view[a - self.offset:b - self.offset], a)
+            _pwrite_all(self.fd, self.view, a, b, self.offset)
 
     def _write_direct(self, a: int, b: int) -> None:
         try:
             flags = fcntl.fcntl(self.fd, fcntl.F_GETFL)
             fcntl.fcntl(self.fd, fcntl.F_SETFL, flags | O_DIRECT)
             try:
-                _pwrite_all(self.fd, self.view[a - self.offset:b - self.offset], a)
+                _pwrite_all(self.fd, self.view, a, b, self.offset)
             finally:
                 fcntl.fcntl(self.fd, fcntl.F_SETFL, flags)
         except OSError as exc:
@@ -167,7 +182,7 @@ class StagedFile:
         self.staging.direct_bytes += b - a
 
     def close(self) -> None:
-        if self.buf is not None:
+        buf, self.buf = self.buf, None
+        if buf is not None:
             self.view.release()
-            self.staging.give(self.buf)
-            self.buf = None
+            self.staging.give(buf)

@@ -22,11 +22,14 @@ Guarantees of ``FilesystemBlobStore``:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
+import functools
 import hashlib
 import os
 import re
 import tempfile
+import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from typing import BinaryIO, Generic, Protocol, TypeVar, runtime_checkable
 from app.photos.staging import Staging, StagedFile
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _KIND_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
@@ -146,6 +150,12 @@ class _Upload:
         self.max_bytes = max_bytes
         self.size = 0
         self.hasher = hashlib.sha256()
+        # A worker thread writing from the stage to the file must not have either closed under it:
+        # the event loop's side gives the upload up with abandon(), and a busy thread, once done,
+        # cleans up itself (see off_loop).
+        self._lock = threading.Lock()
+        self._busy = False
+        self._abandoned = False
         self.fd, name = store._mkstemp(prefix=f"{expected_sha256[:16]}-")
         self.tmp = Path(name)
         try:
@@ -178,8 +188,8 @@ class _Upload:
         self.out.drain(final=True)
         os.fsync(self.fd)
         self.out.close()
-        os.close(self.fd)
-        self.fd = -1
+        fd, self.fd = self.fd, -1  # closed once, even if close() fails (NFS reports errors there)
+        os.close(fd)
         actual = self.hasher.hexdigest()
         if actual != self.expected:
             raise HashMismatch(self.expected, actual)
@@ -191,14 +201,53 @@ class _Upload:
         created = self.store._publish(self.tmp, dest)
         return PutResult(sha256=self.expected, size=self.size, created=created, info=info)
 
+    async def off_loop(self, fn: Callable[..., R], *args) -> R:
+        """``fn(*args)`` in a worker thread. If the request is cancelled meanwhile (the caller then
+        calls ``abandon()``), the thread still runs to its end and aborts the upload itself: the
+        cancellation neither waits for it nor closes the file under it. The executor's future is
+        shielded, so neither this cancellation nor the loop's shutdown withdraws the queued work
+        once the upload has been marked busy."""
+        with self._lock:
+            self._busy = True
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, functools.partial(contextvars.copy_context().run, self._marked, fn, *args))
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            fut.add_done_callback(_retrieve)  # its outcome is the thread's business now
+            raise
+
+    def _marked(self, fn: Callable[..., R], *args) -> R | None:
+        try:
+            with self._lock:
+                skip = self._abandoned  # given up before this thread got to it
+            return None if skip else fn(*args)
+        finally:
+            with self._lock:
+                self._busy = False
+                abandoned = self._abandoned
+            if abandoned:
+                self.abort()
+
+    def abandon(self) -> None:
+        """Give the upload up (from the event loop): abort now, or let the busy thread do it."""
+        with self._lock:
+            if self._busy:
+                self._abandoned = True
+                return
+        self.abort()
+
     def abort(self) -> None:
-        self.out.close()
-        if self.fd >= 0:
+        try:
+            self.out.close()
+        except Exception:
+            pass
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
             try:
-                os.close(self.fd)
+                os.close(fd)
             except OSError:
                 pass
-            self.fd = -1
         try:
             self.tmp.unlink(missing_ok=True)
         except OSError:
@@ -375,11 +424,11 @@ class FilesystemBlobStore:
                     up.count(len(chunk))
                     rest = up.write(chunk)
                     while rest is not None:
-                        await _in_thread(up.out.drain)
+                        await up.off_loop(up.out.drain)
                         rest = up.out.stage(rest)
-            return await _in_thread(up.finish, validate, on_stored)
+            return await up.off_loop(up.finish, validate, on_stored)
         except BaseException:
-            up.abort()
+            up.abandon()
             raise
 
     def put_derivative(self, sha256: str, kind: str, data: bytes) -> None:
@@ -426,22 +475,9 @@ class FilesystemBlobStore:
         return removed
 
 
-async def _in_thread(fn: Callable[..., T], *args) -> T:
-    """``fn(*args)`` in a worker thread. Cancelled meanwhile, the caller still waits for ``fn`` to
-    return before the cancellation goes on: an upload's cleanup must not close the file, or hand
-    its stage to another upload, under a thread still writing from it."""
-    fut = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        while not fut.done():
-            try:
-                await asyncio.wait([fut])
-            except asyncio.CancelledError:
-                continue
-        if not fut.cancelled():
-            fut.exception()  # retrieved: the cancellation is what the caller hears
-        raise
+def _retrieve(fut: asyncio.Future) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 def _as_async(chunks: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterable[bytes]:
