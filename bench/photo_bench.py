@@ -413,6 +413,8 @@ def main() -> None:
         print(f"note: the big PNG is {len(big)} bytes, over 15 MiB: FIREGRID_MAX_PHOTO_BYTES={len(big) + 1}")
 
     with contextlib.ExitStack() as running:
+        if not args.keep:  # removed however the run ends
+            running.callback(subprocess.run, ["rm", "-rf", str(tmp)], check=False)
         base, server, pids = running.enter_context(firegrid_server(tmp, env, args.workers))
         tokens = [login(base, f"bench-{i}") for i in range(args.clients)]
         # warm-up: each worker imports Pillow's plugins and opens its DB connections on first use
@@ -466,8 +468,6 @@ def main() -> None:
         if r.status_code != 201:
             raise SystemExit(f"second big upload: {r.status_code} {r.text[:300]}")
         supervisor_rss = rss_bytes(server.pid)
-    if not args.keep:
-        subprocess.run(["rm", "-rf", str(tmp)], check=False)
 
     n = len(sent)
     fg = statistics.mean(r["firegrid"] for r in rounds)  # rounds differ in size by one photo at most
