@@ -210,7 +210,12 @@ class _Upload:
         with self._lock:
             self._busy = True
         loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(None, functools.partial(contextvars.copy_context().run, self._marked, fn, *args))
+        try:
+            fut = loop.run_in_executor(None, functools.partial(contextvars.copy_context().run, self._marked, fn, *args))
+        except BaseException:  # not handed over (an executor shut down): nobody else will clean up
+            with self._lock:
+                self._busy = False
+            raise
         try:
             return await asyncio.shield(fut)
         except asyncio.CancelledError:

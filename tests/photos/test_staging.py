@@ -438,3 +438,20 @@ def test_an_upload_cancelled_while_its_work_is_queued_is_still_cleaned_up(store)
     asyncio.run(scenario())
     wait_until(lambda: not list(store.tmp_dir.iterdir()))
     assert store.staging.idle() == 1
+
+
+def test_an_upload_whose_work_cannot_be_handed_to_a_thread_cleans_up_at_once(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = os.urandom(3 * STAGE)
+    executor = ThreadPoolExecutor(max_workers=1)
+    executor.shutdown()
+
+    async def scenario():
+        asyncio.get_running_loop().set_default_executor(executor)
+        with pytest.raises(RuntimeError):
+            await store.put_stream_async(sha256_hex(data), body_of(data), max_bytes=MB)
+
+    asyncio.run(scenario())
+    assert list(store.tmp_dir.iterdir()) == []
+    assert store.staging.idle() == 1
