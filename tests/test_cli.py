@@ -96,3 +96,32 @@ def test_sweep_with_now_and_audit_verify(env_db):
     broken = runner.invoke(cli, ["audit", "verify"])
     assert broken.exit_code == 1 and "edited" in broken.output
     engine.dispose()
+
+
+def test_import_places_moving_premises_hands_their_open_hazards_over(env_db, tmp_path):
+    """A boundary redrawn by CSV: the command loads the policy and calendar, so a moved premises' open
+    hazards reach the new town's office, and the audit chains still verify afterwards."""
+    from app.hazards.models import Hazard
+    from app.org.models import OrgUnit
+
+    runner = CliRunner()
+    assert runner.invoke(cli, ["migrate"]).exit_code == 0
+    assert runner.invoke(cli, ["seed-demo"]).exit_code == 0
+    engine = make_engine(env_db)
+    with Session(engine) as s:
+        units = {u.code: u.id for u in s.exec(select(OrgUnit)).all()}
+        h = s.exec(select(Hazard).where(Hazard.holder_unit_id == units["office-a"],
+                                        Hazard.status == "referred")).first()
+        place = s.get(Place, h.place_id)
+        hazard_id, row = h.id, f"{place.id},{place.name},{place.address or ''},grid-b-1-1,{place.place_class}"
+    csv = tmp_path / "redrawn.csv"
+    csv.write_text(f"id,name,address,grid,place_class\n{row}\n", encoding="utf-8")
+    imported = runner.invoke(cli, ["import-places", str(csv)])
+    assert imported.exit_code == 0, imported.output
+    assert "1 updated" in imported.output
+    with Session(engine) as s:
+        moved = s.get(Hazard, hazard_id)
+        assert (moved.holder_unit_id, moved.town_id) == (units["office-b"], units["town-b"])
+    verified = runner.invoke(cli, ["audit", "verify"])
+    assert verified.exit_code == 0, verified.output
+    engine.dispose()

@@ -2,10 +2,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from app.audit.service import Actor
 from app.auth.deps import CurrentPrincipal
 from app.auth.scope import visible_place
 from app.db import SessionDep
 from app.places import service
+from app.referrals.deps import NowDep, RulesDep
 from app.places.models import PLACE_CLASS_NAMES, PlaceClass, PlaceCreate, PlacePage, PlacePublic, PlaceUpdate
 
 router = APIRouter(prefix="/api/v1", tags=["places"])
@@ -43,7 +45,12 @@ def get_place(place_id: str, p: CurrentPrincipal, session: SessionDep):
 
 
 @router.patch("/places/{place_id}", response_model=PlacePublic)
-def update_place(place_id: str, body: PlaceUpdate, p: CurrentPrincipal, session: SessionDep):
+def update_place(place_id: str, body: PlaceUpdate, p: CurrentPrincipal, session: SessionDep, now: NowDep,
+                 rules: RulesDep):
+    """Change a premises. Moved to another town or community, its open hazards pass to the bodies
+    there (a `relocated` transfer on each one's timeline); 422 `routing_failed` if the new location
+    lacks a body that must take one over."""
     place = visible_place(session, p.scope, place_id)
     p.scope.require_place_editor()
-    return PlacePublic.of(service.update_place(session, p.scope, place, body))
+    return PlacePublic.of(service.update_place(session, p.scope, place, body, rules=rules, now=now,
+                                               actor=Actor(p.user.id, p.user.org_unit_id, p.device.id)))

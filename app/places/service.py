@@ -1,20 +1,28 @@
 """Premises use cases: list/search, create, update, CSV import."""
 
+from __future__ import annotations
+
 import base64
 import csv
 import json
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlmodel import Session, select
 
+from app.audit.service import Actor
 from app.auth.scope import Scope
 from app.db import utcnow
 from app.errors import Conflict, Invalid
 from app.org.models import OrgUnit, UnitKind
 from app.places.models import Place, PlaceCreate, PlaceUpdate
+
+if TYPE_CHECKING:
+    from app.referrals.service import Rules
 
 MAX_PAGE = 200
 
@@ -47,26 +55,42 @@ def create_place(session: Session, scope: Scope | None, data: PlaceCreate) -> Pl
     return place
 
 
-def update_place(session: Session, scope: Scope | None, place: Place, data: PlaceUpdate) -> Place:
+def update_place(session: Session, scope: Scope | None, place: Place, data: PlaceUpdate, *,
+                 rules: Rules | None = None, actor: Actor | None = None, now: datetime | None = None) -> Place:
+    """Change a premises. Moved to another town or community, its open hazards go to the bodies
+    whose jurisdiction it now lies in (referrals.service.relocate, which needs ``rules``; ``actor``:
+    who moved it, the system if None)."""
+    from app.referrals.service import plan_relocation, relocate
+
     changes = data.model_dump(exclude_unset=True)
     if "name" in changes and (changes["name"] is None or not changes["name"].strip()):
         raise Invalid("name: must not be blank", code="validation_error", field="name")
+    if "place_class" in changes and changes["place_class"] is None:
+        raise Invalid("place_class: required", code="validation_error", field="place_class")
+    relocation = None
     if "grid_id" in changes:
         if changes["grid_id"] is None:
             raise Invalid("grid_id: a place must stay in a grid", code="validation_error", field="grid_id")
         grid = _resolve_grid(session, scope, changes["grid_id"])
-        place.town_id, place.community_id = grid.town_id, grid.community_id
-    if "place_class" in changes and changes["place_class"] is None:
-        raise Invalid("place_class: required", code="validation_error", field="place_class")
+        if (grid.town_id, grid.community_id) != (place.town_id, place.community_id):
+            # checked before anything changes: a move the new location cannot take changes nothing
+            relocation = plan_relocation(session, place.id, (place.town_id, place.community_id),
+                                         (grid.town_id, grid.community_id))
+            if relocation is not None and rules is None:
+                raise TypeError("update_place: moving a premises with open hazards needs the rules")
     _resolve_regulator(session, changes.get("sector_regulator_id"))
+    if "grid_id" in changes:
+        place.town_id, place.community_id = grid.town_id, grid.community_id
     for key, value in changes.items():
         setattr(place, key, value)
-    place.updated_at = utcnow()
+    place.updated_at = now or utcnow()
     if "grid_id" in changes:
         with session.no_autoflush:  # the place's move is flushed once, with its hazards
             _move_hazards(session, place.id, grid)
     session.add(place)
     session.flush()
+    if relocation is not None:
+        relocate(session, rules, relocation, actor or Actor.system(), now or utcnow())
     return place
 
 
@@ -148,11 +172,13 @@ def _unit_by_code_or_id(session: Session, value: str, kind: UnitKind) -> OrgUnit
     ).first()
 
 
-def import_places_csv(session: Session, path: Path) -> ImportReport:
+def import_places_csv(session: Session, path: Path, rules: Rules | None = None) -> ImportReport:
     """Import good rows, none of the bad; every bad row is reported with its line, column and reason.
 
     Re-importing the same file updates rather than duplicates: a row matches an existing place by
-    its `id` column when given, else by (grid, name, address).
+    its `id` column when given, else by (grid, name, address). A row that moves a premises to another
+    town or community (a boundary redrawn) takes its open hazards to the new location's bodies
+    (``rules`` needed for that); one the new location cannot take is reported and skipped.
     """
     report = ImportReport()
     try:
@@ -203,7 +229,12 @@ def import_places_csv(session: Session, path: Path) -> ImportReport:
             select(Place).where(Place.grid_id == data.grid_id, Place.name == data.name, Place.address == data.address)
         ).first()
         if existing is not None:
-            update_place(session, None, existing, PlaceUpdate(**data.model_dump(exclude={"id"})))
+            try:
+                update_place(session, None, existing, PlaceUpdate(**data.model_dump(exclude={"id"})), rules=rules)
+            except Invalid as exc:  # refused before anything changed
+                column = exc.extra.get("field") or "*"
+                report.errors.append(RowError(line_no, "grid" if column == "grid_id" else column, exc.message))
+                continue
             report.updated += 1
         else:
             create_place(session, None, data)

@@ -337,8 +337,9 @@ def _missing_tier(tier: str):
 
 def act(session: Session, rules: Rules, h: Hazard, action: Action, params: ActionParams, actor: Actor,
         now: datetime, *, event_kind: str | None = None, extra: dict[str, Any] | None = None,
-        device_time: datetime | None = None) -> list[lifecycle.Effect]:
-    """Apply one action to a locked hazard and record everything it changed."""
+        device_time: datetime | None = None, copy_sender: bool = True) -> list[lifecycle.Effect]:
+    """Apply one action to a locked hazard and record everything it changed. ``copy_sender``: a unit
+    that passes the hazard on keeps a copy (False when it leaves the unit's jurisdiction altogether)."""
     if action is Action.MERGE:
         _check_merge_target(session, h, params.merge_into_id)
     target = resolve_target(session, h, action, params.to_unit_id)
@@ -372,7 +373,8 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
                                  to_unit_id=e.data["to_unit_id"], tier=e.data["to_tier"], via=e.data["via"],
                                  reason=e.data.get("reason") or "", sent_at=now, ack_due=after.ack_due))
             # whoever passed it on keeps seeing it (police "what is referred to it", the town its own hazards)
-            _add_cc(session, h, e.data["from_unit_id"], f"{e.data['via']}_from", now)
+            if copy_sender:
+                _add_cc(session, h, e.data["from_unit_id"], f"{e.data['via']}_from", now)
         elif e.kind is EffectKind.CLOSED:
             h.closed_at = now
             h.deadline_met = before.rectify_due is None or now <= before.rectify_due
@@ -448,6 +450,82 @@ def follow_merges(session: Session, hazard_id: str) -> Hazard | None:
         h, hops = lock_hazard(session, h.merged_into_id), hops + 1
     return h
 
+
+
+# -- a premises moved to another town or community ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Relocation:
+    """What moving a premises does to its open hazards (plan_relocation), applied by relocate()."""
+
+    place_id: str
+    from_location: tuple[str, str | None]  # (town_id, community_id)
+    to_location: tuple[str, str | None]
+    old_units: dict[str, str]  # tier -> the old location's unit
+    remap: dict[str, str | None]  # the old location's unit -> the new location's unit of the same tier (None: none)
+    hazard_ids: tuple[str, ...]  # open hazards held by, or copied to, a unit in remap
+
+
+def plan_relocation(session: Session, place_id: str, from_location: tuple[str, str | None],
+                    to_location: tuple[str, str | None]) -> Relocation | None:
+    """Before a premises moves: which of its open hazards are held by (or copied to) a unit whose
+    jurisdiction it leaves. None if none. Raises Invalid (``routing_failed``) if the new location has
+    no unit of a tier that holds one of them: checked before anything is changed, so a refused move
+    changes nothing."""
+    old = tier_units(session, *from_location)
+    new = tier_units(session, *to_location)
+    remap = {unit: new.get(tier) for tier, unit in old.items() if new.get(tier) != unit}
+    if not remap:
+        return None
+    hazards = session.exec(select(Hazard.id, Hazard.tier, Hazard.holder_unit_id).where(
+        Hazard.place_id == place_id, Hazard.status.in_([s.value for s in OPEN_STATUSES]))).all()
+    copied = set(session.exec(select(HazardCC.hazard_id).where(
+        HazardCC.hazard_id.in_([h for h, _, _ in hazards]), HazardCC.unit_id.in_(list(remap)))).all()) if hazards else set()
+    affected = []
+    for hazard_id, tier, holder in hazards:
+        if holder in remap and remap[holder] is None and old.get(tier) == holder:
+            raise Invalid(f"grid_id: the premises' open hazard {hazard_id} is held by its {tier} and the new "
+                          f"location has no {tier} unit configured to take it over", code="routing_failed",
+                          field="grid_id", hazard_id=hazard_id, tier=tier)
+        if holder in remap or hazard_id in copied:
+            affected.append(hazard_id)
+    return Relocation(place_id, from_location, to_location, old, remap, tuple(affected)) if affected else None
+
+
+def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, now: datetime) -> None:
+    """After the move (the hazards already carry the new town): each open hazard held by its old
+    location's unit of its tier is transferred (移送) to the new location's unit of that tier, with
+    every clock restarted for the new holder, as a transfer does. The old holder keeps no copy: the
+    premises has left its jurisdiction. Copies to the old location's units pass to the new
+    location's. A holder the hazard was transferred to by hand is left alone."""
+    remap = moved.remap
+    (from_town, from_community), (to_town, to_community) = moved.from_location, moved.to_location
+    def name(unit_id: str | None) -> str:
+        unit = session.get(OrgUnit, unit_id) if unit_id else None
+        return unit.name if unit is not None else str(unit_id)
+
+    if from_town != to_town:
+        reason = f"场所迁入{name(to_town)} (premises moved from {name(from_town)} to {name(to_town)})"
+    else:
+        reason = f"场所迁入{name(to_community)} (premises moved from {name(from_community)} to {name(to_community)})"
+    for hazard_id in moved.hazard_ids:
+        h = lock_hazard(session, hazard_id)
+        if h is None or h.status not in OPEN_STATUSES:  # pragma: no cover - planned in this transaction
+            continue
+        if moved.old_units.get(h.tier) == h.holder_unit_id and remap.get(h.holder_unit_id):
+            act(session, rules, h, Action.TRANSFER, ActionParams(to_unit_id=remap[h.holder_unit_id], reason=reason),
+                actor, now, event_kind="relocated", copy_sender=False,
+                extra={"place_id": moved.place_id, "from_town_id": from_town, "to_town_id": to_town,
+                       "from_community_id": from_community, "to_community_id": to_community})
+        for cc in session.exec(select(HazardCC).where(HazardCC.hazard_id == h.id,
+                                                      HazardCC.unit_id.in_(list(remap)))).all():
+            target = remap[cc.unit_id]
+            session.delete(cc)
+            if target and target != h.holder_unit_id and session.get(HazardCC, (h.id, target)) is None:
+                session.add(HazardCC(hazard_id=h.id, unit_id=target, reason=cc.reason, added_at=now,
+                                     next_due=h.next_due, is_open=True))
+        session.flush()
 
 # -- field re-inspections (复查), possibly late and out of order ----------------------------
 

@@ -419,5 +419,6 @@ def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
     else:
         if not ctx.scope.sees_place(existing):
             raise NotFound(f"data.id: no premises {data.id} in your grids", code="unknown_place", field="data.id")
-        place = places.update_place(ctx.session, ctx.scope, existing, PlaceUpdate(**fields))
+        place = places.update_place(ctx.session, ctx.scope, existing, PlaceUpdate(**fields), rules=ctx.rules,
+                                     actor=ctx.actor, now=ctx.now)
     return {"place_id": place.id, "grid_id": place.grid_id}
