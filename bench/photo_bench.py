@@ -9,6 +9,9 @@ What it does, all in one run on one machine:
 1. ``firegrid migrate`` + ``firegrid seed-demo`` on a temp SQLite file and blob directory
    (FIREGRID_DATABASE_URL / FIREGRID_STORAGE_DIR), then ``firegrid serve --workers 2`` on a free port.
 2. Makes N distinct 3-megapixel JPEGs (2048x1536, photo-like: gradients, shapes, sensor noise).
+2b. Waits (``--settle``, at most 10 min) until a new empty file costs under 50 µs of CPU again: on this
+   VM's journal-less ext4 a file created within minutes of a mass deletion costs milliseconds
+   (``creation_cost_us``), which would put the floor and the servers on different machines.
 3. Interleaved rounds (``--rounds``, 8): each round takes fresh variants of a slice of the photos
    (``variant``: same pixels, other bytes) and has three measure them in turn, in an order that
    rotates: Firegrid (4 client threads PUT them; the workers' CPU from their process CPU clocks),
@@ -216,6 +219,40 @@ def warm_memory(gib: float) -> None:
     del block
 
 
+SETTLED_US = 50.0  # CPU µs per new empty file above which the filesystem is not settled (settled here: 15-25)
+
+
+def creation_cost_us(directory: Path, n: int = 200) -> float:
+    """CPU µs per new empty file in ``directory``.
+
+    On ext4 without a journal (this VM's root filesystem) the inode allocator passes over every inode
+    deleted in the last minutes (``recently_deleted()``: 5 s, or 5 min while the inode's table block
+    is still dirty), reading each one's block. After a ``rm -rf`` of tens of thousands of files (an
+    earlier run's temp directory, a test run, a pip build) a new file costs milliseconds instead of
+    microseconds -- for the floor and the servers alike, but not equally (their directories sit in
+    different block groups), so the ratios then say little: measured, the floor went from 0.9 to
+    3-4 ms per photo after deleting 20,000 files. The probe's files are kept (deleting them would
+    add to what the allocator passes over); they go with the temp directory."""
+    directory.mkdir(parents=True, exist_ok=True)
+    first = len(os.listdir(directory))
+    t0 = time.thread_time()
+    for i in range(first, first + n):
+        os.close(os.open(directory / f"p{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+    return (time.thread_time() - t0) * 1e6 / n
+
+
+def settle(directory: Path, max_wait: float) -> tuple[float, float]:
+    """Wait (at most max_wait seconds) until new files are cheap again; (µs per file, seconds waited)."""
+    cost, waited = creation_cost_us(directory), 0.0
+    while cost > SETTLED_US and waited < max_wait:
+        print(f"a new file costs {cost:.0f} µs of CPU (files deleted in the last minutes: see creation_cost_us); "
+              f"waiting for the filesystem to settle ({waited:.0f} of at most {max_wait:.0f} s) ...", flush=True)
+        time.sleep(15)
+        waited += 15
+        cost = creation_cost_us(directory)
+    return cost, waited
+
+
 def floor(photos: list[bytes], directory: Path) -> tuple[float, float]:
     """(CPU ms, wall ms) per photo of sha256 + write + fsync, in this thread. The files are kept, as a
     store keeps its photos: deleting them would let the next writes reuse their page-cache pages,
@@ -388,6 +425,9 @@ def main() -> None:
                     help="touch and free this much memory first (0: measure on a cold virtual machine)")
     ap.add_argument("--server-env", action="append", default=[], metavar="K=V",
                     help="extra environment for the server, e.g. MALLOC_ARENA_MAX=2 (repeatable)")
+    ap.add_argument("--settle", type=float, default=600, metavar="SECONDS",
+                    help="wait at most this long for new files to be cheap again before measuring "
+                         "(see creation_cost_us; 0: measure at once)")
     ap.add_argument("--compare", action="append", default=[], metavar="K=V",
                     help="also run a second Firegrid with this environment in the same rounds, e.g. "
                          "FIREGRID_STORAGE_DIRECT_IO=false (repeatable: one server with all of them)")
@@ -433,6 +473,7 @@ def main() -> None:
             raise SystemExit(f"big upload: {r.status_code} {r.text[:300]}")
 
         decode_cpu = decode_share(photos, tmp)
+        create_before, settled_after = settle(tmp / "probe", args.settle)
         servers = {"firegrid": (base, tokens, pids)}
         with contextlib.ExitStack() as others:
             raw_base, raw_pids = others.enter_context(raw_server(args.workers, tmp, server_env))
@@ -446,6 +487,7 @@ def main() -> None:
                 servers["compare"] = (cmp_base, cmp_tokens, cmp_pids)
             with RssSampler(pids) as load_rss:
                 rounds = interleaved(photos, args.rounds, servers, tmp / "floor")
+        create_after = creation_cost_us(tmp / "probe")
         sent = [p for r in range(args.rounds) for p in round_photos(photos, args.rounds, r)]
 
         cpu0 = server_cpu(pids)
@@ -480,6 +522,9 @@ def main() -> None:
     rows = [
         ("photos", f"{n} distinct 2048x1536 JPEGs, mean {mean_kb:.0f} KB, in {args.rounds} interleaved rounds; "
                    f"{args.clients} clients, {args.workers} workers, SQLite"),
+        ("new empty file, CPU (settled: < 50 µs)", f"{create_before:.0f} µs before the rounds (after waiting {settled_after:.0f} s), "
+                                                    f"{create_after:.0f} µs after" + ("  -> NOT SETTLED: the ratios below mean little"
+                                                                                      if max(create_before, create_after) > SETTLED_US else "")),
         ("ingest throughput", f"{n / wall:.1f} photos/s ({n / wall * mean_kb / 1024:.1f} MB/s)"),
         ("server CPU per photo", f"{fg:.2f} ms (rounds: " + ", ".join(f"{r['firegrid']:.1f}" for r in rounds) + ")"),
         ("floor: sha256+write+fsync, CPU", f"{fl:.2f} ms per photo (rounds: " + ", ".join(f"{r['floor']:.2f}" for r in rounds)
