@@ -65,20 +65,24 @@ def serve(
     workers: int = 1,
     reload: bool = False,
 ) -> None:
-    """Serve the API and the PWA with uvicorn."""
+    """Serve the API and the PWA: one uvicorn process, or with --workers N > 1 gunicorn forking N uvicorn
+    workers from a master that imported the app once (app/serving.py: they share its memory)."""
     import os
     import sys
 
-    # Become uvicorn's own command line rather than calling uvicorn.run() from here: uvicorn spawns
-    # its workers afresh and each re-imports the parent's main module, so serving from this CLI made
-    # every worker import Typer and the supervisor hold ~13 MB more (bench/photo_bench.py).
+    # Become the server's own command line rather than running it from here: the Typer CLI would stay
+    # in memory (and uvicorn's spawned workers re-imported it, ~13 MB more, bench/photo_bench.py).
     # -P: the working directory is not put on sys.path, so a stray app/ there cannot shadow ours
-    # --ws none: the API has no WebSocket route, and the default ("auto") imports a WebSocket library into
-    # every worker (~1 MB each, bench/photo_bench.py)
-    args = [sys.executable, "-P", "-m", "uvicorn", "app.asgi:app", "--host", host, "--port", str(port),
-            "--workers", str(workers), "--proxy-headers", "--ws", "none"]
-    if reload:
-        args.append("--reload")
+    if workers > 1 and not reload:
+        args = [sys.executable, "-P", "-m", "app.serving", "--bind", f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+                "--workers", str(workers)]
+    else:
+        # --ws none: the API has no WebSocket route, and the default ("auto") imports a WebSocket library
+        # (~1 MB, bench/photo_bench.py)
+        args = [sys.executable, "-P", "-m", "uvicorn", "app.asgi:app", "--host", host, "--port", str(port),
+                "--proxy-headers", "--ws", "none"]
+        if reload:
+            args.append("--reload")
     for key, value in SERVE_ENV.items():
         os.environ.setdefault(key, value)  # read by glibc when the new image starts
     os.execv(sys.executable, args)

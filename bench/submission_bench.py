@@ -78,7 +78,7 @@ def as_a_phone_syncs(c: httpx.Client, work: list[tuple[dict, bytes]]) -> None:
             put_photo(c, photo)
 
 
-def run(mode, conns: list[httpx.Client], work: list[list[tuple[dict, bytes]]], pids: list[int]) -> dict:
+def run(mode, conns: list[httpx.Client], work: list[list[tuple[dict, bytes]]], pids: list[int], master: int) -> dict:
     errors: list[str] = []
 
     def phone(i: int) -> None:
@@ -88,13 +88,13 @@ def run(mode, conns: list[httpx.Client], work: list[list[tuple[dict, bytes]]], p
             errors.append(str(exc))
 
     cpu0 = server_cpu(pids)
-    with RssSampler(pids) as mem:
+    with RssSampler(pids, master=master) as mem:
         elapsed = run_together([threading.Thread(target=phone, args=(i,)) for i in range(len(conns))])
     if errors:
         raise SystemExit(f"{len(errors)} phones failed, first: {errors[0]}")
     n = sum(len(w) for w in work)
     return {"n": n, "per_s": n / elapsed, "cpu_ms": (server_cpu(pids) - cpu0) * 1000 / n,
-            "rss": mem.peak_sum / MB, "pss": mem.peak_pss / MB}
+            "rss": mem.peak_sum / MB, "pss": mem.peak_pss / MB, "total_pss": mem.peak_total_pss / MB}
 
 
 def hazard_count(db_path: Path) -> int:
@@ -148,9 +148,9 @@ def main() -> None:
         create_before, waited = settle(probe, args.settle)
         first = work_for(photos[:args.submissions])
         second = work_for(photos[args.submissions:2 * args.submissions])
-        results = [("one by one (push 1 op, PUT its photo)", run(one_by_one, conns, first, pids)),
+        results = [("one by one (push 1 op, PUT its photo)", run(one_by_one, conns, first, pids, proc.pid)),
                    (f"as a phone syncs (push {SYNC_BATCH} ops, PUT {SYNC_BATCH} photos)",
-                    run(as_a_phone_syncs, conns, second, pids))]
+                    run(as_a_phone_syncs, conns, second, pids, proc.pid))]
         create_after = creation_cost_us(probe)
         for c in conns:
             c.close()
@@ -163,8 +163,9 @@ def main() -> None:
           + (" -- NOT SETTLED, see bench.photo_bench.creation_cost_us" if max(create_before, create_after) > SETTLED_US else "")
           + "\n")
     print(markdown_table(["way of sending", "submissions", "submissions/s", "server CPU per submission ms",
-                          "peak RSS MB (workers)", "peak PSS MB (workers)"],
-                         [(name, r["n"], r["per_s"], r["cpu_ms"], r["rss"], r["pss"]) for name, r in results]))
+                          "peak RSS MB (workers)", "peak PSS MB (workers)", "peak PSS MB (whole server)"],
+                         [(name, r["n"], r["per_s"], r["cpu_ms"], r["rss"], r["pss"], r["total_pss"])
+                          for name, r in results]))
 
 
 if __name__ == "__main__":

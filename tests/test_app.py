@@ -93,7 +93,7 @@ def test_serving_workers_freeze_their_startup_heap(tmp_path):
     assert counts["app.asgi"] > 10_000
 
 
-def test_serve_execs_uvicorn_with_glibc_malloc_tuned_unless_the_operator_tuned_it(monkeypatch):
+def test_serve_execs_uvicorn_or_the_forking_server_with_glibc_malloc_tuned_unless_the_operator_tuned_it(monkeypatch):
     import os
 
     from typer.testing import CliRunner
@@ -109,9 +109,17 @@ def test_serve_execs_uvicorn_with_glibc_malloc_tuned_unless_the_operator_tuned_i
     assert CliRunner().invoke(cli.cli, ["serve", "--workers", "2"]).exit_code == 0
     args, env = calls[-1]
     assert env == {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "2097152"}
-    assert args[1:4] == ["-P", "-m", "uvicorn"] and args[args.index("--workers") + 1] == "2"
-    assert args[args.index("--ws") + 1] == "none"  # no WebSocket library in the workers
+    # several workers: forked from a master that imported the app (app/serving.py)
+    assert args[1:4] == ["-P", "-m", "app.serving"] and args[args.index("--workers") + 1] == "2"
+    assert args[args.index("--bind") + 1] == "127.0.0.1:8000"
+    assert CliRunner().invoke(cli.cli, ["serve", "--workers", "3", "--host", "::", "--port", "9000"]).exit_code == 0
+    assert calls[-1][0][calls[-1][0].index("--bind") + 1] == "[::]:9000"
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "0")
-    assert CliRunner().invoke(cli.cli, ["serve"]).exit_code == 0
-    assert calls[-1][1] == {"MALLOC_ARENA_MAX": "4", "MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "0"}
+    assert CliRunner().invoke(cli.cli, ["serve"]).exit_code == 0  # one process: plain uvicorn
+    args, env = calls[-1]
+    assert env == {"MALLOC_ARENA_MAX": "4", "MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "0"}
+    assert args[1:4] == ["-P", "-m", "uvicorn"] and "--workers" not in args
+    assert args[args.index("--ws") + 1] == "none"  # no WebSocket library
+    assert CliRunner().invoke(cli.cli, ["serve", "--workers", "2", "--reload"]).exit_code == 0
+    assert calls[-1][0][1:4] == ["-P", "-m", "uvicorn"] and "--reload" in calls[-1][0]
