@@ -401,7 +401,28 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
     session.flush()
     sync_cc(session, h)
     insert_events(session, events)
+    if action is Action.REOPEN:
+        _follow_the_premises(session, rules, h, actor, now)
     return effects
+
+
+def _follow_the_premises(session: Session, rules: Rules, h: Hazard, actor: Actor, now: datetime) -> None:
+    """A hazard reopened after its premises moved to another town (closed ones stay with the body that
+    closed them, relocate()) goes on to the body of its tier there: reopening hands it back to its last
+    holder, who no longer answers for the premises."""
+    holder = session.get(OrgUnit, h.holder_unit_id)
+    if holder is None or holder.town_id is None or holder.town_id == h.town_id:
+        return  # the county's brigade, or still the premises' own town
+    target = tier_units(session, h.town_id, h.community_id).get(h.tier)
+    if target is None:
+        raise Invalid(f"cannot reopen: the premises now lies in another town, which has no {h.tier} unit "
+                      "configured to take the hazard over", code="routing_failed", tier=h.tier)
+    if target != h.holder_unit_id:
+        town = session.get(OrgUnit, h.town_id)
+        act(session, rules, h, Action.TRANSFER,
+            ActionParams(to_unit_id=target, reason=f"场所已迁入{town.name} (reopened after the premises moved to {town.name})"),
+            actor, now, event_kind="relocated", copy_sender=False,
+            extra={"place_id": h.place_id, "from_town_id": holder.town_id, "to_town_id": h.town_id})
 
 
 def _add_cc(session: Session, h: Hazard, unit_id: str | None, reason: str, now: datetime) -> None:

@@ -207,3 +207,33 @@ def test_a_push_that_moves_a_premises_to_another_beat_hands_its_police_hazard_to
     hop = session.exec(select(Referral).where(Referral.hazard_id == hid).order_by(Referral.seq.desc())).first()
     assert (hop.from_unit_id, hop.to_unit_id, hop.via) == (units["police-b"].id, station.id, "transfer")
     assert units["community-b-2"].name in hop.reason and units["community-b-1"].name in hop.reason
+
+
+def test_a_closed_hazard_reopened_after_the_move_goes_to_the_new_towns_office(client, session, units):
+    place, hid = _report(client, session, units, "grid-a-1-1", "rental", category="ebike_indoor")
+    office_a, office_b = login(client, "office-a", device="desk"), login(client, "office-b", device="desk")
+    for body in ({"action": "accept"}, {"action": "close", "override_reason": "当场整改完毕"}):
+        assert client.post(f"/api/v1/hazards/{hid}/actions", json=body, headers=office_a).status_code == 200
+    assert _move(client, place.id, units["grid-b-1-1"].id).status_code == 200
+    assert _hazard(session, hid).holder_unit_id == units["office-a"].id  # closed: its record stays
+
+    r = client.post(f"/api/v1/hazards/{hid}/actions", json={"action": "reopen", "reason": "复发"}, headers=office_b)
+    assert r.status_code == 200, r.text
+    h = _hazard(session, hid)
+    assert (h.status, h.holder_unit_id, h.town_id) == ("referred", units["office-b"].id, units["town-b"].id)
+    kinds = [e["kind"] for e in r.json()["timeline"]]
+    assert kinds[-2:] == ["reopen", "relocated"]
+    assert units["office-a"].id not in _ccs(session, hid)
+    # the new holder goes on with it
+    assert client.post(f"/api/v1/hazards/{hid}/actions", json={"action": "accept"}, headers=office_b).status_code == 200
+
+
+def test_a_hazard_reopened_in_its_own_town_stays_with_its_holder(client, session, units):
+    place, hid = _report(client, session, units, "grid-a-1-1", "rental", category="ebike_indoor")
+    office_a = login(client, "office-a", device="desk")
+    for body in ({"action": "accept"}, {"action": "close", "override_reason": "当场整改完毕"},
+                 {"action": "reopen", "reason": "复发"}):
+        assert client.post(f"/api/v1/hazards/{hid}/actions", json=body, headers=office_a).status_code == 200
+    h = _hazard(session, hid)
+    assert (h.status, h.holder_unit_id) == ("referred", units["office-a"].id)
+    assert session.exec(select(Referral).where(Referral.hazard_id == hid)).all()[-1].via == "route"
