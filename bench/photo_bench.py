@@ -18,7 +18,8 @@ What it does, all in one run on one machine:
    the **transport floor** (the same uvicorn, same number of workers, serving
    ``bench.raw_upload_app``, a bare ASGI app that only hashes, writes, fsyncs and keeps the body; the
    same clients PUT the same bytes), and the **floor** (in this process, sha256 + write + fsync of
-   the same bytes into the same filesystem, CPU time of the thread). The ratios are taken per round,
+   the same bytes into the same filesystem, CPU time of the thread; and again written as Firegrid
+   writes, with O_DIRECT, ``floor_direct``, which does not grow the page cache). The ratios are taken per round,
    so all three meet the same machine: its speed wanders 2-3x within minutes. Peak RSS of
    Firegrid's workers is sampled every 20 ms meanwhile. ``--compare K=V`` adds a second Firegrid,
    run with that environment (e.g. ``FIREGRID_STORAGE_DIRECT_IO=false``), to the same rounds.
@@ -274,6 +275,36 @@ def floor(photos: list[bytes], directory: Path) -> tuple[float, float]:
     return cpu * 1000 / len(photos), wall * 1000 / len(photos)
 
 
+def floor_direct(photos: list[bytes], directory: Path) -> float:
+    """CPU ms per photo of sha256 + writing the way Firegrid writes (app/photos/staging.py: 64 KB chunks
+    gathered in a page-aligned stage, written with O_DIRECT but for the head and the tail) + fsync.
+
+    The buffered floor grows the page cache by a photo's size each time, which on this VM costs from
+    0.9 to 3.5 ms per photo depending on how recently memory was handed back to the host (see the
+    top of docs/PERFORMANCE.md); this one, like Firegrid, does not, so the two move together."""
+    from app.photos.staging import StagedFile, Staging
+
+    directory.mkdir(parents=True, exist_ok=True)
+    staging = Staging()
+    cpu0 = time.thread_time()
+    for data in photos:
+        fd = os.open(directory / hashlib.sha256(data).hexdigest(), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            out = StagedFile(fd, staging)
+            view = memoryview(data)
+            for i in range(0, len(data), 65536):
+                rest = out.stage(view[i:i + 65536])
+                while rest is not None:
+                    out.drain()
+                    rest = out.stage(rest)
+            out.drain(final=True)
+            os.fsync(fd)
+            out.close()
+        finally:
+            os.close(fd)
+    return (time.thread_time() - cpu0) * 1000 / len(photos)
+
+
 def decode_share(photos: list[bytes], directory: Path, n: int = 30) -> float:
     """CPU ms per photo of the validation alone (inspect_image: the structural check an upload gets), in this thread."""
     from app.photos.imaging import inspect_image
@@ -381,6 +412,7 @@ def interleaved(photos: list[bytes], rounds: int, servers: dict[str, tuple[str, 
 
         def floor_turn() -> None:
             row["floor"], row["floor_wall"] = floor(batch, floor_dir)
+            row["floor_direct"] = floor_direct(batch, floor_dir.with_name(floor_dir.name + "-direct"))
 
         turns = [lambda name=name: server_turn(name) for name in servers] + [floor_turn]
         k = r % len(turns)
@@ -536,6 +568,9 @@ def main() -> None:
         ("floor: sha256+write+fsync, CPU", f"{fl:.2f} ms per photo (rounds: " + ", ".join(f"{r['floor']:.2f}" for r in rounds)
                                            + f")  -> server/floor {fg / fl:.2f}x; per round "
                                            + _spread([r["firegrid"] / r["floor"] for r in rounds])),
+        ("floor, written as Firegrid writes (O_DIRECT)", f"{statistics.mean(r['floor_direct'] for r in rounds):.2f} ms per photo (rounds: "
+                                                          + ", ".join(f"{r['floor_direct']:.2f}" for r in rounds) + ")  -> server/it per round "
+                                                          + _spread([r["firegrid"] / r["floor_direct"] for r in rounds])),
         ("floor: sha256+write+fsync, wall", f"{fl_wall:.2f} ms per photo  -> server/floor {fg / fl_wall:.2f}x"),
         ("of which the structural check", f"{decode_cpu:.2f} ms per photo (measured in-process on the same files)"),
         ("transport floor: bare ASGI app on uvicorn", f"{raw:.2f} ms server CPU per photo -> Firegrid adds {fg - raw:.2f} ms; "
