@@ -42,6 +42,7 @@ class Server(BaseApplication):
             "worker_class": "app.serving.Worker",
             "preload_app": True,  # imported in the master, before the fork: the point of all this
             "accesslog": "-",  # one line per request on stdout, as uvicorn does by default
+            "keepalive": 5,  # uvicorn's default (gunicorn's is 2 s): a phone's sync is many requests in a row
             "post_fork": post_fork,
             # no socket in $HOME for gunicornc: two servers on one machine (tests, benchmarks) would share it
             "control_socket_disable": True,

@@ -101,3 +101,35 @@ def test_a_worker_that_dies_is_replaced_and_sigterm_stops_them_all(server):
     assert proc.wait(30) == 0
     for worker in workers:
         assert not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]
+
+
+def test_an_idle_connection_is_kept_for_a_phones_next_request(server):
+    """Between two requests of one sync a phone may pause (hashing a photo, a weak signal): the
+    connection stays open 5 s, as with uvicorn alone (gunicorn's own default would close it after 2)."""
+    import socket
+
+    proc, base = server
+    port = int(base.rsplit(":", 1)[1])
+    request = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+
+    def response(s: socket.socket) -> bytes:
+        """One whole response (b"" if the server closed the connection)."""
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(next(v for k, _, v in (line.partition(b":") for line in head.split(b"\r\n"))
+                          if k.strip().lower() == b"content-length"))
+        while len(body) < length:
+            body += s.recv(65536)
+        return head
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(request)
+        assert response(s).startswith(b"HTTP/1.1 200")
+        time.sleep(3)
+        s.sendall(request)
+        assert response(s).startswith(b"HTTP/1.1 200")  # b"" had the server closed it
