@@ -11,6 +11,7 @@ Prints ops/s (and hazards/s); never asserts on time.
 
 import argparse
 import collections
+import contextlib
 import json
 import re
 import subprocess
@@ -22,8 +23,8 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 
-from bench.common import DEFAULT_PG_URL, markdown_table
-from bench.server import running_server, token
+from bench.common import markdown_table
+from bench.server import pg_schema, running_server, token
 
 CN = timezone(timedelta(hours=8))
 WORKERS = ["worker-a1", "worker-a2", "worker-b1"]
@@ -66,17 +67,8 @@ def connection_split(base: str) -> str:
 
 
 def run(backend: str, batches: int, clients: int, batch_size: int, workers: int = 2) -> dict:
-    url = None
-    schema = None
-    if backend == "postgresql":
-        import sqlalchemy as sa
-
-        schema = f"bench_push_{uuid.uuid4().hex[:8]}"
-        admin = sa.create_engine(DEFAULT_PG_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as c:
-            c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-        url = DEFAULT_PG_URL + f"?options=-csearch_path%3D{schema}"
-    try:
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(pg_schema("bench_push")) if backend == "postgresql" else None
         with running_server(url, workers=workers) as (base, _proc, _env):
             phones = []
             for i in range(clients):
@@ -130,13 +122,6 @@ def run(backend: str, batches: int, clients: int, batch_size: int, workers: int 
                     "ops": n_ops, "seconds": elapsed, "ops_s": n_ops / elapsed,
                     "hazards_s": 2 * n_ops / elapsed, "batch_median_ms": statistics.median(latencies) * 1000,
                     "batch_max_ms": max(latencies) * 1000}
-    finally:
-        if schema:
-            import sqlalchemy as sa
-
-            admin = sa.create_engine(DEFAULT_PG_URL, isolation_level="AUTOCOMMIT")
-            with admin.connect() as c:
-                c.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
 
 
 def main() -> None:

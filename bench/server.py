@@ -1,4 +1,4 @@
-"""Start a real Firegrid server (uvicorn, N workers) on a throwaway database for a benchmark."""
+"""Start a real Firegrid server (`firegrid serve`, N workers) on a throwaway database for a benchmark."""
 
 import os
 import socket
@@ -35,6 +35,29 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(15)
     except subprocess.TimeoutExpired:
         proc.kill()
+
+
+@contextmanager
+def pg_schema(prefix: str, base_url: str | None = None):
+    """A throwaway schema in the benchmark PostgreSQL (bench.common.DEFAULT_PG_URL); yields a database URL
+    whose connections use it. Dropped afterwards, however the run ends."""
+    import uuid
+
+    import sqlalchemy as sa
+
+    from bench.common import DEFAULT_PG_URL
+
+    base_url = base_url or DEFAULT_PG_URL
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as c:
+            c.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+        yield base_url + f"?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.connect() as c:
+            c.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        admin.dispose()
 
 
 def free_port() -> int:

@@ -1,8 +1,8 @@
-"""Submissions with a photo against a running server (uvicorn, 2 workers, SQLite): the issue's comparison
+"""Submissions with a photo against a running server (2 workers; SQLite, or PostgreSQL with --backend): the issue's comparison
 with the reference server, which took 93 submissions/s with one 300 KB photo each (4 clients) and peaked
 at 472 MB.
 
-    .venv/bin/python -m bench.submission_bench [--submissions 400] [--clients 4] [--workers 2]
+    .venv/bin/python -m bench.submission_bench [--submissions 400] [--clients 4] [--workers 2] [--backend postgresql]
 
 A submission is one `inspection.submit` op with one hazard whose record names one ~300 KB JPEG, and
 that photo. Two ways of sending them, 4 phones each time, every photo distinct:
@@ -18,9 +18,9 @@ submissions/s, the server's CPU per submission and the workers' peak memory; nev
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
-import sqlite3
 import threading
 import time
 import uuid
@@ -28,11 +28,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import httpx
+import sqlalchemy as sa
 
 from bench.common import markdown_table, run_together
 from bench.photo_bench import SETTLED_US, RssSampler, creation_cost_us, distinct_jpegs, server_cpu, settle, warm_memory, worker_pids
 from bench.push_bench import WORKERS, places_of
-from bench.server import running_server, token
+from bench.server import pg_schema, running_server, token
 
 CN = timezone(timedelta(hours=8))
 PHOTO_SIZE = (1120, 840)  # photo-like JPEG at q88: ~300 KB, the reference's photo
@@ -97,17 +98,25 @@ def run(mode, conns: list[httpx.Client], work: list[list[tuple[dict, bytes]]], p
             "rss": mem.peak_sum / MB, "pss": mem.peak_pss / MB, "total_pss": mem.peak_total_pss / MB}
 
 
-def hazard_count(db_path: Path) -> int:
-    with sqlite3.connect(db_path) as db:
-        return db.execute("SELECT count(*) FROM hazards").fetchone()[0]
+def hazard_count(url: str) -> int:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as db:
+            return db.execute(sa.text("SELECT count(*) FROM hazards")).scalar_one()
+    finally:
+        engine.dispose()
 
 
-def check_database(db_path: Path, expected_new: int, before: int) -> None:
+def check_database(url: str, expected_new: int, before: int) -> None:
     """Every submission's hazard stored once, and no photo still 'on the phone'."""
-    with sqlite3.connect(db_path) as db:
-        new = db.execute("SELECT count(*) FROM hazards").fetchone()[0] - before
-        pending = db.execute("SELECT count(*) FROM photo_refs r LEFT JOIN blobs b ON b.sha256 = r.sha256 "
-                             "WHERE b.sha256 IS NULL").fetchone()[0]
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as db:
+            new = db.execute(sa.text("SELECT count(*) FROM hazards")).scalar_one() - before
+            pending = db.execute(sa.text("SELECT count(*) FROM photo_refs r LEFT JOIN blobs b ON b.sha256 = r.sha256 "
+                                         "WHERE b.sha256 IS NULL")).scalar_one()
+    finally:
+        engine.dispose()
     if new != expected_new or pending:
         raise SystemExit(f"database check failed: {new} new hazards for {expected_new} submissions, "
                          f"{pending} photos missing")
@@ -118,6 +127,9 @@ def main() -> None:
     ap.add_argument("--submissions", type=int, default=400, help="per way of sending")
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--backend", choices=["sqlite", "postgresql"], default="sqlite",
+                    help="postgresql: a throwaway schema in bench.common.DEFAULT_PG_URL (its own CPU is not in "
+                         "the server CPU column)")
     ap.add_argument("--settle", type=float, default=600, metavar="SECONDS",
                     help="wait at most this long for new files to be cheap again (bench.photo_bench.creation_cost_us)")
     args = ap.parse_args()
@@ -125,11 +137,13 @@ def main() -> None:
     print(f"making {2 * args.submissions} distinct ~300 KB JPEGs ...", flush=True)
     photos = distinct_jpegs(2 * args.submissions + args.clients, *PHOTO_SIZE)
     warm_memory(2.0)  # as bench/photo_bench.py: no phase pays for the VM's first use of a page
-    with running_server(workers=args.workers) as (base, proc, env):
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(pg_schema("bench_submit")) if args.backend == "postgresql" else None
+        base, proc, env = stack.enter_context(running_server(url, workers=args.workers))
         time.sleep(1.0)  # the second worker finishes starting
         pids = worker_pids(proc.pid)
-        db_path = Path(env["FIREGRID_DATABASE_URL"].removeprefix("sqlite:///"))
-        before = hazard_count(db_path)  # the demo's own
+        db_url = env["FIREGRID_DATABASE_URL"]
+        before = hazard_count(db_url)  # the demo's own
         phones = []
         for i in range(args.clients):
             h = token(base, WORKERS[i % len(WORKERS)], f"bench-phone-{i}")
@@ -144,7 +158,7 @@ def main() -> None:
             return [[(submission_op(places[k % len(places)], hashlib.sha256(p).hexdigest()), p)
                      for k, p in enumerate(batch[i * per:(i + 1) * per])] for i, (_, places) in enumerate(phones)]
 
-        probe = db_path.parent / "probe"  # beside the blobs: the same block group, as near as we can tell
+        probe = Path(env["FIREGRID_STORAGE_DIR"]).parent / "probe"  # beside the blobs: their block group, as near as we can tell
         create_before, waited = settle(probe, args.settle)
         first = work_for(photos[:args.submissions])
         second = work_for(photos[args.submissions:2 * args.submissions])
@@ -154,10 +168,10 @@ def main() -> None:
         create_after = creation_cost_us(probe)
         for c in conns:
             c.close()
-        check_database(db_path, args.clients + sum(r["n"] for _, r in results), before)
+        check_database(db_url, args.clients + sum(r["n"] for _, r in results), before)
 
     mean_kb = sum(len(p) for p in photos) / len(photos) / 1024
-    print(f"\n{args.clients} phones, {args.workers} workers, SQLite; photos {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG, "
+    print(f"\n{args.clients} phones, {args.workers} workers, {'PostgreSQL' if args.backend == 'postgresql' else 'SQLite'}; photos {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEG, "
           f"mean {mean_kb:.0f} KB; every hazard stored once, no photo missing; a new empty file cost "
           f"{create_before:.0f} µs of CPU before (after waiting {waited:.0f} s) and {create_after:.0f} µs after"
           + (" -- NOT SETTLED, see bench.photo_bench.creation_cost_us" if max(create_before, create_after) > SETTLED_US else "")
