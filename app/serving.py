@@ -15,6 +15,10 @@ on sys.path (a stray app/ there would shadow ours) and reads a gunicorn.conf.py 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
+import signal
+import sys
 
 from gunicorn.app.base import BaseApplication
 from uvicorn_worker import UvicornWorker
@@ -25,12 +29,29 @@ class Worker(UvicornWorker):
     CONFIG_KWARGS = {"loop": "auto", "http": "auto", "ws": "none"}
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with(master_pid: int) -> None:
+    """SIGTERM this worker when its master dies, even by SIGKILL (the OOM killer, a container runtime):
+    uvicorn's workers never check their parent, and an orphan would go on serving the port with the
+    old code while a restarted server cannot bind it. Linux's parent-death signal; elsewhere nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:  # pragma: no cover - always allowed
+        return
+    if os.getppid() != master_pid:  # it died before the signal was armed
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def post_fork(server, worker) -> None:
-    """A worker must not use a database connection the master opened (one socket, two processes).
-    create_app() opens none; should that change, the worker drops the pool's inherited connections
-    without closing them under the master (SQLAlchemy's advice for forked processes)."""
+    """In each new worker. A worker must not use a database connection the master opened (one socket,
+    two processes): create_app() opens none; should that change, the worker drops the pool's inherited
+    connections without closing them under the master (SQLAlchemy's advice for forked processes)."""
     import app.asgi
 
+    _die_with(worker.ppid)
     app.asgi.app.state.db.engine.dispose(close=False)
 
 

@@ -67,9 +67,13 @@ def server(tmp_path):
         _wait(lambda: len(_children(proc.pid)) == 2, "two workers")
         yield proc, base
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
+        if proc.poll() is None:  # as an operator stops it; SIGKILL only if that hangs
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
         log.close()
 
 
@@ -133,3 +137,19 @@ def test_an_idle_connection_is_kept_for_a_phones_next_request(server):
         time.sleep(3)
         s.sendall(request)
         assert response(s).startswith(b"HTTP/1.1 200")  # b"" had the server closed it
+
+
+def test_forked_workers_do_not_outlive_a_killed_master(server):
+    """The master SIGKILLed (the OOM killer, a container runtime): its workers must not live on as orphans
+    serving the port with the old code, where a restarted server could not bind it (app.serving._die_with)."""
+    proc, base = server
+    workers = _children(proc.pid)
+    proc.kill()
+    proc.wait(10)
+
+    def gone() -> bool:
+        return all(not Path(f"/proc/{w}").exists() or Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+                   for w in workers)
+
+    _wait(gone, "the orphaned workers to exit")
+    assert not _up(base)
