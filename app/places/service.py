@@ -62,6 +62,11 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     who moved it, the system if None)."""
     from app.referrals.service import plan_relocation, relocate
 
+    if session.get_bind().dialect.name == "postgresql":
+        # the premises as it is now, locked: a concurrent move planned from the row as it was would
+        # write only the columns it saw change, leaving grid, town and the hazards' holders at odds
+        # (SQLite's BEGIN IMMEDIATE already serialises writers)
+        session.refresh(place, with_for_update=True)
     changes = data.model_dump(exclude_unset=True)
     if "name" in changes and (changes["name"] is None or not changes["name"].strip()):
         raise Invalid("name: must not be blank", code="validation_error", field="name")

@@ -401,28 +401,7 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
     session.flush()
     sync_cc(session, h)
     insert_events(session, events)
-    if action is Action.REOPEN:
-        _follow_the_premises(session, rules, h, actor, now)
     return effects
-
-
-def _follow_the_premises(session: Session, rules: Rules, h: Hazard, actor: Actor, now: datetime) -> None:
-    """A hazard reopened after its premises moved to another town (closed ones stay with the body that
-    closed them, relocate()) goes on to the body of its tier there: reopening hands it back to its last
-    holder, who no longer answers for the premises."""
-    holder = session.get(OrgUnit, h.holder_unit_id)
-    if holder is None or holder.town_id is None or holder.town_id == h.town_id:
-        return  # the county's brigade, or still the premises' own town
-    target = tier_units(session, h.town_id, h.community_id).get(h.tier)
-    if target is None:
-        raise Invalid(f"cannot reopen: the premises now lies in another town, which has no {h.tier} unit "
-                      "configured to take the hazard over", code="routing_failed", tier=h.tier)
-    if target != h.holder_unit_id:
-        town = session.get(OrgUnit, h.town_id)
-        act(session, rules, h, Action.TRANSFER,
-            ActionParams(to_unit_id=target, reason=f"场所已迁入{town.name} (reopened after the premises moved to {town.name})"),
-            actor, now, event_kind="relocated", copy_sender=False,
-            extra={"place_id": h.place_id, "from_town_id": holder.town_id, "to_town_id": h.town_id})
 
 
 def _add_cc(session: Session, h: Hazard, unit_id: str | None, reason: str, now: datetime) -> None:
@@ -475,53 +454,84 @@ def follow_merges(session: Session, hazard_id: str) -> Hazard | None:
 
 # -- a premises moved to another town or community ----------------------------------------
 
+_KIND_TIER = {kind.value: tier for tier, kind in TIER_KIND.items()}
+_TOWN_KINDS = (UnitKind.town_office.value, UnitKind.police_station.value)
+
 
 @dataclass(frozen=True)
 class Relocation:
-    """What moving a premises does to its open hazards (plan_relocation), applied by relocate()."""
+    """What moving a premises does to its hazards (plan_relocation), applied by relocate()."""
 
     place_id: str
     from_location: tuple[str, str | None]  # (town_id, community_id)
     to_location: tuple[str, str | None]
-    old_units: dict[str, str]  # tier -> the old location's unit
-    remap: dict[str, str | None]  # the old location's unit -> the new location's unit of the same tier (None: none)
-    hazard_ids: tuple[str, ...]  # open hazards held by, or copied to, a unit in remap
+    successor: dict[str, str | None]  # a body whose jurisdiction the premises leaves -> its counterpart there
+    hazard_ids: tuple[str, ...]  # hazards held by, copied to, or last passed on by such a body
 
 
 def plan_relocation(session: Session, place_id: str, from_location: tuple[str, str | None],
                     to_location: tuple[str, str | None]) -> Relocation | None:
-    """Before a premises moves: which of its open hazards are held by (or copied to) a unit whose
-    jurisdiction it leaves. None if none. Raises Invalid (``routing_failed``) if the new location has
-    no unit of a tier that holds one of them: checked before anything is changed, so a refused move
+    """Before a premises moves: which of its hazards are held by (or copied to) a body whose
+    jurisdiction it leaves, and which body takes each over. None if none.
+
+    The bodies it leaves: its old location's town office and police station where the new one has
+    others, and, when the town changes, every town office and police station of the old town (a
+    hazard transferred by hand to another station there, say). Each one's counterpart is the new
+    location's unit of the same tier. Raises Invalid (``routing_failed``) if an open hazard needs a
+    counterpart the new location lacks: checked before anything is changed, so a refused move
     changes nothing."""
     old = tier_units(session, *from_location)
     new = tier_units(session, *to_location)
-    remap = {unit: new.get(tier) for tier, unit in old.items() if new.get(tier) != unit}
-    if not remap:
+    town_changed = from_location[0] != to_location[0]
+    hazards = session.exec(select(Hazard.id, Hazard.status, Hazard.holder_unit_id, Hazard.previous_holder_unit_id)
+                           .where(Hazard.place_id == place_id, Hazard.status != Status.MERGED.value)).all()
+    if not hazards:
         return None
-    hazards = session.exec(select(Hazard.id, Hazard.tier, Hazard.holder_unit_id).where(
-        Hazard.place_id == place_id, Hazard.status.in_([s.value for s in OPEN_STATUSES]))).all()
-    copied = set(session.exec(select(HazardCC.hazard_id).where(
-        HazardCC.hazard_id.in_([h for h, _, _ in hazards]), HazardCC.unit_id.in_(list(remap)))).all()) if hazards else set()
+    ids = [h[0] for h in hazards]
+    copies = session.exec(select(HazardCC.hazard_id, HazardCC.unit_id).where(HazardCC.hazard_id.in_(ids))).all()
+    involved = {u for h in hazards for u in h[2:] if u} | {u for _, u in copies}
+    units = {u.id: u for u in session.exec(select(OrgUnit).where(OrgUnit.id.in_(list(involved)))).all()}
+
+    def leaving(unit_id: str | None) -> bool:
+        unit = units.get(unit_id)
+        if unit is None or unit.kind not in _TOWN_KINDS:
+            return False  # the county's brigade, a sector regulator: the premises stays in their remit
+        tier = _KIND_TIER[unit.kind]
+        if old.get(tier) == unit_id and new.get(tier) != unit_id:
+            return True
+        return town_changed and unit.town_id == from_location[0]
+
+    successor = {u: new.get(_KIND_TIER[units[u].kind]) for u in involved if leaving(u)}
+    if not successor:
+        return None
     affected = []
-    for hazard_id, tier, holder in hazards:
-        if holder in remap and remap[holder] is None and old.get(tier) == holder:
-            raise Invalid(f"grid_id: the premises' open hazard {hazard_id} is held by its {tier} and the new "
-                          f"location has no {tier} unit configured to take it over", code="routing_failed",
+    copied = {h for h, u in copies if u in successor}
+    for hazard_id, status, holder, previous in hazards:
+        if holder in successor and successor[holder] is None and status in OPEN_STATUSES:
+            tier = _KIND_TIER[units[holder].kind]
+            raise Invalid(f"grid_id: the premises' open hazard {hazard_id} is held by a {tier} it leaves, and the "
+                          f"new location has no {tier} unit configured to take it over", code="routing_failed",
                           field="grid_id", hazard_id=hazard_id, tier=tier)
-        if holder in remap or hazard_id in copied:
+        if holder in successor or previous in successor or hazard_id in copied:
             affected.append(hazard_id)
-    return Relocation(place_id, from_location, to_location, old, remap, tuple(affected)) if affected else None
+    if not affected:
+        return None
+    return Relocation(place_id, from_location, to_location, successor, tuple(affected))
 
 
 def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, now: datetime) -> None:
-    """After the move (the hazards already carry the new town): each open hazard held by its old
-    location's unit of its tier is transferred (移送) to the new location's unit of that tier, with
-    every clock restarted for the new holder, as a transfer does. The old holder keeps no copy: the
-    premises has left its jurisdiction. Copies to the old location's units pass to the new
-    location's. A holder the hazard was transferred to by hand is left alone."""
-    remap = moved.remap
+    """After the move (the hazards already carry the new town): every hazard held by a body whose
+    jurisdiction the premises left goes to that body's counterpart there.
+
+    An open one is transferred (移送, event ``relocated``) with every clock restarted for the new
+    holder, as a transfer does; a closed or dismissed one is handed over as it is (event and
+    referral hop ``relocated``, ended as it was), so that a reopening reaches the body now answerable.
+    The old body keeps no copy, and copies to such bodies pass to their counterparts. The previous
+    holder a ``return`` goes back to is the counterpart of the one before the move: a move is not a
+    hop anyone may return."""
+    successor = moved.successor
     (from_town, from_community), (to_town, to_community) = moved.from_location, moved.to_location
+
     def name(unit_id: str | None) -> str:
         unit = session.get(OrgUnit, unit_id) if unit_id else None
         return unit.name if unit is not None else str(unit_id)
@@ -530,23 +540,58 @@ def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, no
         reason = f"场所迁入{name(to_town)} (premises moved from {name(from_town)} to {name(to_town)})"
     else:
         reason = f"场所迁入{name(to_community)} (premises moved from {name(from_community)} to {name(to_community)})"
+    extra = {"place_id": moved.place_id, "from_town_id": from_town, "to_town_id": to_town,
+             "from_community_id": from_community, "to_community_id": to_community}
     for hazard_id in moved.hazard_ids:
         h = lock_hazard(session, hazard_id)
-        if h is None or h.status not in OPEN_STATUSES:  # pragma: no cover - planned in this transaction
+        if h is None:  # pragma: no cover - planned in this transaction
             continue
-        if moved.old_units.get(h.tier) == h.holder_unit_id and remap.get(h.holder_unit_id):
-            act(session, rules, h, Action.TRANSFER, ActionParams(to_unit_id=remap[h.holder_unit_id], reason=reason),
-                actor, now, event_kind="relocated", copy_sender=False,
-                extra={"place_id": moved.place_id, "from_town_id": from_town, "to_town_id": to_town,
-                       "from_community_id": from_community, "to_community_id": to_community})
+        previous, previous_tier = h.previous_holder_unit_id, h.previous_tier
+        target = successor.get(h.holder_unit_id)
+        if target and h.status in OPEN_STATUSES:
+            act(session, rules, h, Action.TRANSFER, ActionParams(to_unit_id=target, reason=reason),
+                actor, now, event_kind="relocated", copy_sender=False, extra=extra)
+        elif target:
+            _hand_over_closed(session, h, target, reason, actor, now, extra)
+        if previous in successor:
+            h.previous_holder_unit_id = successor[previous]
+            h.previous_tier = previous_tier if successor[previous] else None
+        elif target:
+            h.previous_holder_unit_id, h.previous_tier = previous, previous_tier
+        session.add(h)
+        copies: dict[str, str | None] = {}
         for cc in session.exec(select(HazardCC).where(HazardCC.hazard_id == h.id,
-                                                      HazardCC.unit_id.in_(list(remap)))).all():
-            target = remap[cc.unit_id]
+                                                      HazardCC.unit_id.in_(list(successor)))).all():
+            to = successor[cc.unit_id]
             session.delete(cc)
-            if target and target != h.holder_unit_id and session.get(HazardCC, (h.id, target)) is None:
-                session.add(HazardCC(hazard_id=h.id, unit_id=target, reason=cc.reason, added_at=now,
-                                     next_due=h.next_due, is_open=True))
+            if to and to != h.holder_unit_id and session.get(HazardCC, (h.id, to)) is None:
+                session.add(HazardCC(hazard_id=h.id, unit_id=to, reason=cc.reason, added_at=now))
+            copies[cc.unit_id] = to if to != h.holder_unit_id else None
+        if copies and not target:  # the holder stays (the brigade, say): the record still says why the copies moved
+            h.updated_at, h.version = now, h.version + 1
+            events = [event_row(h, "relocated", actor, now, data={"copies": copies, "reason": reason, **extra})]
+            session.flush()
+            insert_events(session, events)
         session.flush()
+        sync_cc(session, h)
+
+
+def _hand_over_closed(session: Session, h: Hazard, target: str, reason: str, actor: Actor, now: datetime,
+                      extra: dict[str, Any]) -> None:
+    """A closed or dismissed hazard's holder passes to ``target``: a hop that ends as it starts."""
+    hop = _current_hop(session, h.id)
+    session.add(Referral(hazard_id=h.id, seq=(hop.seq if hop else 0) + 1, from_unit_id=h.holder_unit_id,
+                         to_unit_id=target, tier=h.tier, via="relocated", reason=reason, sent_at=now,
+                         ack_due=h.ack_due, ended_at=now, outcome=hop.outcome if hop else h.status))
+    events = [event_row(h, "relocated", actor, now, data={"from_unit_id": h.holder_unit_id, "to_unit_id": target,
+                                                          "status": h.status, "reason": reason, **extra})]
+    h.holder_unit_id = target
+    h.updated_at = now
+    h.version += 1
+    session.add(h)
+    session.flush()
+    insert_events(session, events)
+
 
 # -- field re-inspections (复查), possibly late and out of order ----------------------------
 

@@ -255,6 +255,8 @@ def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
     """Write a planned run with one statement per table. None (nothing written) if the database refuses
     it — an op_id or record id taken meanwhile — so the caller re-applies the run op by op."""
     inspections, hazards, sync_rows = plan.prepared
+    if _moved_since_planned(ctx.session, plan):
+        return None  # routed for where a premises was: re-planned op by op, under the write lock
     savepoint = ctx.session.begin_nested()
     try:
         insert_prepared(ctx.session, inspections)
@@ -265,6 +267,21 @@ def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
         savepoint.rollback()
         return None
     return plan.results
+
+
+_WHERE_PLACES = sa.select(Place.id, Place.grid_id, Place.town_id, Place.community_id).where(
+    Place.id.in_(sa.bindparam("ids", expanding=True)))
+
+
+def _moved_since_planned(session: Session, plan: _RunPlan) -> bool:
+    """Whether a premises the run routed hazards for has moved since it was planned (on a read
+    transaction, before the write lock): a hazard must be held by the bodies of where its premises is."""
+    planned = {p.hazard.place_id: (p.hazard.grid_id, p.hazard.town_id, p.hazard.community_id) for p in plan.planned}
+    if not planned:
+        return False
+    now = {pid: (grid, town, community) for pid, grid, town, community
+           in session.execute(_WHERE_PLACES, {"ids": list(planned)})}
+    return any(now.get(pid) != where for pid, where in planned.items())
 
 
 def _plan_op(ctx: PushContext, state: _RunState, data) -> tuple[dict, list[PlannedHazard], dict | None]:

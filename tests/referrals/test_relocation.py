@@ -50,7 +50,7 @@ def test_a_town_office_hazard_goes_to_the_new_towns_office(client, session, unit
     h = _hazard(session, hid)
     assert (h.holder_unit_id, h.tier, h.town_id) == (units["office-b"].id, "town_office", units["town-b"].id)
     assert h.status == "referred"  # the new holder reports in (报到) on a fresh clock, as after any transfer
-    assert h.previous_holder_unit_id == units["office-a"].id
+    assert h.previous_holder_unit_id is None  # a move is not a hop to `return`: it had none before
     hops = session.exec(select(Referral).where(Referral.hazard_id == hid).order_by(Referral.seq)).all()
     assert [(x.from_unit_id, x.to_unit_id, x.via, x.outcome) for x in hops] == [
         (None, units["office-a"].id, "route", "transferred"), (units["office-a"].id, units["office-b"].id, "transfer", None)]
@@ -96,23 +96,35 @@ def test_a_brigade_hazard_keeps_its_holder_and_its_copies_move(client, session, 
 
     h = _hazard(session, hid)
     assert (h.holder_unit_id, h.status) == (units["brigade"].id, "referred")  # the county's brigade either way
-    assert h.event_seq == events_before  # no transfer, no event: only who is copied changed
+    assert h.event_seq == events_before + 1  # no transfer; one event says why the copies changed
+    detail = client.get(f"/api/v1/hazards/{hid}", headers=login(client, "brigade", device="desk")).json()
+    moved = detail["timeline"][-1]
+    assert moved["kind"] == "relocated" and moved["data"]["copies"][units["office-a"].id] == units["office-b"].id
     ccs = _ccs(session, hid)
     assert units["office-b"].id in ccs and units["police-b"].id in ccs
     assert units["office-a"].id not in ccs and units["police-a"].id not in ccs
 
 
-def test_closed_hazards_stay_with_the_body_that_closed_them(client, session, units):
+def test_a_closed_hazard_passes_to_the_new_towns_office_as_it_is(client, session, units):
+    """Closed, it is not transferred (nothing to act on), but its record goes with the premises: the old
+    office no longer sees it, and a reopening reaches the body now answerable."""
     place, hid = _report(client, session, units, "grid-a-1-1", "rental", category="ebike_indoor")
     office_a = login(client, "office-a", device="desk")
     for body in ({"action": "accept"}, {"action": "close", "override_reason": "当场整改完毕"}):
         assert client.post(f"/api/v1/hazards/{hid}/actions", json=body, headers=office_a).status_code == 200, body
-    seq = _hazard(session, hid).event_seq
+    closed_at = _hazard(session, hid).closed_at
 
     assert _move(client, place.id, units["grid-b-1-1"].id).status_code == 200
 
     h = _hazard(session, hid)
-    assert (h.status, h.holder_unit_id, h.event_seq) == ("closed", units["office-a"].id, seq)
+    assert (h.status, h.holder_unit_id, h.closed_at) == ("closed", units["office-b"].id, closed_at)
+    hops = session.exec(select(Referral).where(Referral.hazard_id == hid).order_by(Referral.seq)).all()
+    assert [(x.to_unit_id, x.via, x.outcome) for x in hops] == [
+        (units["office-a"].id, "route", "closed"), (units["office-b"].id, "relocated", "closed")]
+    assert hops[-1].ended_at is not None
+    assert client.get(f"/api/v1/hazards/{hid}", headers=office_a).status_code == 404
+    timeline = client.get(f"/api/v1/hazards/{hid}", headers=login(client, "office-b", device="desk")).json()["timeline"]
+    assert [e["kind"] for e in timeline][-2:] == ["close", "relocated"]  # who closed it stays on record
 
 
 def test_a_move_within_the_same_bodies_jurisdiction_transfers_nothing(client, session, units):
@@ -215,17 +227,36 @@ def test_a_closed_hazard_reopened_after_the_move_goes_to_the_new_towns_office(cl
     for body in ({"action": "accept"}, {"action": "close", "override_reason": "当场整改完毕"}):
         assert client.post(f"/api/v1/hazards/{hid}/actions", json=body, headers=office_a).status_code == 200
     assert _move(client, place.id, units["grid-b-1-1"].id).status_code == 200
-    assert _hazard(session, hid).holder_unit_id == units["office-a"].id  # closed: its record stays
+    assert client.post(f"/api/v1/hazards/{hid}/actions", json={"action": "reopen", "reason": "复发"},
+                       headers=office_a).status_code == 404  # no longer its premises
 
     r = client.post(f"/api/v1/hazards/{hid}/actions", json={"action": "reopen", "reason": "复发"}, headers=office_b)
     assert r.status_code == 200, r.text
     h = _hazard(session, hid)
     assert (h.status, h.holder_unit_id, h.town_id) == ("referred", units["office-b"].id, units["town-b"].id)
-    kinds = [e["kind"] for e in r.json()["timeline"]]
-    assert kinds[-2:] == ["reopen", "relocated"]
+    hop = session.exec(select(Referral).where(Referral.hazard_id == hid).order_by(Referral.seq.desc())).first()
+    assert (hop.to_unit_id, hop.ended_at, hop.outcome) == (units["office-b"].id, None, None)  # the live hop
     assert units["office-a"].id not in _ccs(session, hid)
-    # the new holder goes on with it
     assert client.post(f"/api/v1/hazards/{hid}/actions", json={"action": "accept"}, headers=office_b).status_code == 200
+
+
+def test_return_after_a_move_goes_to_the_new_towns_counterpart_of_the_sender(client, session, units):
+    """An escalated hazard remembers who passed it up; after the move `return` reaches that body's
+    counterpart in the new town, not the old town's body, and a move is not a hop to return."""
+    place, hid = _report(client, session, units, "grid-a-1-1", "rental", category="ebike_indoor")
+    office_a = login(client, "office-a", device="desk")
+    r = client.post(f"/api/v1/hazards/{hid}/actions", json={"action": "escalate", "reason": "需要公安"}, headers=office_a)
+    assert r.status_code == 200, r.text
+    assert _hazard(session, hid).holder_unit_id == units["police-a"].id
+
+    assert _move(client, place.id, units["grid-b-1-1"].id).status_code == 200
+    h = _hazard(session, hid)
+    assert (h.holder_unit_id, h.previous_holder_unit_id) == (units["police-b"].id, units["office-b"].id)
+
+    r = client.post(f"/api/v1/hazards/{hid}/actions", json={"action": "return", "reason": "不属公安管辖"},
+                    headers=login(client, "police-b", device="desk"))
+    assert r.status_code == 200, r.text
+    assert _hazard(session, hid).holder_unit_id == units["office-b"].id
 
 
 def test_a_hazard_reopened_in_its_own_town_stays_with_its_holder(client, session, units):
