@@ -32,6 +32,25 @@ def _move(client, place_id: str, grid_id: str, who: str = "admin"):
     return client.patch(f"/api/v1/places/{place_id}", json={"grid_id": grid_id}, headers=login(client, who, device="desk"))
 
 
+def bare_town(session, units):
+    """A new town of the county with a community and a grid but no office or police station; its grid."""
+    town_c = create_unit(session, code="town-c", name="新设镇", kind=UnitKind.town, parent=units["county"])
+    community_c = create_unit(session, code="community-c-1", name="新设社区", kind=UnitKind.community, parent=town_c)
+    grid_c = create_unit(session, code="grid-c-1-1", name="新设网格", kind=UnitKind.grid, parent=community_c)
+    session.commit()
+    return grid_c
+
+
+def beat_station(session, units):
+    """A second police station of town b whose beat is its community 2 (community-b-1 stays police-b's)."""
+    station = create_unit(session, code="police-b-2", name="第二派出所", kind=UnitKind.police_station, parent=units["town-b"])
+    community = session.get(type(units["community-b-2"]), units["community-b-2"].id)
+    community.police_station_id = station.id
+    session.add(community)
+    session.commit()
+    return station
+
+
 def _ccs(session, hazard_id: str) -> dict[str, str]:
     session.expire_all()
     return {cc.unit_id: cc.reason for cc in session.exec(select(HazardCC).where(HazardCC.hazard_id == hazard_id))}
@@ -137,11 +156,7 @@ def test_a_move_within_the_same_bodies_jurisdiction_transfers_nothing(client, se
 
 
 def test_a_move_the_new_town_cannot_take_is_refused_and_changes_nothing(client, session, units):
-    county = units["county"]
-    town_c = create_unit(session, code="town-c", name="新设镇", kind=UnitKind.town, parent=county)
-    community_c = create_unit(session, code="community-c-1", name="新设社区", kind=UnitKind.community, parent=town_c)
-    grid_c = create_unit(session, code="grid-c-1-1", name="新设网格", kind=UnitKind.grid, parent=community_c)
-    session.commit()
+    grid_c = bare_town(session, units)
     place, hid = _report(client, session, units, "grid-a-1-1", "rental", category="ebike_indoor")
     seq = _hazard(session, hid).event_seq
 
@@ -167,11 +182,7 @@ def test_a_redrawn_boundary_imported_as_csv_moves_the_hazards_and_reports_what_i
     from app.referrals.service import Rules, load_calendar
 
     movable, hid = _report(client, session, units, "grid-a-1-1", "rental", category="ebike_indoor")
-    town_c = create_unit(session, code="town-c", name="新设镇", kind=UnitKind.town, parent=units["county"])
-    grid_c = create_unit(session, code="grid-c-1-1", name="新设网格", kind=UnitKind.grid,
-                         parent=create_unit(session, code="community-c-1", name="新设社区", kind=UnitKind.community,
-                                            parent=town_c))
-    session.commit()
+    grid_c = bare_town(session, units)
     stuck = Place(id="00000000-0000-4000-8000-00000000c0de", name="卡住", address="", grid_id=units["grid-a-2-1"].id,
                   town_id=units["town-a"].id, community_id=units["community-a-2"].id, place_class="rental")
     session.add(stuck)
@@ -200,11 +211,7 @@ def test_a_push_that_moves_a_premises_to_another_beat_hands_its_police_hazard_to
     changes the station, and a phone's place.upsert triggers it like the desk's PATCH."""
     from tests.helpers import op, push
 
-    station = create_unit(session, code="police-b-2", name="第二派出所", kind=UnitKind.police_station, parent=units["town-b"])
-    community = session.get(type(units["community-b-2"]), units["community-b-2"].id)
-    community.police_station_id = station.id
-    session.add(community)
-    session.commit()
+    station = beat_station(session, units)
     place, hid = _report(client, session, units, "grid-b-1-1", "key_unit_3", category="blocked_exit")
     assert _hazard(session, hid).holder_unit_id == units["police-b"].id
 

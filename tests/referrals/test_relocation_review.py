@@ -14,23 +14,7 @@ from app.places.models import Place
 from tests.conftest import login
 from tests.helpers import op, place_of, push, report, uid
 
-NOW = datetime.now(timezone.utc)
-
-
-def _hazard(session, hazard_id: str) -> Hazard:
-    session.expire_all()
-    return session.get(Hazard, hazard_id)
-
-
-def _report(client, session, units, grid: str, place_class: str, **kw) -> tuple[Place, str]:
-    place = place_of(session, units, grid, place_class)
-    worker = login(client, {"a": "worker-a1", "b": "worker-b1"}[grid.split("-")[1]])
-    result = report(client, worker, place.id, NOW - timedelta(minutes=5), photos=[], **kw)
-    return place, result["hazard_id"]
-
-
-def _move(client, place_id: str, grid_id: str, who: str = "admin"):
-    return client.patch(f"/api/v1/places/{place_id}", json={"grid_id": grid_id}, headers=login(client, who, device="desk"))
+from tests.referrals.test_relocation import NOW, _hazard, _move, _report, bare_town, beat_station
 
 
 def _act(client, hid: str, who: str, body: dict):
@@ -130,11 +114,7 @@ def test_an_escalated_hazard_goes_to_the_police_of_the_new_town_and_the_office_c
 
 
 def test_a_replayed_place_upsert_is_a_duplicate_and_does_not_move_twice(client, session, units):
-    station = create_unit(session, code="police-b-2", name="第二派出所", kind=UnitKind.police_station, parent=units["town-b"])
-    community = session.get(OrgUnit, units["community-b-2"].id)
-    community.police_station_id = station.id
-    session.add(community)
-    session.commit()
+    station = beat_station(session, units)
     place, hid = _report(client, session, units, "grid-b-1-1", "key_unit_3", category="blocked_exit")
     office_b = login(client, "office-b", device="desk-b")
     move = op("place.upsert", {"id": place.id, "name": place.name, "address": place.address,
@@ -192,11 +172,7 @@ def test_csv_rows_touching_one_premises_apply_in_order(client, session, units, t
     from app.referrals.service import Rules, load_calendar
 
     place, hid = _report(client, session, units, "grid-a-1-1", "key_unit_3", category="blocked_exit")
-    town_c = create_unit(session, code="town-c", name="新设镇", kind=UnitKind.town, parent=units["county"])
-    grid_c = create_unit(session, code="grid-c-1-1", name="新设网格", kind=UnitKind.grid,
-                         parent=create_unit(session, code="community-c-1", name="新设社区", kind=UnitKind.community,
-                                            parent=town_c))
-    session.commit()
+    grid_c = bare_town(session, units)
     csv = tmp_path / "rows.csv"
     csv.write_text("id,name,address,grid,place_class\n"
                    f"{place.id},{place.name},{place.address},grid-b-1-1,key_unit_3\n"
@@ -260,11 +236,7 @@ def test_reopening_a_moved_brigade_hazard_copies_the_new_town_not_the_old(client
 
 
 def test_reopening_after_a_move_to_another_beat_goes_to_that_beats_station(client, session, units):
-    station = create_unit(session, code="police-b-2", name="第二派出所", kind=UnitKind.police_station, parent=units["town-b"])
-    community = session.get(OrgUnit, units["community-b-2"].id)
-    community.police_station_id = station.id
-    session.add(community)
-    session.commit()
+    station = beat_station(session, units)
     place, hid = _report(client, session, units, "grid-b-1-1", "key_unit_3", category="blocked_exit")
     _ok(client, hid, "police-b", {"action": "accept"})
     _ok(client, hid, "police-b", {"action": "close", "override_reason": "当场整改"})
