@@ -47,9 +47,9 @@ def get_place(place_id: str, p: CurrentPrincipal, session: SessionDep):
 @router.patch("/places/{place_id}", response_model=PlacePublic)
 def update_place(place_id: str, body: PlaceUpdate, p: CurrentPrincipal, session: SessionDep, now: NowDep,
                  rules: RulesDep):
-    """Change a premises. Moved to another town or community, its open hazards pass to the bodies
-    there (a `relocated` transfer on each one's timeline); 422 `routing_failed` if the new location
-    lacks a body that must take one over."""
+    """Change a premises. Moved to another town or police beat, its hazards pass to the bodies there
+    (`relocated` on each one's timeline); 422 `routing_failed` if the new location lacks a body that
+    must take an open one over."""
     place = visible_place(session, p.scope, place_id)
     p.scope.require_place_editor()
     return PlacePublic.of(service.update_place(session, p.scope, place, body, rules=rules, now=now,

@@ -57,7 +57,7 @@ def create_place(session: Session, scope: Scope | None, data: PlaceCreate) -> Pl
 
 def update_place(session: Session, scope: Scope | None, place: Place, data: PlaceUpdate, *,
                  rules: Rules | None = None, actor: Actor | None = None, now: datetime | None = None) -> Place:
-    """Change a premises. Moved to another town or community, its open hazards go to the bodies
+    """Change a premises. Moved to another town or community, its hazards go to the bodies
     whose jurisdiction it now lies in (referrals.service.relocate, which needs ``rules``; ``actor``:
     who moved it, the system if None)."""
     from app.referrals.service import plan_relocation, relocate
@@ -182,7 +182,7 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
 
     Re-importing the same file updates rather than duplicates: a row matches an existing place by
     its `id` column when given, else by (grid, name, address). A row that moves a premises to another
-    town or community (a boundary redrawn) takes its open hazards to the new location's bodies
+    town or community (a boundary redrawn) takes its hazards to the new location's bodies
     (``rules`` needed for that); one the new location cannot take is reported and skipped.
     """
     report = ImportReport()

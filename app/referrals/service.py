@@ -430,15 +430,20 @@ def _check_merge_target(session: Session, h: Hazard, target_id: str | None) -> N
         raise Invalid("merge_into_id: the original must still be open", code="bad_merge_target", field="merge_into_id")
 
 
+def _record(session: Session, h: Hazard, kind: str, actor: Actor, now: datetime, data: dict[str, Any]) -> None:
+    """Save a change made to a locked hazard outside the lifecycle, with the event that says why."""
+    h.version += 1
+    h.updated_at = now
+    ev = event_row(h, kind, actor, now, data=data)
+    session.add(h)
+    session.flush()
+    insert_events(session, [ev])
+
+
 def _merge_into(session: Session, dup: Hazard, target_id: str, actor: Actor, now: datetime) -> None:
     target = lock_hazard(session, target_id)
     target.photos = list(dict.fromkeys([*target.photos, *dup.photos]))  # the evidence travels with it
-    target.version += 1
-    target.updated_at = now
-    ev = event_row(target, "merged_in", actor, now, data={"from_hazard_id": dup.id, "photos": dup.photos})
-    session.add(target)
-    session.flush()
-    insert_events(session, [ev])
+    _record(session, target, "merged_in", actor, now, {"from_hazard_id": dup.id, "photos": dup.photos})
     register_refs(session, target.id, "hazard", target.id, dup.photos)
 
 
@@ -449,7 +454,6 @@ def follow_merges(session: Session, hazard_id: str) -> Hazard | None:
     while h is not None and h.merged_into_id and hops < 10:
         h, hops = lock_hazard(session, h.merged_into_id), hops + 1
     return h
-
 
 
 # -- a premises moved to another town or community ----------------------------------------
@@ -553,11 +557,9 @@ def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, no
                 actor, now, event_kind="relocated", copy_sender=False, extra=extra)
         elif target:
             _hand_over_closed(session, h, target, reason, actor, now, extra)
-        if previous in successor:
-            h.previous_holder_unit_id = successor[previous]
-            h.previous_tier = previous_tier if successor[previous] else None
-        elif target:
-            h.previous_holder_unit_id, h.previous_tier = previous, previous_tier
+        if target or previous in successor:  # a transfer made the old holder the previous one: undo that
+            h.previous_holder_unit_id = successor.get(previous, previous)
+            h.previous_tier = previous_tier if h.previous_holder_unit_id else None
         session.add(h)
         copies: dict[str, str | None] = {}
         for cc in session.exec(select(HazardCC).where(HazardCC.hazard_id == h.id,
@@ -568,10 +570,7 @@ def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, no
                 session.add(HazardCC(hazard_id=h.id, unit_id=to, reason=cc.reason, added_at=now))
             copies[cc.unit_id] = to if to != h.holder_unit_id else None
         if copies and not target:  # the holder stays (the brigade, say): the record still says why the copies moved
-            h.updated_at, h.version = now, h.version + 1
-            events = [event_row(h, "relocated", actor, now, data={"copies": copies, "reason": reason, **extra})]
-            session.flush()
-            insert_events(session, events)
+            _record(session, h, "relocated", actor, now, {"copies": copies, "reason": reason, **extra})
         session.flush()
         sync_cc(session, h)
 
@@ -583,14 +582,9 @@ def _hand_over_closed(session: Session, h: Hazard, target: str, reason: str, act
     session.add(Referral(hazard_id=h.id, seq=(hop.seq if hop else 0) + 1, from_unit_id=h.holder_unit_id,
                          to_unit_id=target, tier=h.tier, via="relocated", reason=reason, sent_at=now,
                          ack_due=h.ack_due, ended_at=now, outcome=hop.outcome if hop else h.status))
-    events = [event_row(h, "relocated", actor, now, data={"from_unit_id": h.holder_unit_id, "to_unit_id": target,
-                                                          "status": h.status, "reason": reason, **extra})]
+    data = {"from_unit_id": h.holder_unit_id, "to_unit_id": target, "status": h.status, "reason": reason, **extra}
     h.holder_unit_id = target
-    h.updated_at = now
-    h.version += 1
-    session.add(h)
-    session.flush()
-    insert_events(session, events)
+    _record(session, h, "relocated", actor, now, data)
 
 
 # -- field re-inspections (复查), possibly late and out of order ----------------------------

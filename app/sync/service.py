@@ -198,6 +198,7 @@ class _RunPlan:
     inspections: list[dict]
     sync_rows: list[dict]
     prepared: tuple[PreparedInsert, PreparedHazards, PreparedInsert] | None = None  # bound rows, see _prepare
+    planned_on: Session | None = None  # if not the writer's session, a premises may have moved since
 
 
 def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPlan:
@@ -216,7 +217,7 @@ def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPla
             early[k] = _validation_rejected(op, exc)
     state = _RunState(ctx, parsed, list({op.op_id for op in run if op.op_id not in done}))
     done.update(state.done)
-    plan = _RunPlan(run, [], [], [], [])
+    plan = _RunPlan(run, [], [], [], [], planned_on=ctx.session)
     results: list[OpResult | None] = []
     applied: dict[str, dict] = {}
     for k, (op, data) in enumerate(zip(run, parsed)):
@@ -255,7 +256,7 @@ def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
     """Write a planned run with one statement per table. None (nothing written) if the database refuses
     it — an op_id or record id taken meanwhile — so the caller re-applies the run op by op."""
     inspections, hazards, sync_rows = plan.prepared
-    if _moved_since_planned(ctx.session, plan):
+    if plan.planned_on is not ctx.session and _moved_since_planned(ctx.session, plan):
         return None  # routed for where a premises was: re-planned op by op, under the write lock
     savepoint = ctx.session.begin_nested()
     try:
