@@ -256,7 +256,10 @@ def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
     """Write a planned run with one statement per table. None (nothing written) if the database refuses
     it — an op_id or record id taken meanwhile — so the caller re-applies the run op by op."""
     inspections, hazards, sync_rows = plan.prepared
-    if plan.planned_on is not ctx.session and _moved_since_planned(ctx.session, plan):
+    # SQLite: a run planned on the writer's own session was planned under the write lock. PostgreSQL
+    # has no such lock: a move may be under way whatever session planned the run (see _moved_since_planned)
+    postgres = ctx.session.get_bind().dialect.name == "postgresql"
+    if (postgres or plan.planned_on is not ctx.session) and _moved_since_planned(ctx.session, plan, lock=postgres):
         return None  # routed for where a premises was: re-planned op by op, under the write lock
     savepoint = ctx.session.begin_nested()
     try:
@@ -271,17 +274,24 @@ def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
 
 
 _WHERE_PLACES = sa.select(Place.id, Place.grid_id, Place.town_id, Place.community_id).where(
-    Place.id.in_(sa.bindparam("ids", expanding=True)))
+    Place.id.in_(sa.bindparam("ids", expanding=True))).order_by(Place.id)
+# PostgreSQL: FOR SHARE waits for a move that has locked the premises (places.service.update_place) and
+# then reads it as that move committed it; and, held until this push commits, it keeps a later move
+# waiting until then, so that the move's relocation finds these hazards. A plain read would see neither:
+# the hazards would be written for the old location behind the move's back. In id order, so that two
+# writers locking the same premises take them in the same order.
+_WHERE_PLACES_LOCKED = _WHERE_PLACES.with_for_update(read=True)
 
 
-def _moved_since_planned(session: Session, plan: _RunPlan) -> bool:
+def _moved_since_planned(session: Session, plan: _RunPlan, *, lock: bool = False) -> bool:
     """Whether a premises the run routed hazards for has moved since it was planned (on a read
-    transaction, before the write lock): a hazard must be held by the bodies of where its premises is."""
+    transaction, before the write lock): a hazard must be held by the bodies of where its premises is.
+    ``lock`` (PostgreSQL): keep the premises from moving until the transaction ends."""
     planned = {p.hazard.place_id: (p.hazard.grid_id, p.hazard.town_id, p.hazard.community_id) for p in plan.planned}
     if not planned:
         return False
     now = {pid: (grid, town, community) for pid, grid, town, community
-           in session.execute(_WHERE_PLACES, {"ids": list(planned)})}
+           in session.execute(_WHERE_PLACES_LOCKED if lock else _WHERE_PLACES, {"ids": list(planned)})}
     return any(now.get(pid) != where for pid, where in planned.items())
 
 
@@ -362,7 +372,12 @@ def _not_future(ctx: PushContext, value: datetime | None, field: str) -> None:
 
 
 def _place(ctx: PushContext, place_id: str, field: str = "place_id") -> Place:
-    place = ctx.session.get(Place, place_id)
+    """The premises a new record is routed by. On PostgreSQL read as it is, FOR SHARE, and kept from
+    moving until the push commits: see _WHERE_PLACES_LOCKED."""
+    if ctx.session.get_bind().dialect.name == "postgresql":
+        place = ctx.session.get(Place, place_id, with_for_update={"read": True}, populate_existing=True)
+    else:
+        place = ctx.session.get(Place, place_id)
     if place is None or not ctx.scope.sees_place(place):
         raise NotFound(f"data.{field}: no premises {place_id} in your grids", code="unknown_place", field=f"data.{field}")
     return place
