@@ -79,8 +79,10 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
         grid = _resolve_grid(session, scope, changes["grid_id"])
         if (grid.town_id, grid.community_id) != (place.town_id, place.community_id):
             # checked before anything changes: a move the new location cannot take changes nothing
-            relocation = plan_relocation(session, place.id, (place.town_id, place.community_id),
-                                         (grid.town_id, grid.community_id))
+            relocation = plan_relocation(
+                session, place.id, (place.town_id, place.community_id), (grid.town_id, grid.community_id),
+                rules=rules, place_class=changes.get("place_class", place.place_class),
+                sector_regulator_id=changes.get("sector_regulator_id", place.sector_regulator_id), now=now)
             if relocation is not None and rules is None:
                 raise TypeError("update_place: moving a premises with open hazards needs the rules")
     _resolve_regulator(session, changes.get("sector_regulator_id"))

@@ -214,7 +214,7 @@ class ActionParams:
     deadline: datetime | None = None  # order_rectification; record_reinspection(rectified=False)
     reason: str | None = None  # transfer, return, dismiss, reopen (required); escalate (optional)
     to_unit_id: str | None = None  # escalate, transfer: resolved by the service
-    to_tier: str | None = None  # return: only when state.previous_tier is unknown
+    to_tier: str | None = None  # return: only when state.previous_tier is unknown; transfer: a moved premises
     rectified: bool | None = None  # record_reinspection
     photos: int = 0  # record_reinspection: number of photos of the fix
     override_reason: str | None = None  # close without photo evidence
@@ -500,8 +500,12 @@ def apply(
 
     elif action is Action.TRANSFER:
         reason = _text(params.reason, "reason", action)
-        # same tier; the service checks the target unit's tier
-        new = _hand_over(state, params, action, state.tier, now, calendar, policy)
+        # same tier, but for a premises that moved where the policy wants a higher one (the service sets
+        # to_tier then; people cannot); the service checks the target unit's tier
+        tier = params.to_tier or state.tier
+        if tier not in TIER_ORDER:
+            raise InvalidParameter("to_tier", f"must be one of {', '.join(TIER_ORDER)}")
+        new = _hand_over(state, params, action, tier, now, calendar, policy)
         effects.append(_hop(state, new, "transfer", reason))
 
     elif action is Action.RETURN:

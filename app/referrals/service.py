@@ -6,7 +6,7 @@ PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers), so two writers
 advance one hazard or its audit chain.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from datetime import datetime, timezone
 from collections.abc import Iterable
@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from app.audit.service import Actor, event_row, insert_events
 from app.audit.models import HazardEvent
-from app.db import PreparedInsert, insert_prepared, prepare_insert
+from app.db import PreparedInsert, insert_prepared, prepare_insert, utcnow
 from app.errors import Conflict, Invalid, NotFound
 from app.hazards.models import NO_DEADLINE, Hazard, HazardCC, Referral, Reinspection
 from app.org.models import OrgUnit, UnitKind
@@ -29,7 +29,7 @@ from app.referrals.calendar import WorkCalendar
 from app.referrals.lifecycle import Action, ActionParams, EffectKind, HazardState, Status
 from app.referrals.models import WorkdayOverride
 from app.referrals.policy import Policy
-from app.referrals.routing import Facts, RoutingError, next_tier, route
+from app.referrals.routing import TIER_ORDER, Decision, Facts, RoutingError, next_tier, route
 
 OPEN_STATUSES = (Status.REFERRED, Status.ACCEPTED, Status.RECTIFYING, Status.REINSPECTION_DUE)
 # Clocks the holder answers for; the owner's rectification deadline alone does not move the hazard.
@@ -313,8 +313,10 @@ def _current_hop(session: Session, hazard_id: str) -> Referral | None:
     return session.exec(select(Referral).where(Referral.hazard_id == hazard_id).order_by(Referral.seq.desc()).limit(1)).first()
 
 
-def resolve_target(session: Session, h: Hazard, action: Action, to_unit_id: str | None) -> str | None:
-    """Which unit an escalation or transfer goes to; checked against the tiers."""
+def resolve_target(session: Session, h: Hazard, action: Action, to_unit_id: str | None,
+                   to_tier: str | None = None) -> str | None:
+    """Which unit an escalation or transfer goes to; checked against the tiers (a transfer's: the
+    hazard's own, or ``to_tier`` when a moved premises raises it)."""
     if action is Action.ESCALATE:
         tier = next_tier(h.tier)
         if tier is None:
@@ -323,9 +325,10 @@ def resolve_target(session: Session, h: Hazard, action: Action, to_unit_id: str 
     if action is Action.TRANSFER:
         if not to_unit_id:
             return None  # lifecycle names the missing parameter
+        tier = to_tier or h.tier
         unit = session.get(OrgUnit, to_unit_id)
-        if unit is None or unit.kind != TIER_KIND[h.tier]:
-            raise Invalid(f"to_unit_id: a transfer goes to another {h.tier} unit (移送), not {unit.kind if unit else 'an unknown unit'}",
+        if unit is None or unit.kind != TIER_KIND[tier]:
+            raise Invalid(f"to_unit_id: a transfer goes to another {tier} unit (移送), not {unit.kind if unit else 'an unknown unit'}",
                           code="bad_transfer_target", field="to_unit_id")
         return unit.id
     return to_unit_id
@@ -342,7 +345,7 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
     that passes the hazard on keeps a copy (False when it leaves the unit's jurisdiction altogether)."""
     if action is Action.MERGE:
         _check_merge_target(session, h, params.merge_into_id)
-    target = resolve_target(session, h, action, params.to_unit_id)
+    target = resolve_target(session, h, action, params.to_unit_id, params.to_tier)
     if target is not None:
         params = replace(params, to_unit_id=target)
     if action is Action.ORDER_RECTIFICATION and params.deadline is None:
@@ -471,29 +474,38 @@ class Relocation:
     to_location: tuple[str, str | None]
     successor: dict[str, str | None]  # a body whose jurisdiction the premises leaves -> its counterpart there
     hazard_ids: tuple[str, ...]  # hazards held by, copied to, or last passed on by such a body
+    # hazard -> the policy's decision at the new location, where it names a higher tier than the
+    # counterpart's (a violation moved to a town without enforcement power goes to the police)
+    rerouted: dict[str, Decision] = field(default_factory=dict)
 
 
 def plan_relocation(session: Session, place_id: str, from_location: tuple[str, str | None],
-                    to_location: tuple[str, str | None]) -> Relocation | None:
+                    to_location: tuple[str, str | None], *, rules: Rules | None = None,
+                    place_class: str | None = None, sector_regulator_id: str | None = None,
+                    now: datetime | None = None) -> Relocation | None:
     """Before a premises moves: which of its hazards are held by (or copied to) a body whose
     jurisdiction it leaves, and which body takes each over. None if none.
 
     The bodies it leaves: its old location's town office and police station where the new one has
     others, and, when the town changes, every town office and police station of the old town (a
     hazard transferred by hand to another station there, say). Each one's counterpart is the new
-    location's unit of the same tier. Raises Invalid (``routing_failed``) if an open hazard needs a
-    counterpart the new location lacks: checked before anything is changed, so a refused move
-    changes nothing."""
+    location's unit of the same tier, unless the policy (``rules``), applied to the hazard at the
+    new location (``place_class`` and ``sector_regulator_id`` as the premises will be), names a
+    higher tier: then the hazard is re-routed there. Never a lower one: a hazard escalated or
+    referred up stays up. Raises Invalid (``routing_failed``) if an open hazard needs a unit the
+    new location lacks: checked before anything is changed, so a refused move changes nothing."""
     old = tier_units(session, *from_location)
-    new = tier_units(session, *to_location)
+    there = _town_units(session, *to_location)
+    new = there.units
     town_changed = from_location[0] != to_location[0]
-    hazards = session.exec(select(Hazard.id, Hazard.status, Hazard.holder_unit_id, Hazard.previous_holder_unit_id)
+    hazards = session.exec(select(Hazard.id, Hazard.status, Hazard.holder_unit_id, Hazard.previous_holder_unit_id,
+                                  Hazard.tier, Hazard.severity, Hazard.violation, Hazard.category)
                            .where(Hazard.place_id == place_id, Hazard.status != Status.MERGED.value)).all()
     if not hazards:
         return None
     ids = [h[0] for h in hazards]
     copies = session.exec(select(HazardCC.hazard_id, HazardCC.unit_id).where(HazardCC.hazard_id.in_(ids))).all()
-    involved = {u for h in hazards for u in h[2:] if u} | {u for _, u in copies}
+    involved = {u for h in hazards for u in h[2:4] if u} | {u for _, u in copies}
     units = {u.id: u for u in session.exec(select(OrgUnit).where(OrgUnit.id.in_(list(involved)))).all()}
 
     def leaving(unit_id: str | None) -> bool:
@@ -509,10 +521,25 @@ def plan_relocation(session: Session, place_id: str, from_location: tuple[str, s
     if not successor:
         return None
     affected = []
+    rerouted: dict[str, Decision] = {}
     copied = {h for h, u in copies if u in successor}
-    for hazard_id, status, holder, previous in hazards:
-        if holder in successor and successor[holder] is None and status in OPEN_STATUSES:
-            tier = _KIND_TIER[units[holder].kind]
+    for hazard_id, status, holder, previous, tier, severity, violation, category in hazards:
+        is_open = status in OPEN_STATUSES
+        if holder in successor and rules is not None and place_class is not None:
+            try:
+                decision = route(Facts(place_class=place_class, severity=severity, violation=violation,
+                                       category=category, town_enforcement=there.enforcement_power, units=new,
+                                       now=now or utcnow(), sector_regulator_unit_id=sector_regulator_id),
+                                 rules.policy, rules.calendar)
+            except RoutingError as exc:
+                if is_open:
+                    raise Invalid(f"grid_id: the premises' open hazard {hazard_id} cannot be routed at the new "
+                                  f"location: {exc}", code="routing_failed", field="grid_id",
+                                  hazard_id=hazard_id) from exc
+            else:
+                if TIER_ORDER.index(decision.tier) > TIER_ORDER.index(tier):
+                    rerouted[hazard_id] = decision
+        if holder in successor and successor[holder] is None and is_open and hazard_id not in rerouted:
             raise Invalid(f"grid_id: the premises' open hazard {hazard_id} is held by a {tier} it leaves, and the "
                           f"new location has no {tier} unit configured to take it over", code="routing_failed",
                           field="grid_id", hazard_id=hazard_id, tier=tier)
@@ -520,7 +547,7 @@ def plan_relocation(session: Session, place_id: str, from_location: tuple[str, s
             affected.append(hazard_id)
     if not affected:
         return None
-    return Relocation(place_id, from_location, to_location, successor, tuple(affected))
+    return Relocation(place_id, from_location, to_location, successor, tuple(affected), rerouted)
 
 
 def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, now: datetime) -> None:
@@ -551,12 +578,20 @@ def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, no
         if h is None:  # pragma: no cover - planned in this transaction
             continue
         previous, previous_tier = h.previous_holder_unit_id, h.previous_tier
-        target = successor.get(h.holder_unit_id)
+        decision = moved.rerouted.get(h.id)
+        target = decision.unit_id if decision else successor.get(h.holder_unit_id)
+        why = {**extra, "rule": decision.rule, "rule_reason_en": decision.reason_en} if decision else extra
         if target and h.status in OPEN_STATUSES:
-            act(session, rules, h, Action.TRANSFER, ActionParams(to_unit_id=target, reason=reason),
-                actor, now, event_kind="relocated", copy_sender=False, extra=extra)
+            act(session, rules, h, Action.TRANSFER,
+                ActionParams(to_unit_id=target, to_tier=decision.tier if decision else None, reason=reason),
+                actor, now, event_kind="relocated", copy_sender=False, extra=why)
         elif target:
-            _hand_over_closed(session, h, target, reason, actor, now, extra)
+            _hand_over_closed(session, h, target, reason, actor, now, why, tier=decision.tier if decision else None)
+        if decision:  # it is where it is by the policy's rule at the new location: the record says so
+            h.rule, h.reason_zh, h.reason_en = decision.rule, decision.reason_zh, decision.reason_en
+            h.policy_version = decision.policy_version
+            for unit_id in decision.cc:
+                _add_cc(session, h, unit_id, "routing", now)
         if target or previous in successor:  # a transfer made the old holder the previous one: undo that
             h.previous_holder_unit_id = successor.get(previous, previous)
             h.previous_tier = previous_tier if h.previous_holder_unit_id else None
@@ -576,14 +611,18 @@ def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, no
 
 
 def _hand_over_closed(session: Session, h: Hazard, target: str, reason: str, actor: Actor, now: datetime,
-                      extra: dict[str, Any]) -> None:
-    """A closed or dismissed hazard's holder passes to ``target``: a hop that ends as it starts."""
+                      extra: dict[str, Any], tier: str | None = None) -> None:
+    """A closed or dismissed hazard's holder passes to ``target`` (of ``tier``, if that changes): a
+    hop that ends as it starts."""
     hop = _current_hop(session, h.id)
+    tier = tier or h.tier
     session.add(Referral(hazard_id=h.id, seq=(hop.seq if hop else 0) + 1, from_unit_id=h.holder_unit_id,
-                         to_unit_id=target, tier=h.tier, via="relocated", reason=reason, sent_at=now,
+                         to_unit_id=target, tier=tier, via="relocated", reason=reason, sent_at=now,
                          ack_due=h.ack_due, ended_at=now, outcome=hop.outcome if hop else h.status))
     data = {"from_unit_id": h.holder_unit_id, "to_unit_id": target, "status": h.status, "reason": reason, **extra}
-    h.holder_unit_id = target
+    if tier != h.tier:
+        data["from_tier"], data["to_tier"] = h.tier, tier
+    h.holder_unit_id, h.tier = target, tier
     _record(session, h, "relocated", actor, now, data)
 
 

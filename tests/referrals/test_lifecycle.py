@@ -400,12 +400,21 @@ def test_transfer_restarts_every_clock(status):
     assert find(effects, EffectKind.CLOCK_STARTED, clock="ack")
 
 
+def test_transfer_of_a_moved_premises_hazard_may_name_the_tier_the_policy_wants_there():
+    new, effects = run(state_in(S.ACCEPTED), A.TRANSFER,
+                       ActionParams(reason="premises moved", to_unit_id="U-PS", to_tier="police_station"))
+    assert (new.status, new.tier, new.holder_unit_id) == (S.REFERRED, "police_station", "U-PS")
+    assert (new.previous_holder_unit_id, new.previous_tier) == ("U-TOWN-A", "town_office")
+    assert find(effects, EffectKind.REFERRAL_HOP, via="transfer", from_tier="town_office", to_tier="police_station")
+
+
 @pytest.mark.parametrize(
     ("params", "error", "field"),
     [
         (ActionParams(to_unit_id="U-TOWN-C"), MissingParameter, "reason"),
         (ActionParams(reason="wrong town"), MissingParameter, "to_unit_id"),
         (ActionParams(reason="wrong town", to_unit_id="U-TOWN-A"), InvalidParameter, "to_unit_id"),
+        (ActionParams(reason="moved", to_unit_id="U-PS", to_tier="county"), InvalidParameter, "to_tier"),
     ],
 )
 def test_transfer_parameter_errors(params, error, field):

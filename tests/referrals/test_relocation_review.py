@@ -1,6 +1,5 @@
 """Review of the relocation change (a premises moved to another town / police beat takes its open
-hazards along): the bugs it found, fixed, as regression tests, and one strict xfail for what is left
-(a moved violation keeps its tier: see the note on it)."""
+hazards along): the bugs it found, fixed, as regression tests."""
 
 from datetime import timedelta
 
@@ -266,9 +265,6 @@ def test_a_hazard_held_by_another_station_of_the_old_town_follows_the_premises(c
     assert second.id not in _ccs(session, hid)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: relocate() keeps the tier: a fire-law violation handed to a town office "
-                                        "under town B's enforcement power goes to town A's office, which has none "
-                                        "(policy: violation-to-police); the routing reason on record becomes false")
 def test_a_violation_moved_to_a_town_without_enforcement_power_goes_to_an_enforcement_body(client, session, units):
     place, hid = _report(client, session, units, "grid-b-1-1", "rental", category="blocked_exit", violation=True)
     h = _hazard(session, hid)
@@ -276,6 +272,51 @@ def test_a_violation_moved_to_a_town_without_enforcement_power_goes_to_an_enforc
     assert _move(client, place.id, units["grid-a-1-1"].id).status_code == 200
     h = _hazard(session, hid)
     assert h.tier == "police_station" and h.holder_unit_id == units["police-a"].id
+    # the record says why it is there now: the policy's rule at the new location, with its copy
+    assert (h.rule, h.status) == ("violation-to-police", "referred")
+    assert _ccs(session, hid) == {units["office-a"].id: True}
+    hop = session.exec(select(Referral).where(Referral.hazard_id == hid).order_by(Referral.seq.desc())).first()
+    assert (hop.from_unit_id, hop.to_unit_id, hop.tier) == (units["office-b"].id, units["police-a"].id, "police_station")
+    timeline = client.get(f"/api/v1/hazards/{hid}", headers=login(client, "police-a", device="desk")).json()["timeline"]
+    assert timeline[-1]["kind"] == "relocated" and timeline[-1]["data"]["rule"] == "violation-to-police"
+    assert hid in _queue_ids(client, "police-a") and hid in _queue_ids(client, "office-a", cc="true")
+
+
+def test_a_violation_the_police_hold_stays_with_the_police_in_a_town_with_enforcement_power(client, session, units):
+    """Never lower: the new town's office could take it by the policy, but no one re-decides a hazard
+    downwards on a move; the station of the new town takes it over."""
+    place, hid = _report(client, session, units, "grid-a-1-1", "rental", category="blocked_exit", violation=True)
+    assert (_hazard(session, hid).holder_unit_id, _hazard(session, hid).rule) == (units["police-a"].id,
+                                                                                  "violation-to-police")
+    assert _move(client, place.id, units["grid-b-1-1"].id).status_code == 200
+    h = _hazard(session, hid)
+    assert (h.tier, h.holder_unit_id, h.rule) == ("police_station", units["police-b"].id, "violation-to-police")
+
+
+def test_a_closed_violation_moved_to_a_town_without_enforcement_power_reopens_with_the_police(client, session, units):
+    place, hid = _report(client, session, units, "grid-b-1-1", "rental", category="blocked_exit", violation=True)
+    _ok(client, hid, "office-b", {"action": "accept"})
+    _ok(client, hid, "office-b", {"action": "close", "override_reason": "当场整改完毕"})
+    assert _move(client, place.id, units["grid-a-1-1"].id).status_code == 200
+    h = _hazard(session, hid)
+    assert (h.status, h.tier, h.holder_unit_id, h.rule) == ("closed", "police_station", units["police-a"].id,
+                                                            "violation-to-police")
+    assert _ok(client, hid, "office-a", {"action": "reopen", "reason": "复查发现仍堵塞"})["status"] == "referred"
+    h = _hazard(session, hid)
+    assert (h.tier, h.holder_unit_id) == ("police_station", units["police-a"].id)
+
+
+def test_a_move_that_raises_a_hazard_to_a_tier_the_new_town_lacks_is_refused(client, session, units):
+    grid_c = bare_town(session, units)  # no office, no police station, and no enforcement power
+    create_unit(session, code="office-c", name="新设镇办", kind=UnitKind.town_office,
+                parent=session.get(OrgUnit, grid_c.town_id))
+    session.commit()
+    place, hid = _report(client, session, units, "grid-b-1-1", "rental", category="blocked_exit", violation=True)
+    r = _move(client, place.id, grid_c.id)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["code"] == "routing_failed" and hid in r.json()["error"]["message"]
+    h = _hazard(session, hid)
+    assert (h.holder_unit_id, h.town_id) == (units["office-b"].id, units["town-b"].id)
 
 
 def test_a_report_planned_before_a_move_and_written_after_it_follows_the_premises(client, session, units, db):
