@@ -210,7 +210,25 @@ def make_engine(url: str, echo: bool = False, **kwargs: Any) -> Engine:
             conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("sqlite_write") else "BEGIN")
 
         return engine
-    return sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
+    engine = sa.create_engine(url, echo=echo, pool_pre_ping=True, pool_size=10, max_overflow=10, **kwargs)
+    if engine.dialect.name == "postgresql":
+        event.listen(engine, "connect", _pg_lock_timeout)
+    return engine
+
+
+# PostgreSQL: a statement waits at most this long for a lock, then fails (the API answers 503 "busy",
+# app/errors.py), as SQLite's busy_timeout does: one stuck transaction, an admin's psql session left
+# open, say, would otherwise hang every request that touches the same rows, for ever.
+PG_LOCK_TIMEOUT_MS = 10_000
+
+
+def _pg_lock_timeout(dbapi_conn, _record) -> None:
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True  # a SET inside the pool's first transaction would go with its rollback
+    try:
+        dbapi_conn.execute(f"SET lock_timeout = {PG_LOCK_TIMEOUT_MS}")
+    finally:
+        dbapi_conn.autocommit = autocommit
 
 
 # -- bulk inserts ---------------------------------------------------------------------------------

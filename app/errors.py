@@ -6,6 +6,7 @@ Every error response has the shape {"error": {"code", "message", ...}}; no stack
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -82,6 +83,28 @@ def _field_name(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
+# The database turned the request away for now: it waited its time for a lock (SQLite's busy_timeout,
+# PostgreSQL's lock_timeout, both 10 s: app/db.py) or was chosen to break a deadlock. The transaction
+# was rolled back whole, so the client may simply send the same request again.
+_PG_BUSY = {"55P03": "a lock wait timed out", "40P01": "a deadlock was broken", "40001": "a serialization conflict"}
+_SQLITE_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (and their extended codes, in the low byte)
+RETRY_AFTER_SECONDS = 1
+
+
+def busy_reason(exc: BaseException) -> str | None:
+    """Why the database refused the request for now, or None if this is not such an error."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    orig = exc.orig
+    reason = _PG_BUSY.get(getattr(orig, "sqlstate", None) or "")
+    if reason:
+        return reason
+    code = getattr(orig, "sqlite_errorcode", None)
+    if code is not None and code & 0xFF in _SQLITE_BUSY:
+        return "the database was locked by another writer"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError):
@@ -101,6 +124,16 @@ def install_error_handlers(app: FastAPI) -> None:
         )
         body = exc.body() if isinstance(exc, BodyTooLarge) else error_body(code, str(exc.detail))
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(sa.exc.DBAPIError)
+    async def database_error(request: Request, exc: sa.exc.DBAPIError):
+        reason = busy_reason(exc)
+        if reason is None:
+            return await unexpected(request, exc)
+        log.warning("database busy: %s (%s %s)", reason, request.method, request.url.path)
+        return JSONResponse(error_body("busy", f"the server is busy ({reason}); nothing was changed: send the same "
+                                               "request again", retry_after_seconds=RETRY_AFTER_SECONDS),
+                            status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     @app.exception_handler(Exception)
     async def unexpected(_: Request, exc: Exception):
