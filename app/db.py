@@ -464,4 +464,7 @@ def after_commit(session: Session, effect: Callable[[], None]) -> None:
     session.info.setdefault("after_commit", []).append(effect)
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": the session commits when the endpoint returns, before the response is sent, so a
+# commit that fails (a lock wait that times out, a deadlock broken) is the error the client gets, never a
+# 200 for a change that was rolled back (with the default scope FastAPI commits after sending)
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]

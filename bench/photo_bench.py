@@ -1,6 +1,6 @@
 """Photo ingest benchmark against a real server (uvicorn, 2 workers) on a throw-away SQLite database.
 
-    .venv/bin/python -m bench.photo_bench [--photos 200] [--clients 4] [--workers 2] [--compare K=V]
+    .venv/bin/python -m bench.photo_bench [--photos 200] [--clients 4] [--workers 2] [--compare K=V] [--compare-root DIR]
 
 What it does, all in one run on one machine:
 
@@ -22,7 +22,8 @@ What it does, all in one run on one machine:
    writes, with O_DIRECT, ``floor_direct``, which does not grow the page cache). The ratios are taken per round,
    so all three meet the same machine: its speed wanders 2-3x within minutes. Peak RSS of
    Firegrid's workers is sampled every 20 ms meanwhile. ``--compare K=V`` adds a second Firegrid,
-   run with that environment (e.g. ``FIREGRID_STORAGE_DIRECT_IO=false``), to the same rounds.
+   run with that environment (e.g. ``FIREGRID_STORAGE_DIRECT_IO=false``), to the same rounds;
+   ``--compare-root DIR`` runs it from another checkout (a ``git worktree`` with one change).
 4. Re-send of the same photos (already stored: 200 without reading the body).
 5. First view of a thumbnail (made lazily, then cached): server CPU per thumbnail.
 6. A 15 MB photo (a PNG of noise, ~2250x2250 RGB, under the 15 MiB default limit) streamed
@@ -468,6 +469,9 @@ def main() -> None:
     ap.add_argument("--compare", action="append", default=[], metavar="K=V",
                     help="also run a second Firegrid with this environment in the same rounds, e.g. "
                          "FIREGRID_STORAGE_DIRECT_IO=false (repeatable: one server with all of them)")
+    ap.add_argument("--compare-root", metavar="DIR",
+                    help="run the second Firegrid (see --compare) from this checkout instead, e.g. a `git worktree` "
+                         "with one change, to weigh a change of code in the same rounds")
     args = ap.parse_args()
     if not 1 <= args.rounds <= args.photos:
         ap.error("--rounds must be between 1 and --photos")
@@ -478,6 +482,8 @@ def main() -> None:
     server_env = dict(kv.split("=", 1) for kv in args.server_env)  # the transport floor runs with it too
     env.update(server_env)
     compare_env = dict(kv.split("=", 1) for kv in args.compare)
+    if args.compare_root:
+        compare_env["PYTHONPATH"] = str(Path(args.compare_root).resolve()) + os.pathsep + os.environ.get("PYTHONPATH", "")
 
     print(f"warming {args.warm_memory_gib:g} GiB of memory; making {args.photos} distinct 3 MP JPEGs and a "
           f"{args.big_side}x{args.big_side} noise PNG ...", flush=True)
@@ -577,7 +583,7 @@ def main() -> None:
                                                      f"server/transport floor {fg / raw:.2f}x, per round "
                                                      + _spread([r["firegrid"] / r["raw"] for r in rounds])
                                                      + f"; transport floor/floor {raw / fl:.2f}x"),
-        *([(f"Firegrid with {' '.join(args.compare)}",
+        *([(f"Firegrid with {' '.join(args.compare + ([f'the code of {args.compare_root}'] if args.compare_root else []))}",
              f"{statistics.mean(r['compare'] for r in rounds):.2f} ms server CPU per photo (rounds: "
              + ", ".join(f"{r['compare']:.1f}" for r in rounds) + "); this run's Firegrid / it: per round "
              + _spread([r["firegrid"] / r["compare"] for r in rounds]))] if compare_env else []),

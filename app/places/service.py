@@ -91,9 +91,9 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     for key, value in changes.items():
         setattr(place, key, value)
     place.updated_at = now or utcnow()
-    if "grid_id" in changes:
-        with session.no_autoflush:  # the place's move is flushed once, with its hazards
-            _move_hazards(session, place.id, grid)
+    if "grid_id" in changes or "place_class" in changes:
+        with session.no_autoflush:  # the place's change is flushed once, with its hazards'
+            _hazards_follow(session, place)
     session.add(place)
     session.flush()
     if relocation is not None:
@@ -101,14 +101,16 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     return place
 
 
-def _move_hazards(session: Session, place_id: str, grid: OrgUnit) -> None:
-    """A premises' hazards follow it to its new grid: the new grid's worker re-inspects them, and the
-    old grid's phones get tombstones through the change feed (ORM updates, so the feed sees the move)."""
+def _hazards_follow(session: Session, place: Place) -> None:
+    """A premises' hazards carry where it is and its class: moved, the new grid's worker re-inspects
+    them and the old grid's phones get tombstones through the change feed (ORM updates, so the feed
+    sees them); reclassed, the queue's class filter finds them under the class they are shown with."""
     from app.hazards.models import Hazard
 
-    for h in session.exec(select(Hazard).where(Hazard.place_id == place_id)).all():
-        if h.grid_id != grid.id:
-            h.grid_id, h.community_id, h.town_id = grid.id, grid.community_id, grid.town_id
+    where = (place.grid_id, place.community_id, place.town_id, place.place_class)
+    for h in session.exec(select(Hazard).where(Hazard.place_id == place.id)).all():
+        if (h.grid_id, h.community_id, h.town_id, h.place_class) != where:
+            h.grid_id, h.community_id, h.town_id, h.place_class = where
             h.version += 1
             session.add(h)
 

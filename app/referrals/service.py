@@ -510,12 +510,12 @@ def plan_relocation(session: Session, place_id: str, from_location: tuple[str, s
 
     def leaving(unit_id: str | None) -> bool:
         unit = units.get(unit_id)
-        if unit is None or unit.kind not in _TOWN_KINDS:
-            return False  # the county's brigade, a sector regulator: the premises stays in their remit
+        if unit is None or unit.kind not in _KIND_TIER:
+            return False  # a sector regulator: the premises stays in its remit
         tier = _KIND_TIER[unit.kind]
         if old.get(tier) == unit_id and new.get(tier) != unit_id:
-            return True
-        return town_changed and unit.town_id == from_location[0]
+            return True  # the brigade too, when the premises goes to another county
+        return town_changed and unit.kind in _TOWN_KINDS and unit.town_id == from_location[0]
 
     successor = {u: new.get(_KIND_TIER[units[u].kind]) for u in involved if leaving(u)}
     if not successor:
@@ -580,7 +580,10 @@ def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, no
         previous, previous_tier = h.previous_holder_unit_id, h.previous_tier
         decision = moved.rerouted.get(h.id)
         target = decision.unit_id if decision else successor.get(h.holder_unit_id)
-        why = {**extra, "rule": decision.rule, "rule_reason_en": decision.reason_en} if decision else extra
+        why = extra
+        if decision:  # as the `routed` event of a new hazard says why it went where it went
+            why = {**extra, "rule": decision.rule, "reason_zh": decision.reason_zh, "reason_en": decision.reason_en,
+                   "policy_version": decision.policy_version, "cc": list(decision.cc)}
         if target and h.status in OPEN_STATUSES:
             act(session, rules, h, Action.TRANSFER,
                 ActionParams(to_unit_id=target, to_tier=decision.tier if decision else None, reason=reason),
@@ -594,6 +597,8 @@ def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, no
                 _add_cc(session, h, unit_id, "routing", now)
         if target or previous in successor:  # a transfer made the old holder the previous one: undo that
             h.previous_holder_unit_id = successor.get(previous, previous)
+            if h.previous_holder_unit_id == h.holder_unit_id:  # re-routed to the very tier it was returned from
+                h.previous_holder_unit_id = None
             h.previous_tier = previous_tier if h.previous_holder_unit_id else None
         session.add(h)
         copies: dict[str, str | None] = {}
