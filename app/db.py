@@ -455,13 +455,6 @@ def get_session(request: Request) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
-    for effect in session.info.get("after_commit", []):
-        effect()
-
-
-def after_commit(session: Session, effect: Callable[[], None]) -> None:
-    """Run effect only once the surrounding transaction has committed (never for a rolled-back change)."""
-    session.info.setdefault("after_commit", []).append(effect)
 
 
 # scope="function": the session commits when the endpoint returns, before the response is sent, so a

@@ -7,10 +7,11 @@ from typing import Annotated
 import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
+from starlette.background import BackgroundTask
 
 from app.auth.deps import CurrentPrincipal
 from app.auth.models import Device
-from app.db import Database, SessionDep, after_commit
+from app.db import Database, SessionDep
 from app.referrals.deps import NowDep
 from app.sync import pull as service
 
@@ -35,11 +36,11 @@ def pull(
     page = service.pull(session, p.scope, request.app.state.policy, device_id=p.device.id, cursor=cursor,
                         limit=limit)
     last = p.device.last_seen_at
-    if last is None or now - last >= LAST_SEEN_GRAIN:
-        db: Database = request.app.state.db
-        after_commit(session, lambda: _record_pull(db, p.device.id, now))
+    # once the answer is sent (the read session has ended by then): the phone does not wait for the write
+    record = (BackgroundTask(_record_pull, request.app.state.db, p.device.id, now)
+              if last is None or now - last >= LAST_SEEN_GRAIN else None)
     # the changes are JSON-ready dicts already: skip re-validating every record against the model
-    return JSONResponse({"changes": page.changes, "cursor": page.cursor, "more": page.more})
+    return JSONResponse({"changes": page.changes, "cursor": page.cursor, "more": page.more}, background=record)
 
 
 def _record_pull(db: Database, device_id: str, now: datetime) -> None:

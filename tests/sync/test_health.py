@@ -47,3 +47,22 @@ def test_health_shows_stale_phones_pending_photos_and_clock(clocked_client, cloc
 
 def test_workers_cannot_see_device_health(client):
     assert client.get("/api/v1/devices/health", headers=login(client, "worker-a1")).status_code == 403
+
+
+def test_a_pull_is_recorded_on_its_phone_at_most_once_a_minute(clocked_client, clock):
+    """The device health shows when a phone last pulled; a phone pulling every few seconds costs a write a minute."""
+    c = clocked_client
+    office = login(c, "office-a")
+
+    def last_pull() -> datetime | None:
+        seen = next(h for h in c.get("/api/v1/devices/health", headers=office).json()
+                    if h["username"] == "worker-a1")["last_pull_at"]
+        return datetime.fromisoformat(seen) if seen else None
+
+    phone = login(c, "worker-a1", device="puller")  # seen at login, by the real clock
+    start = datetime.now(timezone.utc).replace(microsecond=0) + timedelta(minutes=2)
+    assert last_pull() is None
+    for after, recorded in ((0, start), (30, start), (90, start + timedelta(seconds=90))):
+        clock.now = start + timedelta(seconds=after)
+        assert c.get("/api/v1/sync/pull", headers=phone).status_code == 200
+        assert last_pull() == recorded, after  # within a minute of the last: no write
