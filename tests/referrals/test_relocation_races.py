@@ -84,7 +84,14 @@ class Pg:
 
     def race(self, held: Session, writer: Session, write: Callable[[], None]) -> None:
         """Run ``write`` (committing on ``writer``) in a thread; commit ``held`` (the move, say) once the
-        writer waits for a lock or is done; fail if the writer failed."""
+        writer waits for a lock or is done; fail if the writer failed. Both sessions are closed after."""
+        try:
+            self._race(held, writer, write)
+        finally:
+            held.close()
+            writer.close()
+
+    def _race(self, held: Session, writer: Session, write: Callable[[], None]) -> None:
         pid = writer.execute(sa.text("SELECT pg_backend_pid()")).scalar()
         errors: list[BaseException] = []
 
@@ -161,11 +168,7 @@ def test_a_hazard_pushed_while_its_premises_moves_is_written_where_the_premises_
     push = how(pg, ops, writer)
     mover = pg.move_held_open()
     results: list = []
-    try:
-        pg.race(mover, writer, lambda: results.extend(push()))
-    finally:
-        mover.close()
-        writer.close()
+    pg.race(mover, writer, lambda: results.extend(push()))
     [res] = results
     assert res.status == "applied", res
     town_b = pg.units["town-b"]
@@ -185,13 +188,9 @@ def test_a_hazard_escalated_while_its_premises_moves_goes_to_the_police_of_the_n
         Actor.system(), NOW)
     office.flush()
     mover = pg.session()
-    try:
-        # now the move waits for the escalation: the office's commit is what the race releases
-        pg.race(office, mover, lambda: update_place(mover, None, mover.get(Place, pg.place_id),
-                                                    PlaceUpdate(grid_id=pg.units["grid-b-1-1"]), rules=pg.rules))
-    finally:
-        office.close()
-        mover.close()
+    # now the move waits for the escalation: the office's commit is what the race releases
+    pg.race(office, mover, lambda: update_place(mover, None, mover.get(Place, pg.place_id),
+                                                PlaceUpdate(grid_id=pg.units["grid-b-1-1"]), rules=pg.rules))
     town_b = pg.units["town-b"]
     assert pg.where(hid) == (town_b, town_b, town_b)
     with Session(pg.engine) as s:
@@ -203,12 +202,8 @@ def test_two_concurrent_moves_leave_holder_and_location_agreeing(pg):
     hid = pg.report()
     first = pg.move_held_open()  # to town B
     second = pg.session()
-    try:
-        pg.race(first, second, lambda: update_place(second, None, second.get(Place, pg.place_id),
-                                                    PlaceUpdate(grid_id=pg.units["grid-a-2-1"]), rules=pg.rules))
-    finally:
-        first.close()
-        second.close()
+    pg.race(first, second, lambda: update_place(second, None, second.get(Place, pg.place_id),
+                                                PlaceUpdate(grid_id=pg.units["grid-a-2-1"]), rules=pg.rules))
     with Session(pg.engine) as s:
         p, h = s.get(Place, pg.place_id), s.get(Hazard, hid)
         grid = s.get(OrgUnit, p.grid_id)
