@@ -552,7 +552,9 @@ def plan_relocation(session: Session, place_id: str, from_location: tuple[str, s
 
 def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, now: datetime) -> None:
     """After the move (the hazards already carry the new town): every hazard held by a body whose
-    jurisdiction the premises left goes to that body's counterpart there.
+    jurisdiction the premises left goes to that body's counterpart there, or, where plan_relocation
+    found the policy wants a higher tier at the new location, to that tier's body, with the rule,
+    its reasons, policy version and copies on the hazard and in the event, as for a new report.
 
     An open one is transferred (移送, event ``relocated``) with every clock restarted for the new
     holder, as a transfer does; a closed or dismissed one is handed over as it is (event and
