@@ -586,12 +586,12 @@ def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, no
         if decision:  # as the `routed` event of a new hazard says why it went where it went
             why = {**extra, "rule": decision.rule, "reason_zh": decision.reason_zh, "reason_en": decision.reason_en,
                    "policy_version": decision.policy_version, "cc": list(decision.cc)}
+        to_tier = decision.tier if decision else None  # None: the tier it has
         if target and h.status in OPEN_STATUSES:
-            act(session, rules, h, Action.TRANSFER,
-                ActionParams(to_unit_id=target, to_tier=decision.tier if decision else None, reason=reason),
+            act(session, rules, h, Action.TRANSFER, ActionParams(to_unit_id=target, to_tier=to_tier, reason=reason),
                 actor, now, event_kind="relocated", copy_sender=False, extra=why)
         elif target:
-            _hand_over_closed(session, h, target, reason, actor, now, why, tier=decision.tier if decision else None)
+            _hand_over_closed(session, h, target, reason, actor, now, why, tier=to_tier)
         if decision:  # it is where it is by the policy's rule at the new location: the record says so
             h.rule, h.reason_zh, h.reason_en = decision.rule, decision.reason_zh, decision.reason_en
             h.policy_version = decision.policy_version
