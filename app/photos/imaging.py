@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import io
 import math
+import mmap
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,13 +218,55 @@ _HEADER_PARSE_IS_VERIFY = frozenset({"image/jpeg", "image/webp"})
 
 
 def _jpeg_complete(path: Path) -> None:
-    """A JPEG ends with EOI (FF D9); some cameras pad after it with zeros."""
+    """A JPEG ends with EOI (FF D9); some cameras pad after it with zeros.
+
+    Others write more after it: a motion photo's video (Xiaomi, Huawei, OPPO, vivo, Samsung, Pixel:
+    on by default on many phones), Samsung's SEFT trailer. Those are complete photos, so a file whose
+    tail is not EOI is walked segment by segment to the picture's own EOI. (Decoding it would not do:
+    the decoder takes the bytes after a cut as picture data, and may fill the picture with them.)"""
     size = path.stat().st_size
     with open(path, "rb") as f:
         f.seek(max(0, size - 4096))
         tail = f.read().rstrip(b"\x00")
-    if not tail.endswith(b"\xff\xd9"):
-        raise ImageRejected("truncated_image", "image/jpeg image is truncated (no end-of-image marker)", 422)
+        if tail.endswith(b"\xff\xd9"):
+            return
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            if _jpeg_eoi(data) is None:
+                raise ImageRejected("truncated_image", "image/jpeg image is truncated (no end-of-image marker)", 422)
+
+
+def _jpeg_eoi(data: mmap.mmap | bytes) -> int | None:
+    """Offset of the EOI that ends the picture begun by the SOI at 0, or None if the data ends first.
+    Segments are skipped by their length (an EXIF thumbnail's own EOI is inside one); in the
+    entropy-coded data after SOS, FF is followed by 00 (a stuffed byte), a restart marker or a fill
+    byte, and anything else is the next marker."""
+    n, pos = len(data), 2
+    while pos + 1 < n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            pos += 1
+        elif marker == 0xD9:
+            return pos
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # stand-alone markers
+            pos += 2
+        else:
+            if pos + 4 > n:
+                return None
+            pos += 2 + int.from_bytes(data[pos + 2:pos + 4], "big")
+            if marker != 0xDA:
+                continue
+            while True:  # the scan's entropy-coded data, up to the next marker
+                pos = data.find(b"\xff", pos)
+                if pos < 0 or pos + 1 >= n:
+                    return None
+                following = data[pos + 1]
+                if following == 0x00 or 0xD0 <= following <= 0xD7 or following == 0xFF:
+                    pos += 1 if following == 0xFF else 2
+                else:
+                    break
+    return None
 
 
 def _webp_complete(path: Path) -> None:
@@ -378,6 +421,9 @@ def make_derivative(
             im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=None)
             out = ImageOps.exif_transpose(im)
             out = _to_srgb(out)
+            # Pillow's JPEG writer falls back on the image's own info for some metadata (the source's COM
+            # segment: owner names, notes, coordinates), so the derivative starts from none at all
+            out.info = {}
             buf = io.BytesIO()
             # Only the pixels: no exif=, icc_profile=, xmp=, comment= -> none written
             out.save(buf, "JPEG", quality=quality, optimize=True, progressive=max_side > THUMB_SIDE)

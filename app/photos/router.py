@@ -150,7 +150,7 @@ def get_blob(request: Request, blob: ViewableBlob, store: StoreDep) -> Response:
 
 
 def _derivative(request: Request, blob: Blob, store: FilesystemBlobStore, kind: str) -> Response:
-    etag = f'"{blob.sha256}-{kind}"'
+    etag = f'"{blob.sha256}-{service.derivative_name(kind)}"'
     if _not_modified(request, etag):
         return Response(status_code=304, headers=_cache_headers(etag))
     path = service.derivative_file(store, blob.sha256, kind)  # plain def route: runs in a worker thread

@@ -37,6 +37,14 @@ from app.photos.storage import BlobStore, HashMismatch, InvalidName, PutResult, 
 
 # Derivatives served by GET /blobs/{sha}/{kind}: made on first request, then cached on disk.
 DERIVATIVES: dict[str, int] = {"thumb": THUMB_SIDE, "display": DISPLAY_SIDE}
+# Raised whenever what a derivative may hold changes, so that copies made before are neither served from the
+# disk cache nor kept by a phone revalidating its ETag. 2: the original's JPEG comment (COM) no longer carried.
+DERIVATIVE_VERSION = 2
+
+
+def derivative_name(kind: str) -> str:
+    """The kind as cached on disk and named in the ETag: with the version that made it."""
+    return f"{kind}-v{DERIVATIVE_VERSION}"
 
 
 # Decoding a photo is CPU work that needs up to 4 bytes per pixel (a 12 MP photo: ~50 MB; the
@@ -166,15 +174,18 @@ def hazards_using(session: Session, sha256: str) -> list[str]:
 
 
 def can_view(session: Session, scope: Scope, sha256: str) -> bool:
-    """True if the scope sees a hazard that uses the photo, or the caller uploaded it."""
+    """True if the scope sees a hazard that uses the photo, or the caller uploaded it and no record uses it
+    yet. Once a record uses it, its records' jurisdiction decides, for the uploader too: a hazard moved
+    or handed out of their grid takes its photos with it."""
     used = session.exec(
         select(PhotoRef.id).join(Hazard, Hazard.id == PhotoRef.hazard_id)
         .where(PhotoRef.sha256 == sha256, hazard_clause(scope)).limit(1)
     ).first()
     if used is not None:
         return True
+    unused = ~sa.exists().where(PhotoRef.sha256 == Blob.sha256)
     return session.exec(
-        select(Blob.sha256).where(Blob.sha256 == sha256, Blob.uploaded_by_user_id == scope.user_id)
+        select(Blob.sha256).where(Blob.sha256 == sha256, Blob.uploaded_by_user_id == scope.user_id, unused)
     ).first() is not None
 
 
@@ -209,12 +220,18 @@ _SELECT_BLOB = sa.select(*_PUBLIC_COLUMNS).where(_BLOBS.c.sha256 == sa.bindparam
 # needs no other before its body (bench/instructions.py); a stored one's row is read after it.
 _UPLOAD_CHECK = auth_service.token_ids_query(
     sa.exists().where(_BLOBS.c.sha256 == sa.bindparam("sha256")).label("stored"))
+_SELECT_STORED = sa.select(*_PUBLIC_COLUMNS, _BLOBS.c.uploaded_by_user_id).where(
+    _BLOBS.c.sha256 == sa.bindparam("sha256"))
+# Where and when the photo was taken: answered to a re-upload only by its own uploader. The answer to a
+# stored photo comes before the body is read, so all the caller has shown is that they know the name.
+_EVIDENCE = {"exif_datetime": None, "gps_lat": None, "gps_lon": None}
 
 
 def begin_upload(db: Database, store: BlobStore, sha256: str, token_hash: str) -> tuple[Uploader, BlobPublic | None]:
     """Before any byte of the body, in one short read transaction: who is uploading (401 first,
-    whatever the name), and the photo as the API shows it if it is already stored (row and file),
-    so the body need not be read at all. ``token_hash``: auth_service.token_digest of the bearer token."""
+    whatever the name), and the photo as the API shows it if it is already stored (row and file;
+    its EXIF evidence only to its uploader), so the body need not be read at all. ``token_hash``:
+    auth_service.token_digest of the bearer token."""
     try:
         name = validate_sha256(sha256)
     except InvalidName:
@@ -223,8 +240,13 @@ def begin_upload(db: Database, store: BlobStore, sha256: str, token_hash: str) -
         row = conn.execute(_UPLOAD_CHECK, {"token_hash": token_hash, "sha256": name or ""}).first()
         who = Uploader(*auth_service.ids_of_token_row(row))
         valid_name(sha256)  # a bad name is a 422, said only to a caller with a valid token
-        stored = conn.execute(_SELECT_BLOB, {"sha256": name}).mappings().first() if row.stored else None
-    return who, (public(stored, False) if stored is not None and store.has(sha256) else None)
+        stored = conn.execute(_SELECT_STORED, {"sha256": name}).mappings().first() if row.stored else None
+    if stored is None or not store.has(sha256):
+        return who, None
+    answer = public(stored, False)
+    if stored["uploaded_by_user_id"] != who.user_id:
+        answer = answer.model_copy(update=_EVIDENCE)
+    return who, answer
 
 
 def _record_blob(db: Database, put: PutResult[ImageInfo], uploader: Uploader, now: datetime) -> IngestResult:
@@ -292,11 +314,12 @@ def derivative_file(store: BlobStore, sha256: str, kind: str) -> Path:
     side = DERIVATIVES.get(kind)
     if side is None:
         raise NotFound(f"no derivative {kind!r}")
-    path = store.derivative_path(sha256, kind)
+    cached = derivative_name(kind)
+    path = store.derivative_path(sha256, cached)
     if path is not None:
         return path
     with _LOCKS[zlib.crc32(f"{sha256}/{kind}".encode()) % len(_LOCKS)]:
-        path = store.derivative_path(sha256, kind)
+        path = store.derivative_path(sha256, cached)
         if path is not None:
             return path
         src = store.path(sha256)
@@ -306,8 +329,8 @@ def derivative_file(store: BlobStore, sha256: str, kind: str) -> Path:
             data = make_derivative(src, side)
         except ImageRejected as exc:  # uploads get a structural check; damage inside the data shows here
             raise DomainError(exc.message, code=exc.code, status=exc.status) from exc
-        store.put_derivative(sha256, kind, data)
-        path = store.derivative_path(sha256, kind)
+        store.put_derivative(sha256, cached, data)
+        path = store.derivative_path(sha256, cached)
     if path is None:  # pragma: no cover - a remote store without local paths
         raise NotFound(f"derivative {kind} of {sha256} not available")
     return path
