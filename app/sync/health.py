@@ -4,6 +4,7 @@ they still hold back. Data stuck on a phone is the commonest way field records a
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
+from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from app.auth.models import Device, User
@@ -49,26 +50,46 @@ def _device_update(columns: tuple[str, ...]) -> sa.Update:
 
 
 def _pending_media_by_device(session: Session, device_ids: list[str]) -> dict[str, int]:
-    """Photos a device's records name that never arrived."""
+    """Photos a device's records name that never arrived, each counted once per phone however many of
+    its records name it.
+
+    A merged hazard's photos are named by the original too (the evidence travels with it), but they
+    are still on the phone that took them: a photo on a hazard is its reporter's only if no hazard
+    merged into it names that photo (which then counts for that hazard's own phone)."""
     missing = ~sa.exists().where(Blob.sha256 == PhotoRef.sha256)
-    counts: dict[str, int] = {}
-    for device_col, join in (
-        (Hazard.reporter_device_id, (Hazard, (Hazard.id == PhotoRef.record_id) & (PhotoRef.record_kind == "hazard"))),
-        (Reinspection.device_id, (Reinspection, (Reinspection.id == PhotoRef.record_id) & (PhotoRef.record_kind == "reinspection"))),
-    ):
-        rows = session.execute(
-            select(device_col, sa.func.count()).select_from(PhotoRef).join(*join)
-            .where(missing, device_col.in_(device_ids)).group_by(device_col)
-        ).all()
-        for dev, n in rows:
-            counts[dev] = counts.get(dev, 0) + n
-    return counts
+    dup, dup_ref = aliased(Hazard), aliased(PhotoRef)
+    merged_in = sa.exists().where(dup.merged_into_id == PhotoRef.record_id, dup_ref.record_kind == "hazard",
+                                  dup_ref.record_id == dup.id, dup_ref.sha256 == PhotoRef.sha256)
+    held = sa.union(
+        select(Hazard.reporter_device_id.label("device_id"), PhotoRef.sha256).select_from(PhotoRef)
+        .join(Hazard, (Hazard.id == PhotoRef.record_id) & (PhotoRef.record_kind == "hazard"))
+        .where(missing, ~merged_in, Hazard.reporter_device_id.in_(device_ids)),
+        select(Reinspection.device_id.label("device_id"), PhotoRef.sha256).select_from(PhotoRef)
+        .join(Reinspection, (Reinspection.id == PhotoRef.record_id) & (PhotoRef.record_kind == "reinspection"))
+        .where(missing, Reinspection.device_id.in_(device_ids)),
+    ).subquery()
+    rows = session.execute(select(held.c.device_id, sa.func.count()).group_by(held.c.device_id)).all()
+    return {dev: n for dev, n in rows}
+
+
+def _device_clause(scope: Scope) -> sa.ColumnElement[bool]:
+    """Phones of the caller's own unit and of the units in their towns. Not ``scope.unit_clause()``:
+    that lets a town see the county's units (the brigade, the regulators, the county itself) as places
+    to refer to, and their staff's phones are none of the town's business."""
+    if scope.everything:
+        return sa.true()
+    own = OrgUnit.id == scope.unit_id
+    if scope.grid_ids is not None:
+        return own | OrgUnit.id.in_(scope.grid_ids)
+    if scope.town_ids is None:
+        return own
+    return own | OrgUnit.town_id.in_(scope.town_ids) | OrgUnit.id.in_(scope.town_ids)
 
 
 def device_health(session: Session, scope: Scope, now: datetime, stale_days: float) -> list[DeviceHealthPublic]:
     rows = session.execute(
         select(Device, User).join(User, User.id == Device.user_id).join(OrgUnit, OrgUnit.id == User.org_unit_id)
-        .where(scope.unit_clause(), User.is_active.is_(True))
+        .where(_device_clause(scope), User.is_active.is_(True))
     ).all()
     pending = _pending_media_by_device(session, [d.id for d, _ in rows]) if rows else {}
     out = []

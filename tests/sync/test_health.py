@@ -2,8 +2,10 @@
 
 from datetime import datetime, timedelta, timezone
 
+from app.photos.storage import sha256_hex
 from tests.conftest import login
-from tests.helpers import hazard_data, op, place_of
+from tests.helpers import hazard_data, op, place_of, push, report
+from tests.photos.conftest import png_bytes, two_tone
 
 CN = timezone(timedelta(hours=8))
 
@@ -66,3 +68,54 @@ def test_a_pull_is_recorded_on_its_phone_at_most_once_a_minute(clocked_client, c
         clock.now = start + timedelta(seconds=after)
         assert c.get("/api/v1/sync/pull", headers=phone).status_code == 200
         assert last_pull() == recorded, after  # within a minute of the last: no write
+
+
+def _health(client, who: str) -> list[dict]:
+    r = client.get("/api/v1/devices/health", headers=login(client, who))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_a_town_office_sees_only_its_towns_phones(client):
+    for who in ("brigade", "admin", "worker-b1", "office-b", "worker-a1"):
+        login(client, who, device=f"{who}-phone")
+    seen = {h["username"] for h in _health(client, "office-a")}
+    assert "worker-a1" in seen
+    assert not seen & {"brigade", "admin", "worker-b1", "office-b"}, seen
+    assert not {h["username"] for h in _health(client, "police-a")} & {"brigade", "admin", "worker-b1"}
+    county = {h["username"] for h in _health(client, "brigade")}
+    assert {"worker-a1", "worker-b1", "brigade"} <= county
+
+
+def _pending(client, phone: dict) -> int:
+    device_id = client.get("/api/v1/me", headers=phone).json()["device_id"]
+    return next(h for h in _health(client, "office-a") if h["device_id"] == device_id)["pending_media"]
+
+
+def test_pending_media_counts_each_photo_a_phone_holds_once(client, session, units):
+    png_image = png_bytes(two_tone(50, 30))
+    worker = login(client, "worker-a1", device="two-records-phone")
+    wide_shot = sha256_hex(png_image)
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    found = datetime.now(timezone.utc) - timedelta(hours=1)
+    push(client, worker, op("hazard.report", hazard_data(place.id, found, category="ebike_indoor", photos=[wide_shot])),
+         op("hazard.report", hazard_data(place.id, found, category="lpg_misuse", photos=[wide_shot])))
+    assert _pending(client, worker) == 1  # one photo on the phone, named twice
+    assert client.put(f"/api/v1/blobs/{wide_shot}", content=png_image, headers={**worker, "Content-Type": "image/png"}).status_code == 201
+    assert _pending(client, worker) == 0
+
+
+def test_a_merged_hazards_photo_is_pending_on_the_phone_that_took_it_not_on_the_originals(client, session, units):
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    found = datetime.now(timezone.utc) - timedelta(hours=1)
+    original_phone = login(client, "worker-a1", device="original-phone")
+    dup_phone = login(client, "worker-a1", device="dup-phone")  # the same worker's second phone
+    original = report(client, original_phone, place.id, found, category="window_bars", photos=[])["hazard_id"]
+    dup = report(client, dup_phone, place.id, found,
+                 category="window_bars", photos=["9" * 64])["hazard_id"]
+    r = client.post(f"/api/v1/hazards/{dup}/actions", json={"action": "merge", "merge_into_id": original},
+                    headers=login(client, "office-a"))
+    assert r.status_code == 200, r.text
+    assert "9" * 64 in client.get(f"/api/v1/hazards/{original}", headers=login(client, "office-a")).json()["photos_pending"]
+    assert _pending(client, dup_phone) == 1
+    assert _pending(client, original_phone) == 0  # it never held that photo
