@@ -40,7 +40,12 @@ call :func:`mark_changed` for the ids they touched.
 
 The origin device of a change is ``session.info["origin_device_id"]`` at commit, set by the sync push
 on the session that writes its ops; failing that, the device of the sync ops (``SyncOp``) the
-transaction recorded. So a device is not sent its own writes back as news.
+transaction recorded. So a device is not sent its own writes back as news; what the server decided
+about a hazard that existed before (re-routed by a move, clocks set by a re-inspection) is news to it.
+
+A town office or police station of another town copied on a hazard (one that passed it across town
+lines, or had it passed back) sees it, so its changes are also written addressed to that unit alone
+(``holder_unit_id``, no grid or town; see ``_copies_elsewhere``).
 """
 
 from __future__ import annotations
@@ -62,8 +67,9 @@ from sqlalchemy.orm import Session
 from sqlmodel import Field, SQLModel
 
 from app.db import ROWS_INSERTED, ROWS_PREPARED, PreparedInsert, UTCDateTime, insert_rows, utcnow
-from app.hazards.models import NO_DEADLINE, Hazard
+from app.hazards.models import NO_DEADLINE, Hazard, HazardCC
 from app.inspections.models import Inspection
+from app.org.models import OrgUnit, UnitKind
 from app.places.models import Place, key_unit_level
 from app.sync.models import SyncOp
 
@@ -490,14 +496,21 @@ def write_changes(session: Session, pending: dict[tuple[str, str], _Touched]) ->
     origin = session.info.get(ORIGIN_KEY) or session.info.get(_OP_DEVICE_KEY)
     now = utcnow()
     rows: list[dict[str, Any]] = []
+    passed_on: dict[str, dict[str, Any]] = {}  # hazards that existed before: id -> its change row
+    row_origin = origin  # per record, set below
 
     def add(kind: str, entity_id: str, loc: Location, *, deleted: bool, data: dict | None, holder: str | None = None):
         rows.append({"entity_type": kind, "entity_id": entity_id, "grid_id": loc[0], "town_id": loc[1],
-                     "holder_unit_id": holder, "deleted": deleted, "origin_device_id": origin, "changed_at": now,
+                     "holder_unit_id": holder, "deleted": deleted, "origin_device_id": row_origin, "changed_at": now,
                      "data": data})
 
     for (kind, entity_id), touched in pending.items():
         row = current.get((kind, entity_id))
+        # A device's push holds the premises it sent and the records it created (their routing is in its
+        # answer), not what the server then decided about a hazard that was there before: the holder,
+        # tier and clocks of a move's re-routing, a re-inspection's outcome, a merge followed. Those are
+        # news to that device as well.
+        row_origin = origin if kind != "hazard" or touched.created else None
         if row is None:
             if not touched.created:  # it existed before this transaction and is gone now
                 for loc in sorted(touched.locations, key=str):
@@ -514,11 +527,41 @@ def write_changes(session: Session, pending: dict[tuple[str, str], _Touched]) ->
                 data={"reason": "merged", "merged_into_id": row.merged_into_id})
         else:
             add(kind, entity_id, here, deleted=False, holder=row.holder_unit_id, data=touched.payload or hazard_data(row))
+        if kind == "hazard" and not touched.created:  # a new hazard's copies are routed within its town/county
+            passed_on[entity_id] = rows[-1]
+    if passed_on:
+        rows += _copies_elsewhere(session, passed_on)
     # From here to COMMIT: one writer at a time (PostgreSQL). Only the INSERT and the COMMIT run under it.
     _serialize_commits(session)
     if rows:
         insert_rows(session, Change.__table__, rows)
     return len(rows)
+
+
+_TOWN_UNIT_KINDS = (UnitKind.town_office.value, UnitKind.police_station.value)
+_COPIES = (sa.select(HazardCC.hazard_id, HazardCC.unit_id, OrgUnit.town_id)
+           .join(OrgUnit, OrgUnit.id == HazardCC.unit_id)
+           .where(HazardCC.hazard_id.in_(sa.bindparam("ids", expanding=True)), OrgUnit.kind.in_(_TOWN_UNIT_KINDS)))
+
+
+def _copies_elsewhere(session: Session, changed: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The change again, addressed (``holder_unit_id``, no grid or town) to each town office or police
+    station of another town copied on the hazard: one that passed it across town lines, or had it passed
+    back, keeps seeing it (a copy), so its device must keep hearing of it, not keep it as it last held it.
+    Units of the hazard's own town and its holder get the change row itself."""
+    out: list[dict[str, Any]] = []
+    ids = list(changed)
+    for i in range(0, len(ids), _IN_CHUNK):
+        for hazard_id, unit_id, unit_town in session.execute(_COPIES, {"ids": ids[i:i + _IN_CHUNK]}):
+            row = changed[hazard_id]
+            if unit_town != row["town_id"] and unit_id != row["holder_unit_id"]:
+                out.append({**row, "grid_id": None, "town_id": None, "holder_unit_id": unit_id})
+    return out
+
+
+def is_addressed_copy(grid_id: Any, town_id: Any, holder_unit_id: Any) -> sa.ColumnElement[bool]:
+    """A change row sent to one unit only (see _copies_elsewhere): every other row names where it is."""
+    return grid_id.is_(None) & town_id.is_(None) & holder_unit_id.isnot(None)
 
 
 # -- reading and pruning ----------------------------------------------------------------------

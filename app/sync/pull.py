@@ -11,7 +11,8 @@ comes on the next pull.
 Each change row is served once, in seq order, to the readers whose scope holds the row's grid (grid
 workers) or town (town office, police station; a police station also by holder): an upsert with
 the record as it was committed, or a tombstone for what left (moved, merged, deleted). A device is
-not sent the upserts it caused itself (its push already holds them); tombstones it caused still
+not sent the upserts it caused itself (its push already holds them; not so what the server decided
+about a hazard that was there before, such as a move's re-routing); tombstones it caused still
 reach it, except a "moved" tombstone whose destination the device can still see (the record
 stayed in its scope). A change made by anyone else later, the server included, reaches it.
 
@@ -40,11 +41,13 @@ from app.hazards.models import Hazard
 from app.inspections.models import Inspection
 from app.places.models import PLACE_CLASS_NAMES, Place, key_unit_level
 from app.referrals.policy import Policy
-from app.sync.feed import Change, hazard_data, inspection_data, place_data, read_head, read_state
+from app.sync.feed import (Change, hazard_data, inspection_data, is_addressed_copy, place_data, read_head,
+                           read_state)
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
 CURSOR_VERSION = 1
+SEQ_MAX = 2 ** 63 - 1  # the feed's seq is a BIGINT: a cursor number past it is no position in it
 
 # the phases of a pull, in order
 REF, PLACES, HAZARDS, INSPECTIONS, CHANGES = "ref", "place", "hazard", "inspection", "changes"
@@ -84,7 +87,7 @@ class CursorExpired(DomainError):
 class Cursor:
     e: str  # feed epoch
     f: str  # scope fingerprint
-    r: str  # reference-data version the device holds
+    r: str  # reference-data version the device holds (while it is being sent: that version)
     a: int  # every change at or below this seq is on the device (or in the snapshot being paged)
     u: int | None = None  # this pull's upper bound; None between pulls
     m: str | None = None  # "s" snapshot or "c" changes while a pull is under way
@@ -104,17 +107,23 @@ class Cursor:
             if not isinstance(d, dict) or d.get("v") != CURSOR_VERSION:
                 raise ValueError("unknown cursor version")
             c = cls(**d)
-            if not (isinstance(c.a, int) and (c.u is None or isinstance(c.u, int)) and c.m in (None, "s", "c")
+            if not (_seq(c.a) and (c.u is None or _seq(c.u)) and c.m in (None, "s", "c")
                     and isinstance(c.e, str) and isinstance(c.f, str) and isinstance(c.r, str)):
                 raise ValueError("bad field")
             if c.m is not None and (c.u is None or c.p not in (SNAPSHOT_PHASES if c.m == "s" else INCREMENTAL_PHASES)):
                 raise ValueError("bad phase")
-            if c.k is not None and not isinstance(c.k, str if c.p in (PLACES, HAZARDS, INSPECTIONS) else int):
+            if c.k is not None and not (isinstance(c.k, str) if c.p in (PLACES, HAZARDS, INSPECTIONS) else _seq(c.k)):
                 raise ValueError("bad position")
             return c
-        except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        # RecursionError: JSON nested deeper than the decoder goes (a garbled cursor, not our fault)
+        except (ValueError, TypeError, RecursionError, binascii.Error, UnicodeDecodeError):
             raise CursorExpired("cursor: not a cursor this server can serve; start over with a pull without a cursor",
                                 reason="malformed") from None
+
+
+def _seq(value: Any) -> bool:
+    """A number the feed could have handed out: bound into SQL unchecked, a larger one fails there (500)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEQ_MAX
 
 
 def scope_fingerprint(scope: Scope) -> str:
@@ -152,8 +161,8 @@ def _change_rows_in(scope: Scope) -> sa.ColumnElement[bool]:
     c = Change.__table__.c
     if scope.grid_ids is not None:
         return c.grid_id.in_(sorted(scope.grid_ids))
-    if scope.town_ids is None:
-        return sa.true()
+    if scope.town_ids is None:  # everything, but a copy addressed to one unit repeats a row served already
+        return ~is_addressed_copy(c.grid_id, c.town_id, c.holder_unit_id)
     return c.town_id.in_(sorted(scope.town_ids)) | (c.holder_unit_id == scope.unit_id)
 
 
@@ -202,6 +211,8 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
                 raise CursorExpired("cursor: ahead of this server's feed; start over with a pull without a cursor",
                                     reason="other_feed")
             c = replace(c, u=upto, m="c", p=REF if c.r != policy.version else CHANGES, k=None)
+            if c.p == REF:  # while the reference data is paged, ``r`` is the version being sent
+                c = replace(c, r=policy.version)
     reads_from = (c.k if c.p == CHANGES and c.k is not None else c.a) if c.m == "c" else None
     out: list[dict[str, Any]] = []
     read_changes = False
@@ -239,7 +250,9 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
         raise CursorExpired("cursor: older than the retained change feed; start over with a pull without a cursor",
                             reason="pruned")
     if c.p is None:  # this pull is complete: rest at its upper bound
-        c = Cursor(e=c.e, f=c.f, r=policy.version, a=c.u, u=None, m=None, p=None, k=None)
+        # with the reference data the device holds, not the policy of this page: a policy that changed
+        # after the reference data was sent (a rolling restart) is sent on the next pull
+        c = Cursor(e=c.e, f=c.f, r=c.r, a=c.u, u=None, m=None, p=None, k=None)
         return PullPage(changes=out, cursor=c.encode(), more=False)
     return PullPage(changes=out, cursor=c.encode(), more=True)
 
