@@ -92,8 +92,9 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
         setattr(place, key, value)
     place.updated_at = now or utcnow()
     if "grid_id" in changes or "place_class" in changes:
-        with session.no_autoflush:  # the place's change is flushed once, with its hazards'
+        with session.no_autoflush:  # the place's change is flushed once, with its hazards' and inspections'
             _hazards_follow(session, place)
+            _inspections_follow(session, place)
     session.add(place)
     session.flush()
     if relocation is not None:
@@ -113,6 +114,19 @@ def _hazards_follow(session: Session, place: Place) -> None:
             h.grid_id, h.community_id, h.town_id, h.place_class = where
             h.version += 1
             session.add(h)
+
+
+def _inspections_follow(session: Session, place: Place) -> None:
+    """A premises' inspections (its 巡查记录) carry where it is, as its hazards do: its file goes with it,
+    so the new grid's worker sees when it was last inspected and the inspection its hazards came from,
+    and the old grid's phones get tombstones (ORM updates: the change feed sees them)."""
+    from app.inspections.models import Inspection
+
+    for i in session.exec(select(Inspection).where(
+            Inspection.place_id == place.id,
+            (Inspection.grid_id != place.grid_id) | (Inspection.town_id != place.town_id))).all():
+        i.grid_id, i.town_id = place.grid_id, place.town_id
+        session.add(i)
 
 
 def _encode_cursor(values: list) -> str:

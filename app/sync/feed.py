@@ -507,10 +507,10 @@ def write_changes(session: Session, pending: dict[tuple[str, str], _Touched]) ->
     for (kind, entity_id), touched in pending.items():
         row = current.get((kind, entity_id))
         # A device's push holds the premises it sent and the records it created (their routing is in its
-        # answer), not what the server then decided about a hazard that was there before: the holder,
-        # tier and clocks of a move's re-routing, a re-inspection's outcome, a merge followed. Those are
-        # news to that device as well.
-        row_origin = origin if kind != "hazard" or touched.created else None
+        # answer), not what the server then decided about a record that was there before: the holder,
+        # tier and clocks of a move's re-routing, a re-inspection's outcome, a merge followed, the grid of
+        # an inspection whose premises it moved. Those are news to that device as well.
+        row_origin = origin if kind == "place" or touched.created else None
         if row is None:
             if not touched.created:  # it existed before this transaction and is gone now
                 for loc in sorted(touched.locations, key=str):

@@ -195,6 +195,52 @@ def test_a_moved_place_takes_its_hazards_along(c, session, units):
     assert c.get(f"/api/v1/hazards/{hid}", headers=a1).status_code == 404
 
 
+def test_a_moved_place_takes_its_inspections_along(c, session, units):
+    """Its inspection file goes with it, to another town too: the old grid's phones drop it, the new
+    grid's get it (with the inspection its hazards name), and a fresh pull lists it only there."""
+    a1, b1, a2 = login(c, "worker-a1"), login(c, "worker-b1"), login(c, "worker-a2")
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    insp = {"id": uid(), "place_id": place.id, "started_at": (NOW - timedelta(hours=2)).isoformat(),
+            "finished_at": (NOW - timedelta(hours=1)).isoformat(), "checklist": [],
+            "hazards": [hazard_data(place.id, NOW - timedelta(hours=1), category="window_bars")]}
+    [res] = push(c, a1, op("inspection.submit", insp))
+    assert res["status"] == "applied", res
+    _, a1_cursor, _ = pull_all(c, a1)
+    _, b1_cursor, _ = pull_all(c, b1)
+    r = c.patch(f"/api/v1/places/{place.id}", json={"grid_id": units["grid-b-1-1"].id}, headers=login(c, "admin"))
+    assert r.status_code == 200, r.text
+
+    changes, _, _ = pull_all(c, a1, a1_cursor)
+    assert ("inspection", insp["id"], True) in {(ch["type"], ch["id"], ch["deleted"]) for ch in changes}
+    changes, _, _ = pull_all(c, b1, b1_cursor)
+    got = [ch for ch in changes if ch["type"] == "inspection"]
+    assert [(ch["id"], ch["deleted"]) for ch in got] == [(insp["id"], False)]
+    assert got[0]["data"]["grid_id"] == units["grid-b-1-1"].id
+    assert insp["id"] in ids(pull_all(c, b1)[0], "inspection")
+    for worker in (a1, a2):  # nor does a fresh pull of the old town list it
+        assert insp["id"] not in ids(pull_all(c, worker)[0], "inspection")
+    row = session.get(Inspection, insp["id"])
+    session.refresh(row)
+    assert (row.grid_id, row.town_id) == (units["grid-b-1-1"].id, units["grid-b-1-1"].town_id)
+
+
+def test_an_inspection_moved_by_the_devices_own_push_reaches_it_where_it_went(c, session, units):
+    """The device sent the premises, not its inspections' new grid: that is the server's news to it too."""
+    admin = login(c, "admin", device="admin-phone")
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    insp = {"id": uid(), "place_id": place.id, "started_at": (NOW - timedelta(hours=2)).isoformat(),
+            "finished_at": (NOW - timedelta(hours=1)).isoformat(), "checklist": [], "hazards": []}
+    assert push(c, login(c, "worker-a1"), op("inspection.submit", insp))[0]["status"] == "applied"
+    _, cursor, _ = pull_all(c, admin, limit=1000)
+    [res] = push(c, admin, op("place.upsert", {"id": place.id, "name": place.name, "address": place.address,
+                                               "grid_id": units["grid-b-1-1"].id, "place_class": "rental"}))
+    assert res["status"] == "applied", res
+    changes, _, _ = pull_all(c, admin, cursor)
+    assert place.id not in ids(changes)  # the premises itself is the device's own write
+    got = [ch for ch in changes if ch["id"] == insp["id"] and not ch["deleted"]]
+    assert got and got[-1]["data"]["grid_id"] == units["grid-b-1-1"].id, changes
+
+
 def test_a_move_within_the_devices_own_scope_is_not_echoed_and_the_old_grid_gets_a_tombstone(c, session, units):
     office_b = login(c, "office-b", device="desk-b")
     w = login(c, "worker-b1")
