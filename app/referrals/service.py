@@ -294,13 +294,19 @@ def earliest_open(session: Session, pairs: Iterable[tuple[str, str]]) -> dict[tu
     return found
 
 
+_LOOK_IT_UP: Any = object()
+
+
 def report_hazard(session: Session, rules: Rules, report: HazardReport, place: Place, actor: Actor,
-                  now: datetime, device_time: datetime | None = None) -> Hazard:
-    """A new hazard from the field: routed by the policy, its first hop and its first events recorded."""
+                  now: datetime, device_time: datetime | None = None, *, duplicate_of: str | None = _LOOK_IT_UP) -> Hazard:
+    """A new hazard from the field: routed by the policy, its first hop and its first events recorded.
+    ``duplicate_of``: the open hazard it repeats, when the caller knows better than the database (a sync
+    batch: hazards it wrote share one created_at, so the earliest of them cannot be told by it)."""
     if session.get(Hazard, report.id) is not None:
         raise Conflict(f"hazard {report.id} already exists", code="hazard_exists")
-    planned = plan_hazard(rules, report, place, town_facts(session, place),
-                          open_duplicate(session, place.id, report.category), actor, now, device_time)
+    if duplicate_of is _LOOK_IT_UP:
+        duplicate_of = open_duplicate(session, place.id, report.category)
+    planned = plan_hazard(rules, report, place, town_facts(session, place), duplicate_of, actor, now, device_time)
     session.flush()  # pending ORM rows (the place, an inspection) go first: the hazard refers to them
     write_planned(session, [planned])
     return session.get(Hazard, report.id)

@@ -1,10 +1,10 @@
 """What the phone sends: a batch of ops, each with a client-made op_id and typed data."""
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 SHA256 = r"^[0-9a-f]{64}$"
 UUIDISH = r"^[0-9A-Za-z][0-9A-Za-z\-]{7,63}$"  # client UUIDs; tolerant of ULIDs and dashes
@@ -25,8 +25,31 @@ def _check_shas(v: list[str]) -> list[str]:
 Photos = Annotated[list[str], AfterValidator(_check_shas)]
 
 
+def _in_utc_range(v: datetime) -> datetime:
+    # stored in UTC: 0001-01-01T00:30+01:00 has no UTC instant, and would fail only at the INSERT (a 500
+    # that took the whole batch down)
+    try:
+        v.astimezone(timezone.utc)
+    except OverflowError:
+        raise ValueError("out of range (no such instant in UTC)") from None
+    return v
+
+
+# a time as the device saw it, with its offset: kept as data, never used to order anything
+DeviceTime = Annotated[AwareDatetime, AfterValidator(_in_utc_range)]
+
+
+def _no_nul(v: Any) -> Any:
+    # PostgreSQL text cannot hold U+0000: refused here, for the op alone, on both backends alike
+    if isinstance(v, str) and "\x00" in v:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return v
+
+
 class _Data(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
+
+    _text = field_validator("*")(_no_nul)
 
 
 class PlaceUpsertData(_Data):
@@ -49,7 +72,7 @@ class HazardReportData(_Data):
     severity: Literal["general", "major"]
     violation: bool = False
     description: str = Field(default="", max_length=2000)
-    found_at: AwareDatetime
+    found_at: DeviceTime
     photos: Photos = Field(default_factory=list, max_length=20)
 
 
@@ -62,8 +85,8 @@ class ChecklistItem(_Data):
 class InspectionSubmitData(_Data):
     id: str = Field(pattern=UUIDISH)
     place_id: str = Field(max_length=36)
-    started_at: AwareDatetime
-    finished_at: AwareDatetime | None = None
+    started_at: DeviceTime
+    finished_at: DeviceTime | None = None
     lat: float | None = Field(default=None, ge=-90, le=90)
     lon: float | None = Field(default=None, ge=-180, le=180)
     checklist: list[ChecklistItem] = Field(default_factory=list, max_length=200)
@@ -75,7 +98,7 @@ class HazardReinspectData(_Data):
     hazard_id: str = Field(max_length=36)
     rectified: bool
     note: str = Field(default="", max_length=2000)
-    at: AwareDatetime
+    at: DeviceTime
     photos: Photos = Field(default_factory=list, max_length=20)
 
 
@@ -89,8 +112,12 @@ OP_TYPES: dict[str, type[_Data]] = {
 
 class Op(BaseModel):
     op_id: str = Field(min_length=1, max_length=64)
-    type: str = Field(max_length=40)
-    data: dict[str, Any] = Field(default_factory=dict)
+    # type and data are checked op by op (unknown_op_type, validation_error): one malformed op must not
+    # turn the whole batch into a 422, which the phone would re-send, and be refused, for ever
+    type: str
+    data: Any = Field(default_factory=dict, description="an object, whose fields the op type defines")
+
+    _text = field_validator("op_id")(_no_nul)
 
 
 class PushRequest(BaseModel):
@@ -99,6 +126,8 @@ class PushRequest(BaseModel):
     # the phone's clock when it sent the batch: how far off it is is recorded, never trusted
     sent_at: AwareDatetime | None = None
     app_version: str | None = Field(default=None, max_length=40)
+
+    _text = field_validator("device_id", "app_version")(_no_nul)
 
 
 class OpError(BaseModel):

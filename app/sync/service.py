@@ -5,7 +5,7 @@ One bad op is rejected with a code and a message; the rest of the batch applies.
 response leaves, so an acknowledged op is durable and an unacknowledged one is simply re-sent.
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,6 +48,10 @@ class PushContext:
     user: User
     device: Device
     now: datetime
+    # (place_id, category) -> the open hazard a new report there repeats, as this push has left it (None:
+    # none). Every hazard a push writes has the same created_at, so the database cannot tell which of
+    # them came first; op by op and in bulk, the first reported is the one the later ones repeat.
+    open_by_place: dict[tuple[str, str], str | None] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.actor = Actor(self.user.id, self.user.org_unit_id, self.device.id)
@@ -77,7 +81,7 @@ def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer:
         results = _write_run(wctx, plan)
         if results is not None:
             return results
-    done = _done(writer, ops)
+    done = _done(wctx, writer, ops)
     results: list[OpResult] = []
     i = 0
     while i < len(ops):
@@ -85,7 +89,10 @@ def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer:
             j = i
             while j < len(ops) and ops[j].type in BULK_TYPES:
                 j += 1
-            bulk = _write_run(wctx, _plan_run(wctx, ops[i:j], done))
+            run = _plan_run(wctx, ops[i:j], done)
+            bulk = _write_run(wctx, run)
+            if bulk is not None:
+                wctx.open_by_place.update(run.open_by_place)
             results += bulk if bulk is not None else [_apply_one(wctx, op, done) for op in ops[i:j]]
             i = j
         else:
@@ -99,17 +106,37 @@ def push(ctx: PushContext, ops: list[Op]) -> list[OpResult]:
     return apply_push(ctx, ops, plan_push(ctx, ops), ctx.session)
 
 
-def _done(session: Session, ops: list[Op]) -> dict[str, dict]:
-    """op_id -> the result it got when it was applied."""
+# stands for an op_id another user's op was applied under, in the maps of op_id -> first result
+_TAKEN: dict = {}
+
+
+def _prior(ctx: PushContext, user_id: str, result: dict) -> dict:
+    """What an op_id applied before answers this pusher: its result if the op was theirs. Another user's
+    result is not theirs to read, and their op is not that one."""
+    return result if user_id == ctx.user.id else _TAKEN
+
+
+def _done(ctx: PushContext, session: Session, ops: list[Op]) -> dict[str, dict]:
+    """op_id -> the result it got when it was applied (_TAKEN: applied for another user)."""
     ids = list({op.op_id for op in ops})
-    return dict(session.execute(_DONE, {"ids": ids}).all()) if ids else {}
+    return {op_id: _prior(ctx, user_id, result)
+            for op_id, result, user_id in session.execute(_DONE, {"ids": ids})} if ids else {}
+
+
+def _answer(op: Op, prior: dict) -> OpResult:
+    """A re-sent op's answer: the result it got the first time."""
+    if prior is _TAKEN:
+        return _rejected(op, "op_id_taken", f"op_id {op.op_id!r} is another user's op: give this op an id of its own",
+                         "op_id")
+    return OpResult(op_id=op.op_id, status="duplicate", result=prior)
 
 
 def _apply_one(ctx: PushContext, op: Op, done: dict[str, dict]) -> OpResult:
     """One op in its own savepoint: all of it or none of it."""
     session = ctx.session
     if op.op_id in done:
-        return OpResult(op_id=op.op_id, status="duplicate", result=done[op.op_id])
+        return _answer(op, done[op.op_id])
+    opened = dict(ctx.open_by_place)  # as it was, should the op roll back
     savepoint = session.begin_nested()
     try:
         result = apply_op(ctx, op)
@@ -119,17 +146,20 @@ def _apply_one(ctx: PushContext, op: Op, done: dict[str, dict]) -> OpResult:
         savepoint.commit()
     except DomainError as exc:
         savepoint.rollback()
+        ctx.open_by_place = opened
         return _rejected(op, exc.code, exc.message, exc.extra.get("field"))
     except ValidationError as exc:
         savepoint.rollback()
+        ctx.open_by_place = opened
         return _validation_rejected(op, exc)
     except sa.exc.IntegrityError:
         savepoint.rollback()
+        ctx.open_by_place = opened
         # another phone (or this one, retrying in parallel) applied the same op_id meanwhile
-        prior = session.execute(select(SyncOp.result).where(SyncOp.op_id == op.op_id)).scalar_one_or_none()
+        prior = session.execute(select(SyncOp.result, SyncOp.user_id).where(SyncOp.op_id == op.op_id)).first()
         if prior is not None:
-            done[op.op_id] = prior
-            return OpResult(op_id=op.op_id, status="duplicate", result=prior)
+            done[op.op_id] = _prior(ctx, prior.user_id, prior.result)
+            return _answer(op, done[op.op_id])
         return _rejected(op, "conflict", "a record with one of these ids already exists")
     done[op.op_id] = result
     return OpResult(op_id=op.op_id, status="applied", result=result)
@@ -137,24 +167,25 @@ def _apply_one(ctx: PushContext, op: Op, done: dict[str, dict]) -> OpResult:
 
 def _validation_rejected(op: Op, exc: ValidationError) -> OpResult:
     first = exc.errors()[0]
-    field = ".".join(str(p) for p in first["loc"])
-    return _rejected(op, "validation_error", f"data.{field}: {first['msg']}", f"data.{field}")
+    field = ".".join(["data", *(str(p) for p in first["loc"])])  # no loc: data is not an object
+    return _rejected(op, "validation_error", f"{field}: {first['msg']}", field)
 
 
 # Built once: a one-op push (a phone syncing each inspection as it is made) spent as much CPU building
 # and keying its statements as running them.
 
 _PLACES = select(Place).where(Place.id.in_(sa.bindparam("ids", expanding=True)))
-_DONE = select(SyncOp.op_id, SyncOp.result).where(SyncOp.op_id.in_(sa.bindparam("ids", expanding=True)))
+_DONE = select(SyncOp.op_id, SyncOp.result, SyncOp.user_id).where(SyncOp.op_id.in_(sa.bindparam("ids", expanding=True)))
 # Which of a run's op ids were applied before (with their results) and which of its record ids are
 # taken: one statement, not three (each statement is ~4 % of a one-op push's instructions,
 # bench/instructions.py). An empty list matches nothing.
 _KNOWN = sa.union_all(
-    sa.select(sa.literal_column("'op'").label("kind"), SyncOp.op_id.label("id"), SyncOp.result.label("result"))
+    sa.select(sa.literal_column("'op'").label("kind"), SyncOp.op_id.label("id"), SyncOp.result.label("result"),
+              SyncOp.user_id.label("user_id"))
     .where(SyncOp.op_id.in_(sa.bindparam("op_ids", expanding=True))),
-    sa.select(sa.literal_column("'hazard'"), Hazard.id, sa.null())
+    sa.select(sa.literal_column("'hazard'"), Hazard.id, sa.null(), sa.null())
     .where(Hazard.id.in_(sa.bindparam("hazard_ids", expanding=True))),
-    sa.select(sa.literal_column("'inspection'"), Inspection.id, sa.null())
+    sa.select(sa.literal_column("'inspection'"), Inspection.id, sa.null(), sa.null())
     .where(Inspection.id.in_(sa.bindparam("inspection_ids", expanding=True))),
 )
 
@@ -167,15 +198,20 @@ class _RunState:
         place_ids = list({d.place_id for d in parsed if d is not None})
         self.places = {p.id: p for p in session.exec(_PLACES, params={"ids": place_ids})} if place_ids else {}
         known: dict[str, dict] = {"op": {}, "hazard": {}, "inspection": {}}
-        for kind, id_, result in session.execute(_KNOWN, {
+        for kind, id_, result, user_id in session.execute(_KNOWN, {
                 "op_ids": op_ids, "hazard_ids": [h.id for d in parsed if d is not None for h in _hazards_of(d)],
                 "inspection_ids": [d.id for d in parsed if isinstance(d, InspectionSubmitData)]}):
-            known[kind][id_] = result
+            known[kind][id_] = _prior(ctx, user_id, result) if kind == "op" else result
         self.done: dict[str, dict] = known["op"]
         self.taken_hazards = set(known["hazard"])
         self.taken_inspections = set(known["inspection"])
         self.open_by_place = earliest_open(session, [(h.place_id, h.category) for d in parsed if d is not None
                                                      for h in _hazards_of(d) if h.place_id in self.places])
+        for key, hazard_id in ctx.open_by_place.items():  # what this push wrote before the run
+            if hazard_id is None:
+                self.open_by_place.pop(key, None)
+            else:
+                self.open_by_place[key] = hazard_id
         self.towns: dict[tuple[str, str], TownFacts] = {}
         self.session = session
 
@@ -199,6 +235,7 @@ class _RunPlan:
     sync_rows: list[dict]
     prepared: tuple[PreparedInsert, PreparedHazards, PreparedInsert] | None = None  # bound rows, see _prepare
     planned_on: Session | None = None  # if not the writer's session, a premises may have moved since
+    open_by_place: dict[tuple[str, str], str] = field(default_factory=dict)  # as the run leaves it
 
 
 def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPlan:
@@ -217,18 +254,18 @@ def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPla
             early[k] = _validation_rejected(op, exc)
     state = _RunState(ctx, parsed, list({op.op_id for op in run if op.op_id not in done}))
     done.update(state.done)
-    plan = _RunPlan(run, [], [], [], [], planned_on=ctx.session)
+    plan = _RunPlan(run, [], [], [], [], planned_on=ctx.session, open_by_place=state.open_by_place)
     results: list[OpResult | None] = []
     applied: dict[str, dict] = {}
     for k, (op, data) in enumerate(zip(run, parsed)):
         if op.op_id in done:  # before any check of its data: a re-sent op gets its first answer
             results.append(None)  # filled in below
             continue
+        if op.op_id in applied:  # before its data is checked, as op by op: the op_id decides
+            results.append(None)  # a duplicate within the batch: filled in below
+            continue
         if k in early:
             results.append(early[k])
-            continue
-        if op.op_id in applied:
-            results.append(None)  # a duplicate within the batch: filled in below
             continue
         try:
             result, planned, insp = _plan_op(ctx, state, data)
@@ -243,8 +280,7 @@ def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPla
         applied[op.op_id] = result
         results.append(OpResult(op_id=op.op_id, status="applied", result=result))
     known = {**done, **applied}
-    plan.results = [r if r is not None else OpResult(op_id=op.op_id, status="duplicate", result=known[op.op_id])
-                    for r, op in zip(results, run)]
+    plan.results = [r if r is not None else _answer(op, known[op.op_id]) for r, op in zip(results, run)]
     # bound now, while planning: on SQLite the write transaction that follows holds the only write lock
     dialect = ctx.session.get_bind().dialect
     plan.prepared = (prepare_insert(dialect, Inspection.__table__, plan.inspections),
@@ -308,11 +344,15 @@ def _plan_op(ctx: PushContext, state: _RunState, data) -> tuple[dict, list[Plann
     if data.id in state.taken_inspections:
         raise Conflict(f"data.id: inspection {data.id} already exists", code="inspection_exists", field="data.id")
     planned = []
+    opened: dict[tuple[str, str], str] = {}  # the inspection's own, kept from the run until it is accepted
     for i, hz in enumerate(data.hazards):
         if hz.place_id != place.id:
             raise Invalid(f"data.hazards.{i}.place_id: a hazard of this inspection must be on its premises",
                           code="place_mismatch", field=f"data.hazards.{i}.place_id")
-        planned.append(_plan_hazard(ctx, state, hz, place, data.id, f"data.hazards.{i}."))
+        if any(p.hazard.id == hz.id for p in planned):
+            raise Conflict(f"data.hazards.{i}.id: hazard {hz.id} already exists", code="hazard_exists",
+                           field=f"data.hazards.{i}.id")
+        planned.append(_plan_hazard(ctx, state, hz, place, data.id, f"data.hazards.{i}.", opened))
     state.taken_inspections.add(data.id)
     for p in planned:  # only now: a rejected op must not leave its ids or duplicates behind
         state.taken_hazards.add(p.hazard.id)
@@ -324,7 +364,7 @@ def _plan_op(ctx: PushContext, state: _RunState, data) -> tuple[dict, list[Plann
 
 
 def _plan_hazard(ctx: PushContext, state: _RunState, data: HazardReportData, place: Place,
-                 inspection_id: str | None, prefix: str) -> PlannedHazard:
+                 inspection_id: str | None, prefix: str, opened: dict | None = None) -> PlannedHazard:
     if data.category not in ctx.rules.policy.category_codes:
         raise Invalid(f"{prefix}category: unknown category {data.category!r}", code="unknown_category",
                       field=f"{prefix}category")
@@ -334,11 +374,14 @@ def _plan_hazard(ctx: PushContext, state: _RunState, data: HazardReportData, pla
     report = HazardReport(id=data.id, place_id=place.id, category=data.category, severity=data.severity,
                           violation=data.violation, description=data.description, found_at=data.found_at,
                           photos=tuple(data.photos), inspection_id=inspection_id or data.inspection_id)
-    planned = plan_hazard(ctx.rules, report, place, state.town(place), state.open_by_place.get((place.id, data.category)),
-                          ctx.actor, ctx.now)
+    key = (place.id, data.category)
+    planned = plan_hazard(ctx.rules, report, place, state.town(place),
+                          state.open_by_place.get(key) or (opened or {}).get(key), ctx.actor, ctx.now)
     if inspection_id is None:
         state.taken_hazards.add(data.id)
-        state.open_by_place.setdefault((place.id, data.category), data.id)
+        state.open_by_place.setdefault(key, data.id)
+    elif opened is not None:
+        opened.setdefault(key, data.id)
     return planned
 
 
@@ -354,7 +397,8 @@ def _rejected(op: Op, code: str, message: str, field: str | None = None) -> OpRe
 def apply_op(ctx: PushContext, op: Op) -> dict[str, Any]:
     model = OP_TYPES.get(op.type)
     if model is None:
-        raise Invalid(f"unknown op type {op.type!r}; known: {', '.join(OP_TYPES)}", code="unknown_op_type", field="type")
+        raise Invalid(f"unknown op type {op.type[:40]!r}; known: {', '.join(OP_TYPES)}", code="unknown_op_type",
+                      field="type")
     data = model.model_validate(op.data)
     if isinstance(data, HazardReportData):
         return _hazard_report(ctx, data)
@@ -388,13 +432,20 @@ def _new_hazard(ctx: PushContext, data: HazardReportData, place: Place, inspecti
         raise Invalid(f"{prefix}category: unknown category {data.category!r}", code="unknown_category",
                       field=f"{prefix}category")
     _not_future(ctx, data.found_at, prefix.removeprefix("data.") + "found_at")
+    if ctx.session.get(Hazard, data.id) is not None:
+        raise Conflict(f"{prefix}id: hazard {data.id} already exists", code="hazard_exists", field=f"{prefix}id")
+    key = (place.id, data.category)
+    if key not in ctx.open_by_place:
+        ctx.open_by_place[key] = earliest_open(ctx.session, [key]).get(key)
     h = report_hazard(
         ctx.session, ctx.rules,
         HazardReport(id=data.id, place_id=place.id, category=data.category, severity=data.severity,
                      violation=data.violation, description=data.description, found_at=data.found_at,
                      photos=tuple(data.photos), inspection_id=inspection_id or data.inspection_id),
-        place, ctx.actor, ctx.now,
+        place, ctx.actor, ctx.now, duplicate_of=ctx.open_by_place[key],
     )
+    if ctx.open_by_place[key] is None:
+        ctx.open_by_place[key] = h.id
     return _hazard_result(h)
 
 
@@ -434,6 +485,7 @@ def _hazard_reinspect(ctx: PushContext, data: HazardReinspectData) -> dict:
     _not_future(ctx, data.at, "at")
     if ctx.session.get(Reinspection, data.id) is not None:
         raise Conflict(f"data.id: re-inspection {data.id} already exists", code="reinspection_exists", field="data.id")
+    ctx.open_by_place.pop((h.place_id, h.category), None)  # it may close: the database says again
     h, outcome = record_field_reinspection(
         ctx.session, ctx.rules,
         ReinspectionReport(id=data.id, hazard_id=data.hazard_id, rectified=data.rectified, note=data.note,
@@ -446,12 +498,14 @@ def _hazard_reinspect(ctx: PushContext, data: HazardReinspectData) -> dict:
 def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
     ctx.scope.require_place_editor()
     existing = ctx.session.get(Place, data.id)
-    fields = data.model_dump(exclude={"id"})
     if existing is None:
-        place = places.create_place(ctx.session, ctx.scope, PlaceCreate(id=data.id, **fields))
+        place = places.create_place(ctx.session, ctx.scope, PlaceCreate(id=data.id, **data.model_dump(exclude={"id"})))
     else:
         if not ctx.scope.sees_place(existing):
             raise NotFound(f"data.id: no premises {data.id} in your grids", code="unknown_place", field="data.id")
-        place = places.update_place(ctx.session, ctx.scope, existing, PlaceUpdate(**fields), rules=ctx.rules,
-                                     actor=ctx.actor, now=ctx.now)
+        # only what the op names: a field the phone does not send (an old app that knows no owner_phone)
+        # keeps what the office entered rather than being blanked by the default
+        place = places.update_place(ctx.session, ctx.scope, existing,
+                                     PlaceUpdate(**data.model_dump(exclude={"id"}, exclude_unset=True)),
+                                     rules=ctx.rules, actor=ctx.actor, now=ctx.now)
     return {"place_id": place.id, "grid_id": place.grid_id}
