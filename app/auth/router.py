@@ -69,10 +69,10 @@ def _visible_user(session, p, user_id: str) -> User:
 
 @router.get("/devices", response_model=list[DevicePublic])
 def list_devices(p: CurrentPrincipal, session: SessionDep):
-    """Your own devices; a town office or admin sees the devices of users in its scope."""
+    """Your own devices; a town office sees those of its towns' staff (not the county's), an admin all."""
     q = select(Device).join(User, User.id == Device.user_id)
     if p.user.role in (Role.admin, Role.town_office):
-        q = q.join(OrgUnit, OrgUnit.id == User.org_unit_id).where(p.scope.unit_clause())
+        q = q.join(OrgUnit, OrgUnit.id == User.org_unit_id).where(p.scope.staff_clause())
     else:
         q = q.where(Device.user_id == p.user.id)
     return session.exec(q.order_by(Device.created_at)).all()
@@ -84,8 +84,10 @@ def revoke_device(device_id: str, p: CurrentPrincipal, session: SessionDep):
     if device is None:
         raise NotFound(f"device {device_id} not found")
     if device.user_id != p.user.id:
-        _visible_user(session, p, device.user_id)  # 404 outside scope
+        owner = _visible_user(session, p, device.user_id)  # 404 outside scope
         p.require_role(Role.admin, Role.town_office)
+        if not p.scope.answers_for_staff_of(require_unit(session, owner.org_unit_id)):
+            raise NotFound(f"device {device_id} not found")  # not in the caller's list of devices either
     service.revoke_device(session, device)
     return device
 

@@ -74,6 +74,27 @@ class Scope:
             return True
         return self.town_ids is not None and (unit.town_id in self.town_ids or unit.id in self.town_ids)
 
+    # staff ---------------------------------------------------------------------------------
+    # Narrower than the units one sees: a town sees the county's units (the brigade, the regulators,
+    # the county itself) as bodies to refer to, but their staff and phones are none of its business.
+    def staff_clause(self) -> sa.ColumnElement[bool]:
+        """Units whose users and devices the caller answers for."""
+        if self.everything:
+            return sa.true()
+        own = OrgUnit.id == self.unit_id
+        if self.grid_ids is not None:
+            return own | OrgUnit.id.in_(self.grid_ids)
+        if self.town_ids is None:
+            return own
+        return own | OrgUnit.town_id.in_(self.town_ids) | OrgUnit.id.in_(self.town_ids)
+
+    def answers_for_staff_of(self, unit: OrgUnit) -> bool:
+        if self.everything or unit.id == self.unit_id:
+            return True
+        if self.grid_ids is not None:
+            return unit.id in self.grid_ids
+        return self.town_ids is not None and (unit.town_id in self.town_ids or unit.id in self.town_ids)
+
 
 def scope_for(session: Session, user: User, unit: OrgUnit | None = None) -> Scope:
     """The user's scope. ``unit``: the user's unit if the caller has it already (authentication loads it)."""

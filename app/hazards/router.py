@@ -11,7 +11,7 @@ from app.hazards.schemas import ActionRequest, Figures, FiguresRow, HazardDetail
 from app.photos.service import register_refs
 from app.referrals.deps import NowDep, RulesDep
 from app.referrals.lifecycle import Action, ActionParams
-from app.referrals.service import act, lock_hazard
+from app.referrals.service import act
 
 router = APIRouter(prefix="/api/v1", tags=["hazards"])
 
@@ -47,9 +47,10 @@ def get_hazard(hazard_id: str, p: CurrentPrincipal, session: SessionDep, now: No
 def post_action(hazard_id: str, body: ActionRequest, p: CurrentPrincipal, session: SessionDep, now: NowDep,
                 rules: RulesDep):
     service.visible_hazard(session, p.scope, hazard_id)  # 404 outside the scope
-    h = lock_hazard(session, hazard_id)
     action = Action(body.action)
+    h = service.lock_for_action(session, hazard_id, body.merge_into_id if action is Action.MERGE else None)
     service.require_may_act(p.scope, h, action)
+    service.require_may_set_deadline(p.scope, h, action, body.deadline)
     params = ActionParams(
         deadline=body.deadline, reason=body.reason, to_unit_id=body.to_unit_id, rectified=body.rectified,
         photos=len(body.photos), override_reason=body.override_reason, merge_into_id=body.merge_into_id,

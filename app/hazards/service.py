@@ -21,7 +21,7 @@ from app.photos.service import pending_for_hazard
 from app.places.models import Place
 from app.referrals import lifecycle
 from app.referrals.lifecycle import Action, Status
-from app.referrals.service import OPEN_STATUSES, clocks_public
+from app.referrals.service import OPEN_STATUSES, clocks_public, lock_hazard
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 MAX_PAGE = 200
@@ -32,6 +32,15 @@ def visible_hazard(session: Session, scope: Scope, hazard_id: str) -> Hazard:
     if h is None or not sees_hazard(session, scope, h):
         raise NotFound(f"hazard {hazard_id} not found")
     return h
+
+
+def lock_for_action(session: Session, hazard_id: str, merge_into_id: str | None = None) -> Hazard:
+    """The hazard, locked, as it is now. A merge also locks the original before it is checked open (a
+    desk closing it meanwhile would otherwise get a duplicate merged into a finished hazard); the two
+    in id order, so two merges of one pair, either way round, queue instead of deadlocking."""
+    ids = sorted({hazard_id, merge_into_id} - {None})
+    locked = {i: lock_hazard(session, i) for i in ids}
+    return locked[hazard_id]
 
 
 def may_act(scope: Scope, h: Hazard, action: Action) -> bool:
@@ -55,6 +64,15 @@ def require_may_act(scope: Scope, h: Hazard, action: Action) -> None:
         raise Forbidden(f"only the holder of this hazard may {action.value} it", code="not_holder")
 
 
+def require_may_set_deadline(scope: Scope, h: Hazard, action: Action, deadline: datetime | None) -> None:
+    """What may_act cannot tell from the action alone: a re-inspection may carry a new deadline."""
+    if (action is Action.RECORD_REINSPECTION and deadline is not None and scope.role != Role.admin
+            and scope.unit_id != h.holder_unit_id):
+        # a grid worker re-inspects anyone's hazard in its grid; the 限期整改 date is the holder's order
+        raise Forbidden("deadline: only the holder of this hazard sets its rectification deadline; a re-inspection "
+                        "without one keeps the deadline running", code="not_holder", field="deadline")
+
+
 # -- queue ---------------------------------------------------------------------------------
 
 
@@ -69,8 +87,10 @@ def _decode(cursor: str) -> tuple[datetime, datetime | None, str]:
         due, created = datetime.fromisoformat(due), datetime.fromisoformat(created) if created else None
         if due.tzinfo is None or (created is not None and created.tzinfo is None):
             raise ValueError("a cursor's times carry their offset")
+        # in UTC here, as the columns hold them: a time at the calendar's edge cannot be bound
+        due, created = due.astimezone(timezone.utc), created.astimezone(timezone.utc) if created else None
         return due, created, str(hid)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise Invalid("cursor: not a cursor this server issued (or one from before an upgrade): start from the "
                       "first page", code="bad_cursor", field="cursor") from None
 
@@ -251,9 +271,22 @@ def figures(session: Session, scope: Scope, now: datetime, start: datetime, end:
     return area_id, [(k, summarise(v)) for k, v in sorted(groups.items())], summarise(rows)
 
 
+PERIOD_BOUNDS = (datetime(1970, 1, 1, tzinfo=timezone.utc), datetime(2200, 1, 1, tzinfo=timezone.utc))
+
+
 def parse_period(start: datetime | None, end: datetime | None, now: datetime) -> tuple[datetime, datetime]:
-    end = end or now
-    start = start or (end - timedelta(days=365))
+    # an instant, not a wall time whose zone is guessed; and one the columns (and a year back) can hold
+    for name, value in (("from", start), ("to", end)):
+        if value is None:
+            continue
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise Invalid(f"{name}: give the time with its offset (e.g. +08:00 or Z)", code="validation_error",
+                          field=name)
+        if not PERIOD_BOUNDS[0] <= value <= PERIOD_BOUNDS[1]:
+            raise Invalid(f"{name}: must lie between {PERIOD_BOUNDS[0].year} and {PERIOD_BOUNDS[1].year}",
+                          code="validation_error", field=name)
+    end = (end or now).astimezone(timezone.utc)
+    start = (start or (end - timedelta(days=365))).astimezone(timezone.utc)
     if start >= end:
         raise Invalid("from: must be before to", code="validation_error", field="from")
     return start, end

@@ -34,18 +34,20 @@ def _resolve_grid(session: Session, scope: Scope | None, grid_id: str) -> OrgUni
     return grid
 
 
-def _resolve_regulator(session: Session, regulator_id: str | None) -> None:
+def _resolve_regulator(session: Session, regulator_id: str | None, grid: OrgUnit) -> None:
+    """A premises' sector regulator is one of its own county's: copied on the premises' hazards, another
+    county's would hear of premises outside its remit."""
     if regulator_id is None:
         return
     unit = session.get(OrgUnit, regulator_id)
-    if unit is None or unit.kind != UnitKind.sector_regulator:
-        raise Invalid(f"sector_regulator_id: no sector regulator {regulator_id!r}", code="unknown_regulator",
-                      field="sector_regulator_id")
+    if unit is None or unit.kind != UnitKind.sector_regulator or unit.county_id != grid.county_id:
+        raise Invalid(f"sector_regulator_id: no sector regulator {regulator_id!r} in the premises' county",
+                      code="unknown_regulator", field="sector_regulator_id")
 
 
 def create_place(session: Session, scope: Scope | None, data: PlaceCreate) -> Place:
     grid = _resolve_grid(session, scope, data.grid_id)
-    _resolve_regulator(session, data.sector_regulator_id)
+    _resolve_regulator(session, data.sector_regulator_id, grid)
     values = data.model_dump(exclude_none=True)
     if data.id and session.get(Place, data.id) is not None:
         raise Conflict(f"place {data.id} already exists", code="place_exists")
@@ -77,6 +79,10 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
         if changes["grid_id"] is None:
             raise Invalid("grid_id: a place must stay in a grid", code="validation_error", field="grid_id")
         grid = _resolve_grid(session, scope, changes["grid_id"])
+    if "grid_id" in changes or "sector_regulator_id" in changes:  # a new regulator, or one left in the old county
+        _resolve_regulator(session, changes.get("sector_regulator_id", place.sector_regulator_id),
+                           grid if "grid_id" in changes else session.get(OrgUnit, place.grid_id))
+    if "grid_id" in changes:
         if (grid.town_id, grid.community_id) != (place.town_id, place.community_id):
             # checked before anything changes: a move the new location cannot take changes nothing
             relocation = plan_relocation(
@@ -85,7 +91,6 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
                 sector_regulator_id=changes.get("sector_regulator_id", place.sector_regulator_id), now=now)
             if relocation is not None and rules is None:
                 raise TypeError("update_place: moving a premises with open hazards needs the rules")
-    _resolve_regulator(session, changes.get("sector_regulator_id"))
     if "grid_id" in changes:
         place.town_id, place.community_id = grid.town_id, grid.community_id
     for key, value in changes.items():
@@ -136,10 +141,11 @@ def _encode_cursor(values: list) -> str:
 def _decode_cursor(cursor: str) -> list:
     try:
         values = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not isinstance(values, list) or len(values) != 2:
+        # (name, id): anything else would be bound into the keyset query as it is (a 500 there)
+        if not isinstance(values, list) or len(values) != 2 or not all(isinstance(v, str) for v in values):
             raise ValueError
         return values
-    except ValueError:
+    except (ValueError, RecursionError):
         raise Invalid("cursor: not a cursor this server issued", code="bad_cursor", field="cursor") from None
 
 

@@ -302,6 +302,14 @@ def _future_deadline(params: ActionParams, now: datetime, action: Action) -> dat
     return params.deadline
 
 
+def _reinspection_due(deadline: datetime, calendar: WorkCalendar, policy: Policy) -> datetime:
+    """复查 due after the deadline; a deadline so far out that it has no such day is refused, not a crash."""
+    try:
+        return calendar.add_workdays(deadline, policy.reinspection_workdays)
+    except OverflowError:
+        raise InvalidParameter("deadline", "too far in the future: the calendar has no re-inspection day after it") from None
+
+
 def _fresh_referral(
     state: HazardState,
     *,
@@ -394,7 +402,7 @@ def apply(
 
     elif action is Action.ORDER_RECTIFICATION:
         deadline = _future_deadline(params, now, action)
-        reinspect_due = calendar.add_workdays(deadline, policy.reinspection_workdays)
+        reinspect_due = _reinspection_due(deadline, calendar, policy)
         new = replace(
             state, status=Status.RECTIFYING, rectify_due=deadline, reinspect_due=reinspect_due, order_due=None
         )
@@ -437,7 +445,7 @@ def apply(
                 deadline = state.rectify_due
             else:
                 raise MissingParameter("deadline", action.value)
-            reinspect_due = calendar.add_workdays(deadline, policy.reinspection_workdays)
+            reinspect_due = _reinspection_due(deadline, calendar, policy)
             new = replace(
                 state,
                 status=Status.RECTIFYING,

@@ -6,6 +6,7 @@ PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers), so two writers
 advance one hazard or its audit chain.
 """
 
+import logging
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 from datetime import datetime, timezone
@@ -19,7 +20,7 @@ from sqlmodel import Session, select
 from app.audit.service import Actor, event_row, insert_events
 from app.audit.models import HazardEvent
 from app.db import PreparedInsert, insert_prepared, prepare_insert, utcnow
-from app.errors import Conflict, Invalid, NotFound
+from app.errors import Conflict, DomainError, Invalid, NotFound
 from app.hazards.models import NO_DEADLINE, Hazard, HazardCC, Referral, Reinspection
 from app.org.models import OrgUnit, UnitKind
 from app.photos.service import register_refs, register_refs_bulk
@@ -30,6 +31,8 @@ from app.referrals.lifecycle import Action, ActionParams, EffectKind, HazardStat
 from app.referrals.models import WorkdayOverride
 from app.referrals.policy import Policy
 from app.referrals.routing import TIER_ORDER, Decision, Facts, RoutingError, next_tier, route
+
+log = logging.getLogger("firegrid.sweep")
 
 OPEN_STATUSES = (Status.REFERRED, Status.ACCEPTED, Status.RECTIFYING, Status.REINSPECTION_DUE)
 # Clocks the holder answers for; the owner's rectification deadline alone does not move the hazard.
@@ -335,6 +338,12 @@ def resolve_target(session: Session, h: Hazard, action: Action, to_unit_id: str 
         unit = session.get(OrgUnit, to_unit_id)
         if unit is None or unit.kind != TIER_KIND[tier]:
             raise Invalid(f"to_unit_id: a transfer goes to another {tier} unit (移送), not {unit.kind if unit else 'an unknown unit'}",
+                          code="bad_transfer_target", field="to_unit_id")
+        town = session.get(OrgUnit, h.town_id)
+        if town is not None and unit.county_id != town.county_id:
+            # another county's bodies have no say over these premises (a premises that moved there is
+            # relocated: its hazards already carry the new town when they are handed over)
+            raise Invalid("to_unit_id: a transfer (移送) goes to a unit of the county the premises lies in",
                           code="bad_transfer_target", field="to_unit_id")
         return unit.id
     return to_unit_id
@@ -707,18 +716,62 @@ class Escalation:
 def sweep(session: Session, rules: Rules, now: datetime, limit: int = 1000) -> list[Escalation]:
     """Escalate every hazard whose holder let a clock run out, one tier up. Idempotent: an escalation
     restarts the clocks, so a second run (or a second worker, which skips locked rows) finds nothing."""
+    return sweep_chunk(session, rules, now, limit).escalations
+
+
+@dataclass(frozen=True)
+class SweptChunk:
+    escalations: list[Escalation]
+    looked_at: int  # hazards found due
+    changed: int  # of those, escalated or flagged as stuck (the rest: another sweeper holds them)
+
+
+def sweep_chunk(session: Session, rules: Rules, now: datetime, limit: int = 1000) -> SweptChunk:
+    """The sweep of up to ``limit`` due hazards, each in a savepoint of its own: one that cannot go up (no
+    unit of the next tier configured for its town) would otherwise roll back the whole chunk, on every
+    run, and no hazard would escalate again. That one stays with its holder, flagged on its timeline,
+    and off the sweep's list until an action recomputes its clocks (the queue still shows it overdue)."""
     due_ids = session.exec(
         select(Hazard.id).where(Hazard.escalate_at <= now).order_by(Hazard.escalate_at).limit(limit)
     ).all()
     done: list[Escalation] = []
+    failed = 0
     for hazard_id in due_ids:
-        h = lock_hazard(session, hazard_id, skip_locked=True)
-        if h is None or h.escalate_at is None or h.escalate_at > now:
-            continue  # another worker got there first
-        overdue = [c for c in lifecycle.overdue_clocks(state_of(h), now) if c in ESCALATING_CLOCKS]
-        from_tier = h.tier
-        reason = "超期未处理，自动升级 overdue: " + ", ".join(overdue)
-        act(session, rules, h, Action.ESCALATE, ActionParams(reason=reason), Actor.system(), now,
-            event_kind="escalated", extra={"overdue_clocks": overdue, "swept_at": now})
-        done.append(Escalation(h.id, from_tier, h.tier if h.tier != from_tier else None, tuple(overdue)))
-    return done
+        try:
+            with session.begin_nested():
+                escalation = _escalate_due(session, rules, hazard_id, now)
+        except DomainError as exc:
+            failed += _escalation_failed(session, hazard_id, exc, now)
+            continue
+        if escalation is not None:
+            done.append(escalation)
+    return SweptChunk(done, len(due_ids), len(done) + failed)
+
+
+def _escalate_due(session: Session, rules: Rules, hazard_id: str, now: datetime) -> Escalation | None:
+    h = lock_hazard(session, hazard_id, skip_locked=True)
+    if h is None or h.escalate_at is None or h.escalate_at > now:
+        return None  # another worker got there first
+    overdue = [c for c in lifecycle.overdue_clocks(state_of(h), now) if c in ESCALATING_CLOCKS]
+    from_tier = h.tier
+    reason = "超期未处理，自动升级 overdue: " + ", ".join(overdue)
+    act(session, rules, h, Action.ESCALATE, ActionParams(reason=reason), Actor.system(), now,
+        event_kind="escalated", extra={"overdue_clocks": overdue, "swept_at": now})
+    return Escalation(h.id, from_tier, h.tier if h.tier != from_tier else None, tuple(overdue))
+
+
+def _escalation_failed(session: Session, hazard_id: str, exc: DomainError, now: datetime) -> bool:
+    h = lock_hazard(session, hazard_id, skip_locked=True)
+    if h is None:
+        return False
+    log.warning("sweep could not escalate hazard %s: %s", hazard_id, exc.message)
+    h.escalate_at = None
+    h.attention += 1
+    h.version += 1
+    h.updated_at = now
+    ev = event_row(h, "escalation_failed", Actor.system(), now, flagged=True,
+                   data={"code": exc.code, "message": exc.message, "swept_at": now})
+    session.add(h)
+    session.flush()
+    insert_events(session, [ev])
+    return True

@@ -11,19 +11,21 @@ from datetime import datetime
 
 from app.db import Database
 from app.referrals.policy import Policy
-from app.referrals.service import Escalation, Rules, load_calendar, sweep
+from app.referrals.service import Escalation, Rules, load_calendar, sweep_chunk
 
 log = logging.getLogger("firegrid.sweep")
+
+CHUNK = 500
 
 
 def run_sweep(db: Database, policy: Policy, now: datetime) -> list[Escalation]:
     done: list[Escalation] = []
     while True:  # in chunks, each its own transaction, until nothing is due
         with db.session(write=True) as session:
-            chunk = sweep(session, Rules(policy, load_calendar(session)), now, limit=500)
+            chunk = sweep_chunk(session, Rules(policy, load_calendar(session)), now, limit=CHUNK)
             session.commit()
-        done += chunk
-        if len(chunk) < 500:
+        done += chunk.escalations
+        if chunk.looked_at < CHUNK or not chunk.changed:  # nothing more due, or only rows another sweeper holds
             return done
 
 

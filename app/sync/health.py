@@ -72,24 +72,10 @@ def _pending_media_by_device(session: Session, device_ids: list[str]) -> dict[st
     return {dev: n for dev, n in rows}
 
 
-def _device_clause(scope: Scope) -> sa.ColumnElement[bool]:
-    """Phones of the caller's own unit and of the units in their towns. Not ``scope.unit_clause()``:
-    that lets a town see the county's units (the brigade, the regulators, the county itself) as places
-    to refer to, and their staff's phones are none of the town's business."""
-    if scope.everything:
-        return sa.true()
-    own = OrgUnit.id == scope.unit_id
-    if scope.grid_ids is not None:
-        return own | OrgUnit.id.in_(scope.grid_ids)
-    if scope.town_ids is None:
-        return own
-    return own | OrgUnit.town_id.in_(scope.town_ids) | OrgUnit.id.in_(scope.town_ids)
-
-
 def device_health(session: Session, scope: Scope, now: datetime, stale_days: float) -> list[DeviceHealthPublic]:
     rows = session.execute(
         select(Device, User).join(User, User.id == Device.user_id).join(OrgUnit, OrgUnit.id == User.org_unit_id)
-        .where(_device_clause(scope), User.is_active.is_(True))
+        .where(scope.staff_clause(), User.is_active.is_(True))
     ).all()
     pending = _pending_media_by_device(session, [d.id for d, _ in rows]) if rows else {}
     out = []
