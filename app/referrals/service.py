@@ -9,7 +9,7 @@ advance one hazard or its audit chain.
 import logging
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from collections.abc import Iterable
 from typing import Any
 
@@ -719,6 +719,11 @@ def sweep(session: Session, rules: Rules, now: datetime, limit: int = 1000) -> l
     return sweep_chunk(session, rules, now, limit).escalations
 
 
+# A hazard the sweep could not escalate (no unit of the next tier for its town yet) is tried again this
+# much later: once that unit is configured, it goes up without anyone having to act on it first.
+STUCK_RETRY = timedelta(days=1)
+
+
 @dataclass(frozen=True)
 class SweptChunk:
     escalations: list[Escalation]
@@ -729,8 +734,8 @@ class SweptChunk:
 def sweep_chunk(session: Session, rules: Rules, now: datetime, limit: int = 1000) -> SweptChunk:
     """The sweep of up to ``limit`` due hazards, each in a savepoint of its own: one that cannot go up (no
     unit of the next tier configured for its town) would otherwise roll back the whole chunk, on every
-    run, and no hazard would escalate again. That one stays with its holder, flagged on its timeline,
-    and off the sweep's list until an action recomputes its clocks (the queue still shows it overdue)."""
+    run, and no hazard would escalate again. That one stays with its holder, flagged on its timeline
+    once, and is tried again a day later (the queue shows it overdue meanwhile): configured, it goes up."""
     due_ids = session.exec(
         select(Hazard.id).where(Hazard.escalate_at <= now).order_by(Hazard.escalate_at).limit(limit)
     ).all()
@@ -765,7 +770,12 @@ def _escalation_failed(session: Session, hazard_id: str, exc: DomainError, now: 
     if h is None:
         return False
     log.warning("sweep could not escalate hazard %s: %s", hazard_id, exc.message)
-    h.escalate_at = None
+    h.escalate_at = now + STUCK_RETRY
+    last = session.execute(select(HazardEvent.kind).where(HazardEvent.hazard_id == h.id)
+                           .order_by(HazardEvent.seq.desc()).limit(1)).scalar()
+    if last == "escalation_failed":  # on record since the last try: a day's retry adds nothing to the timeline
+        session.add(h)
+        return True
     h.attention += 1
     h.version += 1
     h.updated_at = now

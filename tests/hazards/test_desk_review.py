@@ -257,3 +257,13 @@ def test_one_hazard_the_sweep_cannot_escalate_does_not_hold_up_the_others(db, se
     assert d["tier"] == "town_office" and d["attention"] >= 1
     assert d["timeline"][-1]["kind"] == "escalation_failed" and d["timeline"][-1]["flagged"]
     assert run_sweep(db, load_policy(), later) == []  # tried once, not on every sweep
+    # a day later it is tried again, and on record once
+    assert run_sweep(db, load_policy(), later + timedelta(days=1, minutes=1)) == []
+    d = c.get(f"/api/v1/hazards/{stuck}", headers=admin).json()
+    assert [e["kind"] for e in d["timeline"]].count("escalation_failed") == 1 and d["tier"] == "town_office"
+    # once the town has its police station, the next day's sweep takes it up without anyone acting first
+    station = create_unit(session, code="police-n", name="新设镇派出所", kind=UnitKind.police_station, parent=town)
+    session.commit()
+    assert stuck in [e.hazard_id for e in run_sweep(db, load_policy(), later + timedelta(days=2, minutes=2))]
+    d = c.get(f"/api/v1/hazards/{stuck}", headers=admin).json()
+    assert (d["tier"], d["holder_org_unit_id"]) == ("police_station", station.id), d
