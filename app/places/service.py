@@ -79,9 +79,14 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
         if changes["grid_id"] is None:
             raise Invalid("grid_id: a place must stay in a grid", code="validation_error", field="grid_id")
         grid = _resolve_grid(session, scope, changes["grid_id"])
-    if "grid_id" in changes or "sector_regulator_id" in changes:  # a new regulator, or one left in the old county
-        _resolve_regulator(session, changes.get("sector_regulator_id", place.sector_regulator_id),
-                           grid if "grid_id" in changes else session.get(OrgUnit, place.grid_id))
+    # a phone names the grid (and may name the regulator) with every edit: only a real change counts, so
+    # an edit that moves nothing neither reads the inspections nor answers for a regulator set before
+    moved = "grid_id" in changes and changes["grid_id"] != place.grid_id
+    regulator = changes.get("sector_regulator_id", place.sector_regulator_id)
+    if regulator is not None and regulator != place.sector_regulator_id:
+        _resolve_regulator(session, regulator, grid if moved else session.get(OrgUnit, place.grid_id))
+    elif regulator is not None and moved and grid.county_id != session.get(OrgUnit, place.grid_id).county_id:
+        _resolve_regulator(session, regulator, grid)  # the one it has, left in the county it leaves
     if "grid_id" in changes:
         if (grid.town_id, grid.community_id) != (place.town_id, place.community_id):
             # checked before anything changes: a move the new location cannot take changes nothing
@@ -99,7 +104,8 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     if "grid_id" in changes or "place_class" in changes:
         with session.no_autoflush:  # the place's change is flushed once, with its hazards' and inspections'
             _hazards_follow(session, place)
-            _inspections_follow(session, place)
+            if moved:
+                _inspections_follow(session, place)
     session.add(place)
     session.flush()
     if relocation is not None:
@@ -195,6 +201,10 @@ class ImportReport:
         return len({e.row for e in self.errors})
 
 
+# the model's field names that the CSV calls otherwise
+_CSV_COLUMN_OF = {"grid_id": "grid", "sector_regulator_id": "sector_regulator"}
+
+
 def _unit_by_code_or_id(session: Session, value: str, kind: UnitKind) -> OrgUnit | None:
     return session.exec(
         select(OrgUnit).where(OrgUnit.kind == kind, (OrgUnit.code == value) | (OrgUnit.id == value))
@@ -262,10 +272,15 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
                 update_place(session, None, existing, PlaceUpdate(**data.model_dump(exclude={"id"})), rules=rules)
             except Invalid as exc:  # refused before anything changed
                 column = exc.extra.get("field") or "*"
-                report.errors.append(RowError(line_no, "grid" if column == "grid_id" else column, exc.message))
+                report.errors.append(RowError(line_no, _CSV_COLUMN_OF.get(column, column), exc.message))
                 continue
             report.updated += 1
         else:
-            create_place(session, None, data)
+            try:
+                create_place(session, None, data)
+            except Invalid as exc:  # refused before anything was written (a regulator of another county)
+                column = exc.extra.get("field") or "*"
+                report.errors.append(RowError(line_no, _CSV_COLUMN_OF.get(column, column), exc.message))
+                continue
             report.created += 1
     return report

@@ -63,7 +63,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 from sqlmodel import Field, SQLModel
 
 from app.db import ROWS_INSERTED, ROWS_PREPARED, PreparedInsert, UTCDateTime, insert_rows, utcnow
@@ -489,9 +489,12 @@ def write_changes(session: Session, pending: dict[tuple[str, str], _Touched]) ->
             reread.setdefault(kind, []).append(entity_id)
     for kind, ids in reread.items():
         t = BY_KIND[kind].table
+        # a hazard's copies in other towns (see _copies_elsewhere) are looked up only where there are any:
+        # asked here, in the statement that reads it anyway, not in one more on every hazard's commit
+        columns = (t, _COPIED_ELSEWHERE) if kind == "hazard" else (t,)
         for i in range(0, len(ids), _IN_CHUNK):
-            stmt = sa.select(t).where(t.c.id.in_(ids[i:i + _IN_CHUNK]))
-            for row in session.execute(stmt.with_for_update() if postgres else stmt):
+            stmt = sa.select(*columns).where(t.c.id.in_(ids[i:i + _IN_CHUNK]))
+            for row in session.execute(stmt.with_for_update(of=t) if postgres else stmt):
                 current[(kind, row.id)] = row
     origin = session.info.get(ORIGIN_KEY) or session.info.get(_OP_DEVICE_KEY)
     now = utcnow()
@@ -527,8 +530,8 @@ def write_changes(session: Session, pending: dict[tuple[str, str], _Touched]) ->
                 data={"reason": "merged", "merged_into_id": row.merged_into_id})
         else:
             add(kind, entity_id, here, deleted=False, holder=row.holder_unit_id, data=touched.payload or hazard_data(row))
-        if kind == "hazard" and not touched.created:  # a new hazard's copies are routed within its town/county
-            passed_on[entity_id] = rows[-1]
+        if kind == "hazard" and not touched.created and getattr(row, "copied_elsewhere", True):
+            passed_on[entity_id] = rows[-1]  # a new hazard's copies are routed within its town/county
     if passed_on:
         rows += _copies_elsewhere(session, passed_on)
     # From here to COMMIT: one writer at a time (PostgreSQL). Only the INSERT and the COMMIT run under it.
@@ -542,6 +545,14 @@ _TOWN_UNIT_KINDS = (UnitKind.town_office.value, UnitKind.police_station.value)
 _COPIES = (sa.select(HazardCC.hazard_id, HazardCC.unit_id, OrgUnit.town_id)
            .join(OrgUnit, OrgUnit.id == HazardCC.unit_id)
            .where(HazardCC.hazard_id.in_(sa.bindparam("ids", expanding=True)), OrgUnit.kind.in_(_TOWN_UNIT_KINDS)))
+
+_CC_UNIT = aliased(OrgUnit)
+# the same test as _copies_elsewhere's, per hazard row (False: no copy is addressed for it)
+_COPIED_ELSEWHERE = (
+    sa.exists().where(HazardCC.hazard_id == Hazard.__table__.c.id, _CC_UNIT.id == HazardCC.unit_id,
+                      _CC_UNIT.kind.in_(_TOWN_UNIT_KINDS), _CC_UNIT.town_id != Hazard.__table__.c.town_id,
+                      HazardCC.unit_id != Hazard.__table__.c.holder_unit_id)
+    .correlate(Hazard.__table__).label("copied_elsewhere"))
 
 
 def _copies_elsewhere(session: Session, changed: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

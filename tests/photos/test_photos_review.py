@@ -136,3 +136,25 @@ def test_the_uploader_stops_seeing_a_photo_whose_record_moved_out_of_their_grid(
         assert client.get(path, headers=a1).status_code == 404, path
         assert client.get(path, headers=login(client, "office-a")).status_code == 404, path
         assert client.get(path, headers=login(client, "office-b")).status_code == 200, path
+
+
+@pytest.mark.parametrize("body", [
+    b"\xff\xda\x00\x02" + b"\xff\x00" * 1_000_000,  # a scan of stuffed bytes that never ends
+    b"\xff\xda\x00\x02" + b"\xff" * 2_000_000,  # a scan of fill bytes
+    b"\xff\xe0\x00\x02" * 500_000 + b"\xff\xd9",  # half a million empty segments before an EOI
+    b"\xff" * 2_000_000 + b"\xff\xd9",  # fill bytes before an EOI
+])
+def test_a_crafted_jpeg_body_has_no_end_that_can_be_told(body):
+    """What the walk for a motion photo's picture end does with bodies no camera writes: no end (so the
+    upload is refused as cut short), reached by a search in C or a bounded number of markers."""
+    from app.photos.imaging import _jpeg_eoi
+
+    assert _jpeg_eoi(b"\xff\xd8" + body) is None
+
+
+def test_the_picture_end_is_found_past_restart_markers_and_fill_bytes():
+    from app.photos.imaging import _jpeg_eoi
+
+    scan = b"\x12\xff\x00\x34\xff\xd0\x56\xff\xd1\x78"  # stuffed byte, restart markers
+    body = b"\xff\xd8" + b"\xff\xe0\x00\x04ab" + b"\xff\xda\x00\x03c" + scan + b"\xff\xff\xff\xd9" + b"video"
+    assert _jpeg_eoi(body) == len(body) - len(b"\xff\xd9video")

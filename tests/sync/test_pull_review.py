@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from tests.conftest import login
-from tests.helpers import hazard_data, op, place_of, push
+from tests.helpers import hazard_data, op, place_of, push, statements_on, uid
 from tests.sync.test_pull import get_page, pull_all
 
 NOW = datetime.now(timezone.utc)
@@ -191,3 +191,17 @@ def test_a_policy_that_changes_while_a_pull_is_paged_still_reaches_the_device(c,
     got, cursor = follow([old, new], cursor, limit=1)
     got.update(follow([new], cursor)[0])
     assert "test_new_category" in got
+
+
+def test_a_reinspection_push_on_a_hazard_copied_to_no_other_town_adds_no_statement(c, db, session, units):
+    """The copies addressed across town lines are looked up only for hazards that have such a copy: a
+    re-inspection push (a hot path) on an ordinary hazard pays no statement for them."""
+    worker = login(c, "worker-a1")
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    hid = report(c, worker, place.id, category="window_bars")
+    body = {"id": uid(), "hazard_id": hid, "rectified": False, "note": "", "photos": [],
+            "at": (NOW - timedelta(minutes=30)).isoformat()}
+    with statements_on(db.connection) as statements:
+        [res] = push(c, worker, op("hazard.reinspect", body))
+    assert res["status"] == "applied", res
+    assert not [s for s in statements if s.startswith("SELECT hazard_cc")], statements  # a statement of their own
