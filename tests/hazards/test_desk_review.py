@@ -2,7 +2,7 @@
 
 import base64
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 
@@ -10,23 +10,9 @@ from app.org.models import UnitKind
 from app.org.service import create_unit
 from tests.conftest import login
 from tests.helpers import place_of, report
+from tests.hazards.test_actions import at, hazard  # noqa: F401  (hazard: a fixture)
 from tests.referrals.test_relocation_races import pg  # noqa: F401  (fixture)
 
-CN = timezone(timedelta(hours=8))
-
-
-def at(s: str) -> datetime:
-    return datetime.fromisoformat(s).replace(tzinfo=CN)
-
-
-@pytest.fixture
-def hazard(clocked_client, clock, session, units):
-    """A general hazard in a rental house of town A, held by office-a."""
-    clock.now = at("2026-03-02T09:00")
-    place = place_of(session, units, "grid-a-1-1", "rental")
-    res = report(clocked_client, login(clocked_client, "worker-a1"), place.id, at("2026-03-02T08:00"))
-    assert res["holder_org_unit_id"] == units["office-a"].id
-    return res["hazard_id"]
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ hold are rejected one op at a time, and the bulk path and the op-by-op path leav
 the same rows for the same batch."""
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 from sqlmodel import select
@@ -15,23 +15,11 @@ from app.sync import service
 from app.sync.models import SyncOp
 from tests.conftest import login
 from tests.helpers import hazard_data, op, place_of, push, uid
+from tests.sync.test_push import NOW, place, worker  # noqa: F401  (place, worker: fixtures)
 
-CN = timezone(timedelta(hours=8))
-NOW = datetime(2026, 3, 2, 9, 0, tzinfo=CN)
 PUSH = "/api/v1/sync/push"
 # an op no bulk run takes, so that the batch around it is applied op by op (rejected, changes nothing)
 OP_BY_OP = ("bulk", "op by op")
-
-
-@pytest.fixture
-def worker(clocked_client, clock):
-    clock.now = NOW
-    return login(clocked_client, "worker-a1")
-
-
-@pytest.fixture
-def place(session, units):
-    return place_of(session, units, "grid-a-1-1", "rental")
 
 
 def _batch(path: str, *ops) -> list[dict]:
