@@ -105,6 +105,12 @@ def busy_reason(exc: BaseException) -> str | None:
     return None
 
 
+def nul_in_text(exc: BaseException) -> bool:
+    """PostgreSQL's driver refuses a NUL in any text it sends, a value or a lookup alike (SQLite stores it):
+    the client's input, not the server's fault."""
+    return isinstance(exc, sa.exc.DataError) and "NUL (0x00)" in str(exc.orig)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError):
@@ -127,6 +133,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(sa.exc.DBAPIError)
     async def database_error(request: Request, exc: sa.exc.DBAPIError):
+        if nul_in_text(exc):  # the fields phones and forms send are checked first and named; this is the net
+            return JSONResponse(error_body("validation_error", "a text value contains the NUL character (U+0000), "
+                                                               "which cannot be stored: remove it"), status_code=422)
         reason = busy_reason(exc)
         if reason is None:
             return await unexpected(request, exc)

@@ -123,3 +123,12 @@ def test_serve_execs_uvicorn_or_the_forking_server_with_glibc_malloc_tuned_unles
     assert args[args.index("--ws") + 1] == "none"  # no WebSocket library
     assert CliRunner().invoke(cli.cli, ["serve", "--workers", "2", "--reload"]).exit_code == 0
     assert calls[-1][0][1:4] == ["-P", "-m", "uvicorn"] and "--reload" in calls[-1][0]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/hazards/a%00b", "/api/v1/places/a%00b", "/api/v1/org/units/a%00b"])
+def test_a_nul_in_an_id_is_a_client_error_on_either_backend(client, backend, path):
+    """PostgreSQL's driver refuses a NUL in any text it is sent, a lookup's too: that is the caller's input (a
+    422), never a 500. SQLite looks it up and finds nothing."""
+    r = client.get(path, headers=login(client, "office-a"))
+    assert r.status_code == (422 if backend == "postgresql" else 404), r.text
+    assert r.json()["error"]["code"] == ("validation_error" if backend == "postgresql" else "not_found")

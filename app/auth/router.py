@@ -6,7 +6,7 @@ from sqlmodel import select
 from app.auth import service
 from app.auth.deps import CurrentPrincipal, SettingsDep
 from app.auth.models import Device, Role, User
-from app.auth.schemas import DevicePublic, MePublic, TokenResponse, UserCreate, UserPublic
+from app.auth.schemas import DevicePublic, MePublic, NoNul, TokenResponse, UserCreate, UserPublic
 from app.db import SessionDep, utcnow
 from app.errors import NotFound, Unauthorized
 from app.org.models import OrgUnit
@@ -20,10 +20,10 @@ def issue_token(
     request: Request,
     session: SessionDep,
     settings: SettingsDep,
-    username: Annotated[str, Form(max_length=64)],
-    password: Annotated[str, Form(max_length=200)],
-    device_id: Annotated[str | None, Form(max_length=128)] = None,
-    device_name: Annotated[str | None, Form(max_length=100)] = None,
+    username: Annotated[str, Form(max_length=64), NoNul],
+    password: Annotated[str, Form(max_length=service.MAX_PASSWORD_LENGTH)],  # hashed, never stored: a NUL is harmless
+    device_id: Annotated[str | None, Form(max_length=128), NoNul] = None,
+    device_name: Annotated[str | None, Form(max_length=100), NoNul] = None,
 ):
     """The password is checked on a read transaction: argon2's ~50 ms never holds SQLite's write lock."""
     address = request.client.host if request.client else "unknown"
@@ -60,8 +60,13 @@ def me(p: CurrentPrincipal, session: SessionDep):
     )
 
 
+def _get(session, model, id_: str):
+    # a NUL cannot be in any id, and PostgreSQL answers a lookup of one with an error (a 500)
+    return None if "\x00" in id_ else session.get(model, id_)
+
+
 def _visible_user(session, p, user_id: str) -> User:
-    user = session.get(User, user_id)
+    user = _get(session, User, user_id)
     if user is None or not p.scope.sees_unit(require_unit(session, user.org_unit_id)):
         raise NotFound(f"user {user_id} not found")
     return user
@@ -80,7 +85,7 @@ def list_devices(p: CurrentPrincipal, session: SessionDep):
 
 @router.post("/devices/{device_id}/revoke", response_model=DevicePublic)
 def revoke_device(device_id: str, p: CurrentPrincipal, session: SessionDep):
-    device = session.get(Device, device_id)
+    device = _get(session, Device, device_id)
     if device is None:
         raise NotFound(f"device {device_id} not found")
     if device.user_id != p.user.id:

@@ -1,8 +1,21 @@
 from datetime import datetime
+from typing import Annotated
 
+from pydantic import AfterValidator
 from sqlmodel import Field, SQLModel
 
 from app.auth.models import Role
+
+
+def _no_nul(value: str | None) -> str | None:
+    if value is not None and "\x00" in value:
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+# PostgreSQL cannot store or even compare a NUL in text: such a value reaching it was a 500, on
+# SQLite it was stored. Refused up front instead, as a 422 that names the field.
+NoNul = AfterValidator(_no_nul)
 
 
 class TokenResponse(SQLModel):
@@ -30,8 +43,8 @@ class UserCreate(SQLModel):
     username: str = Field(min_length=2, max_length=64, regex=r"^[A-Za-z0-9_.\-]+$")
     password: str = Field(min_length=8, max_length=200)
     role: Role
-    org_unit_id: str = Field(max_length=36)
-    display_name: str = Field(default="", max_length=100)
+    org_unit_id: Annotated[str, NoNul] = Field(max_length=36)
+    display_name: Annotated[str, NoNul] = Field(default="", max_length=100)
 
 
 class UserPublic(SQLModel):

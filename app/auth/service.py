@@ -2,6 +2,7 @@
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,6 +22,10 @@ _hasher = PasswordHasher()
 # Verified against when the username does not exist, so both paths cost the same (no user enumeration).
 _DUMMY_HASH = _hasher.hash("firegrid-no-such-user")
 MIN_PASSWORD_LENGTH = 8
+# The most the login form takes: a longer password could be set but never used to log in.
+MAX_PASSWORD_LENGTH = 200
+# What the API's UserCreate admits, so an account made by `firegrid user create` can log in as well.
+USERNAME_RE = re.compile(r"[A-Za-z0-9_.\-]{2,64}")
 
 
 def hash_password(password: str) -> str:
@@ -42,8 +47,13 @@ def create_user(
     session: Session, *, username: str, password: str, role: Role, unit: OrgUnit, display_name: str = "",
     is_demo: bool = False, id: str | None = None,
 ) -> User:
-    if len(password) < MIN_PASSWORD_LENGTH:
-        raise Invalid(f"password must be at least {MIN_PASSWORD_LENGTH} characters", code="weak_password")
+    if not USERNAME_RE.fullmatch(username):
+        raise Invalid("username must be 2 to 64 letters, digits, '_', '.' or '-'", code="bad_username")
+    if sum(not c.isspace() for c in password) < MIN_PASSWORD_LENGTH:  # twelve spaces are no password
+        raise Invalid(f"password must have at least {MIN_PASSWORD_LENGTH} characters other than spaces",
+                      code="weak_password")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise Invalid(f"password must be at most {MAX_PASSWORD_LENGTH} characters", code="password_too_long")
     if unit.kind not in ROLE_UNIT_KINDS[role]:
         raise Invalid(
             f"a {role.value} must belong to a unit of kind {' or '.join(ROLE_UNIT_KINDS[role])}, not {unit.kind}",

@@ -1,0 +1,78 @@
+"""Review of authentication: odd input gets a clear 4xx on every backend, and an account made by the
+CLI obeys the same rules as one made through the API (else it may never be able to log in)."""
+
+import pytest
+from sqlmodel import Session, select
+from typer.testing import CliRunner
+
+from app.auth.models import User
+from app.cli import cli
+from app.config import get_settings
+from app.db import make_engine
+from tests.conftest import login
+
+
+# PostgreSQL refuses a NUL character in text: reaching the database, such a value was a 500.
+@pytest.mark.parametrize("field", ["username", "device_id", "device_name"])
+def test_nul_in_a_login_field_is_a_422_naming_it(client, field):
+    data = {"username": "worker-a1", "password": "firegrid-demo", "device_id": "phone-1"}
+    data[field] = data.get(field, "") + "\x00x"
+    r = client.post("/api/v1/auth/token", data=data)
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["fields"][0]["field"] == field
+
+
+def test_nul_in_a_user_or_device_id_is_a_404(client):
+    admin = login(client, "admin")
+    assert client.post("/api/v1/users/a%00b/deactivate", headers=admin).status_code == 404
+    assert client.post("/api/v1/devices/a%00b/revoke", headers=admin).status_code == 404
+
+
+@pytest.mark.parametrize("field", ["org_unit_id", "display_name"])
+def test_nul_in_a_new_user_is_a_422_naming_the_field(client, units, field):
+    body = {"username": "worker-a9", "password": "a-long-password", "role": "grid_worker",
+            "org_unit_id": units["grid-a-1-2"].id, "display_name": "张三"}
+    body[field] = "x\x00"  # short: the id's max_length must not be what refuses it
+    r = client.post("/api/v1/users", json=body, headers=login(client, "admin"))
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["fields"][0]["field"] == field
+
+
+@pytest.fixture
+def cli_db(tmp_path, monkeypatch):
+    monkeypatch.setenv("FIREGRID_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
+    get_settings.cache_clear()
+    runner = CliRunner()
+    assert runner.invoke(cli, ["migrate"]).exit_code == 0
+    assert runner.invoke(cli, ["seed-demo"]).exit_code == 0
+    yield runner
+    get_settings.cache_clear()
+
+
+def _usernames() -> set[str]:
+    engine = make_engine(get_settings().database_url)
+    with Session(engine) as s:
+        names = set(s.exec(select(User.username)).all())
+    engine.dispose()
+    return names
+
+
+@pytest.mark.parametrize("username, password, says", [
+    ("worker-a7", "p" * 201, "password"),  # the login form takes at most 200: never able to log in
+    ("", "long-enough-pw", "username"),
+    ("has space", "long-enough-pw", "username"),
+    ("u" * 65, "long-enough-pw", "username"),  # longer than the login form (and the column) take
+])
+def test_cli_user_create_refuses_what_the_api_refuses(cli_db, username, password, says):
+    r = cli_db.invoke(cli, ["user", "create", username, "--role", "grid_worker", "--unit", "grid-a-1-2",
+                            "--password", password])
+    assert r.exit_code == 2, r.output
+    assert says in r.output
+    assert username not in _usernames()
+
+
+def test_cli_user_create_refuses_a_blank_password(cli_db):
+    r = cli_db.invoke(cli, ["user", "create", "worker-a8", "--role", "grid_worker", "--unit", "grid-a-1-2",
+                            "--password", " " * 12])
+    assert r.exit_code == 2, r.output
+    assert "worker-a8" not in _usernames()
