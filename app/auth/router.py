@@ -30,12 +30,15 @@ def issue_token(
     now = utcnow()
     user = service.check_credentials(session, settings, username=username, password=password, address=address, now=now)
     session.commit()  # end the read transaction before writing (it has nothing to commit)
+    # hashed again out here, not under the write lock, if made with other settings (once per user)
+    rehashed = service.hash_password(password) if user is not None and service.needs_rehash(user.password_hash) else None
     with request.app.state.db.session(write=True) as writer:
         if user is None:
             service.record_failure(writer, username, address, now)  # counts toward the rate limit
             writer.commit()
             raise Unauthorized("wrong username or password", code="bad_credentials")
-        issued = service.issue_token(writer, settings, user.id, device_key=device_id, device_name=device_name, now=now)
+        issued = service.issue_token(writer, settings, user.id, device_key=device_id, device_name=device_name,
+                                     now=now, rehashed=rehashed)
         writer.commit()
     return TokenResponse(access_token=issued.token, expires_in=issued.expires_in, device_id=issued.device.id)
 

@@ -4,6 +4,7 @@ import hashlib
 import hmac
 import re
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,7 +19,13 @@ from app.db import utcnow
 from app.errors import Conflict, Forbidden, Invalid, TooManyRequests, Unauthorized
 from app.org.models import OrgUnit
 
-_hasher = PasswordHasher()
+# argon2id at OWASP's first recommended setting (19 MiB, 2 passes, 1 lane), not argon2-cffi's default
+# (64 MiB, 3 passes, 4 lanes): each login being verified holds that memory, and a worker's whole budget is
+# ~80 MB (docs/PERFORMANCE.md). Hashes made with other settings still verify, and are redone at login.
+_hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+# Logins verified at once per process: a burst of them (anyone may try) waits here instead of each
+# taking its 19 MiB from a worker's memory at the same time.
+_VERIFYING = threading.BoundedSemaphore(2)
 # Verified against when the username does not exist, so both paths cost the same (no user enumeration).
 _DUMMY_HASH = _hasher.hash("firegrid-no-such-user")
 MIN_PASSWORD_LENGTH = 8
@@ -34,8 +41,17 @@ def hash_password(password: str) -> str:
 
 def verify_password(stored_hash: str, password: str) -> bool:
     try:
-        return _hasher.verify(stored_hash, password)
+        with _VERIFYING:
+            return _hasher.verify(stored_hash, password)
     except (VerificationError, InvalidHashError):
+        return False
+
+
+def needs_rehash(stored_hash: str) -> bool:
+    """Made with other settings than today's (argon2-cffi's default, before 2026-12-01)."""
+    try:
+        return _hasher.check_needs_rehash(stored_hash)
+    except InvalidHashError:
         return False
 
 
@@ -111,9 +127,12 @@ def check_credentials(session: Session, settings: Settings, *, username: str, pa
 
 
 def issue_token(session: Session, settings: Settings, user_id: str, *, device_key: str | None,
-                device_name: str | None, now: datetime) -> IssuedToken:
-    """Write: a token bound to the device (registered on first login; a revoked device is refused)."""
+                device_name: str | None, now: datetime, rehashed: str | None = None) -> IssuedToken:
+    """Write: a token bound to the device (registered on first login; a revoked device is refused).
+    ``rehashed``: the password just verified, hashed with today's settings (see needs_rehash)."""
     user = session.get(User, user_id)
+    if rehashed is not None:
+        user.password_hash = rehashed
     session.execute(sa.delete(LoginFailure).where(LoginFailure.username == user.username))
     device_key = device_key or f"anon-{secrets.token_hex(8)}"
     device = session.exec(select(Device).where(Device.user_id == user.id, Device.device_key == device_key)).first()

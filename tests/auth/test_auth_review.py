@@ -76,3 +76,66 @@ def test_cli_user_create_refuses_a_blank_password(cli_db):
                             "--password", " " * 12])
     assert r.exit_code == 2, r.output
     assert "worker-a8" not in _usernames()
+
+
+# -- what a login costs the server -------------------------------------------------------------
+
+
+def test_a_password_hashed_with_the_old_settings_is_hashed_anew_at_login(client, session):
+    """argon2-cffi's default took 64 MiB and four lanes per login; today's settings take 19 MiB and one.
+    A hash made before still verifies, and the login that verifies it replaces it."""
+    from argon2 import PasswordHasher, extract_parameters
+
+    from app.auth.service import _hasher
+
+    user = session.exec(select(User).where(User.username == "worker-a2")).one()
+    user.password_hash = PasswordHasher().hash("firegrid-demo")  # argon2-cffi's defaults
+    session.add(user)
+    session.commit()
+    assert extract_parameters(user.password_hash).memory_cost == 64 * 1024
+    login(client, "worker-a2")
+    session.refresh(user)
+    now = extract_parameters(user.password_hash)
+    assert (now.memory_cost, now.time_cost, now.parallelism) == (19 * 1024, 2, 1)
+    assert _hasher.verify(user.password_hash, "firegrid-demo")
+    login(client, "worker-a2")  # and it still logs in
+
+
+def test_no_more_than_two_logins_are_verified_at_once(monkeypatch):
+    """Each verification holds its argon2 memory: a burst of logins queues for two slots per process."""
+    import threading
+
+    from app.auth import service
+
+    inside, most, guard = [0], [0], threading.Lock()
+    release = threading.Event()
+    two_inside = threading.Event()
+
+    def verify(stored_hash, password):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+            if inside[0] == 2:
+                two_inside.set()
+        release.wait(10)  # held until the test has seen who got in
+        with guard:
+            inside[0] -= 1
+        return True
+
+    class Hasher:  # argon2's own verify cannot be swapped on its object
+        pass
+
+    hasher = Hasher()
+    hasher.verify = verify
+    monkeypatch.setattr(service, "_hasher", hasher)
+    threads = [threading.Thread(target=service.verify_password, args=("h", "p")) for _ in range(6)]
+    for t in threads:
+        t.start()
+    assert two_inside.wait(10)
+    for t in threads:  # the other four are waiting for a slot, not verifying
+        t.join(0.2)
+    assert most[0] == 2 and inside[0] == 2
+    release.set()
+    for t in threads:
+        t.join(10)
+    assert most[0] == 2 and inside[0] == 0
