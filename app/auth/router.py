@@ -25,18 +25,19 @@ def issue_token(
     device_id: Annotated[str | None, Form(max_length=128), NoNul] = None,
     device_name: Annotated[str | None, Form(max_length=100), NoNul] = None,
 ):
-    """The password is checked on a read transaction: argon2's ~50 ms never holds SQLite's write lock."""
+    """The password is checked on a read transaction: argon2's ~30 ms never holds SQLite's write lock."""
     address = request.client.host if request.client else "unknown"
     now = utcnow()
-    user = service.check_credentials(session, settings, username=username, password=password, address=address, now=now)
+    with request.app.state.db.session(write=True) as attempt:  # 429, or counted before the password is tried
+        service.begin_attempt(attempt, settings, username, address, now)
+        attempt.commit()
+    user = service.check_credentials(session, username=username, password=password)
     session.commit()  # end the read transaction before writing (it has nothing to commit)
+    if user is None:  # counted already, as a failure
+        raise Unauthorized("wrong username or password", code="bad_credentials")
     # hashed again out here, not under the write lock, if made with other settings (once per user)
-    rehashed = service.hash_password(password) if user is not None and service.needs_rehash(user.password_hash) else None
+    rehashed = service.hash_password(password) if service.needs_rehash(user.password_hash) else None
     with request.app.state.db.session(write=True) as writer:
-        if user is None:
-            service.record_failure(writer, username, address, now)  # counts toward the rate limit
-            writer.commit()
-            raise Unauthorized("wrong username or password", code="bad_credentials")
         issued = service.issue_token(writer, settings, user.id, device_key=device_id, device_name=device_name,
                                      now=now, rehashed=rehashed)
         writer.commit()

@@ -113,14 +113,23 @@ def _check_rate_limit(session: Session, settings: Settings, username: str, addre
         )
 
 
-def record_failure(session: Session, username: str, address: str, now: datetime) -> None:
+def begin_attempt(session: Session, settings: Settings, username: str, address: str, now: datetime) -> None:
+    """On a write transaction, before the password is verified: the rate limit, then this attempt counted
+    as a failed one until it succeeds (issue_token clears the user's). Checked and counted at once: logins
+    sent together, each counted only after its verification, all passed a limit none of them had reached."""
+    if session.get_bind().dialect.name == "postgresql":  # SQLite's writers already take turns
+        # one attempt at a time per username and per address, always in this order (no deadlock)
+        for key in (f"login-user:{username[:64]}", f"login-address:{address[:64]}"):
+            session.execute(_ADVISORY_LOCK, {"key": key})
+    _check_rate_limit(session, settings, username, address, now)
     session.add(LoginFailure(username=username[:64], address=address[:64], at=now))
 
 
-def check_credentials(session: Session, settings: Settings, *, username: str, password: str, address: str,
-                      now: datetime) -> User | None:
-    """Read-only: the rate limit, then the password (argon2, ~50 ms of CPU). None: wrong credentials."""
-    _check_rate_limit(session, settings, username, address, now)
+_ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+
+
+def check_credentials(session: Session, *, username: str, password: str) -> User | None:
+    """Read-only: the password (argon2, ~30 ms of CPU), after begin_attempt. None: wrong credentials."""
     user = session.exec(select(User).where(User.username == username)).first()
     ok = verify_password(user.password_hash if user else _DUMMY_HASH, password)
     return user if ok and user is not None and user.is_active else None

@@ -139,3 +139,31 @@ def test_no_more_than_two_logins_are_verified_at_once(monkeypatch):
     for t in threads:
         t.join(10)
     assert most[0] == 2 and inside[0] == 0
+
+
+def test_a_login_is_counted_before_its_password_is_tried(client, monkeypatch):
+    """Logins sent together were each counted only after their password was verified, so all of them
+    passed a limit none had reached yet: with 40 threads a worker, ~40 guesses instead of 5. The attempt
+    is counted (and the limit checked) first, in one write transaction; a success clears it."""
+    from sqlmodel import func
+
+    from app.auth import service
+    from app.auth.models import LoginFailure
+
+    real = service.verify_password
+    seen: list[int] = []
+
+    def verify(stored_hash, password):
+        with client.app.state.db.session() as s:
+            seen.append(s.exec(select(func.count()).select_from(LoginFailure)
+                               .where(LoginFailure.username == "worker-b2")).one())
+        return real(stored_hash, password)
+
+    monkeypatch.setattr(service, "verify_password", verify)
+    form = {"username": "worker-b2", "password": "wrong-password", "device_id": "guess"}
+    for _ in range(5):
+        assert client.post("/api/v1/auth/token", data=form).status_code == 401
+    assert seen == [1, 2, 3, 4, 5]  # each attempt on record while its password was being tried
+    r = client.post("/api/v1/auth/token", data=form)
+    assert r.status_code == 429 and len(seen) == 5  # the sixth is refused before any verification
+
