@@ -105,6 +105,14 @@ def busy_reason(exc: BaseException) -> str | None:
     return None
 
 
+def reject_nul(value: Any) -> Any:
+    """A validator for text fields (pydantic): PostgreSQL can neither store nor compare a NUL, and SQLite
+    would store it; refused where it arrives, as a 422 that names the field, on both backends alike."""
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
 def nul_in_text(exc: BaseException) -> bool:
     """PostgreSQL's driver refuses a NUL in any text it sends, a value or a lookup alike (SQLite stores it):
     the client's input, not the server's fault."""

@@ -5,17 +5,10 @@ from pydantic import AfterValidator
 from sqlmodel import Field, SQLModel
 
 from app.auth.models import Role
+from app.errors import reject_nul
 
 
-def _no_nul(value: str | None) -> str | None:
-    if value is not None and "\x00" in value:
-        raise ValueError("must not contain a NUL character")
-    return value
-
-
-# PostgreSQL cannot store or even compare a NUL in text: such a value reaching it was a 500, on
-# SQLite it was stored. Refused up front instead, as a 422 that names the field.
-NoNul = AfterValidator(_no_nul)
+NoNul = AfterValidator(reject_nul)
 
 
 class TokenResponse(SQLModel):

@@ -267,20 +267,17 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
         existing = session.get(Place, data.id) if data.id else session.exec(
             select(Place).where(Place.grid_id == data.grid_id, Place.name == data.name, Place.address == data.address)
         ).first()
-        if existing is not None:
-            try:
+        try:  # a row refused here changed nothing (a move the new town cannot take, another county's regulator)
+            if existing is not None:
                 update_place(session, None, existing, PlaceUpdate(**data.model_dump(exclude={"id"})), rules=rules)
-            except Invalid as exc:  # refused before anything changed
-                column = exc.extra.get("field") or "*"
-                report.errors.append(RowError(line_no, _CSV_COLUMN_OF.get(column, column), exc.message))
-                continue
+            else:
+                create_place(session, None, data)
+        except Invalid as exc:
+            column = exc.extra.get("field") or "*"
+            report.errors.append(RowError(line_no, _CSV_COLUMN_OF.get(column, column), exc.message))
+            continue
+        if existing is not None:
             report.updated += 1
         else:
-            try:
-                create_place(session, None, data)
-            except Invalid as exc:  # refused before anything was written (a regulator of another county)
-                column = exc.extra.get("field") or "*"
-                report.errors.append(RowError(line_no, _CSV_COLUMN_OF.get(column, column), exc.message))
-                continue
             report.created += 1
     return report

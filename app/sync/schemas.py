@@ -6,6 +6,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from app.errors import reject_nul
+
 SHA256 = r"^[0-9a-f]{64}$"
 UUIDISH = r"^[0-9A-Za-z][0-9A-Za-z\-]{7,63}$"  # client UUIDs; tolerant of ULIDs and dashes
 MAX_OPS = 500
@@ -39,17 +41,10 @@ def _in_utc_range(v: datetime) -> datetime:
 DeviceTime = Annotated[AwareDatetime, AfterValidator(_in_utc_range)]
 
 
-def _no_nul(v: Any) -> Any:
-    # PostgreSQL text cannot hold U+0000: refused here, for the op alone, on both backends alike
-    if isinstance(v, str) and "\x00" in v:
-        raise ValueError("must not contain the NUL character (U+0000)")
-    return v
-
-
 class _Data(BaseModel):
     model_config = ConfigDict(extra="ignore", str_strip_whitespace=True)
 
-    _text = field_validator("*")(_no_nul)
+    _text = field_validator("*")(reject_nul)
 
 
 class PlaceUpsertData(_Data):
@@ -117,7 +112,7 @@ class Op(BaseModel):
     type: str
     data: Any = Field(default_factory=dict, description="an object, whose fields the op type defines")
 
-    _text = field_validator("op_id")(_no_nul)
+    _text = field_validator("op_id")(reject_nul)
 
 
 class PushRequest(BaseModel):
@@ -127,7 +122,7 @@ class PushRequest(BaseModel):
     sent_at: AwareDatetime | None = None
     app_version: str | None = Field(default=None, max_length=40)
 
-    _text = field_validator("device_id", "app_version")(_no_nul)
+    _text = field_validator("device_id", "app_version")(reject_nul)
 
 
 class OpError(BaseModel):

@@ -432,18 +432,22 @@ def _new_hazard(ctx: PushContext, data: HazardReportData, place: Place, inspecti
         raise Invalid(f"{prefix}category: unknown category {data.category!r}", code="unknown_category",
                       field=f"{prefix}category")
     _not_future(ctx, data.found_at, prefix.removeprefix("data.") + "found_at")
-    if ctx.session.get(Hazard, data.id) is not None:
-        raise Conflict(f"{prefix}id: hazard {data.id} already exists", code="hazard_exists", field=f"{prefix}id")
     key = (place.id, data.category)
     if key not in ctx.open_by_place:
         ctx.open_by_place[key] = earliest_open(ctx.session, [key]).get(key)
-    h = report_hazard(
-        ctx.session, ctx.rules,
-        HazardReport(id=data.id, place_id=place.id, category=data.category, severity=data.severity,
-                     violation=data.violation, description=data.description, found_at=data.found_at,
-                     photos=tuple(data.photos), inspection_id=inspection_id or data.inspection_id),
-        place, ctx.actor, ctx.now, duplicate_of=ctx.open_by_place[key],
-    )
+    try:
+        h = report_hazard(
+            ctx.session, ctx.rules,
+            HazardReport(id=data.id, place_id=place.id, category=data.category, severity=data.severity,
+                         violation=data.violation, description=data.description, found_at=data.found_at,
+                         photos=tuple(data.photos), inspection_id=inspection_id or data.inspection_id),
+            place, ctx.actor, ctx.now, duplicate_of=ctx.open_by_place[key],
+        )
+    except Conflict as exc:  # report_hazard's own check, before it writes: named here as the op's field
+        if exc.code != "hazard_exists":
+            raise
+        raise Conflict(f"{prefix}id: hazard {data.id} already exists", code="hazard_exists", field=f"{prefix}id") \
+            from None
     if ctx.open_by_place[key] is None:
         ctx.open_by_place[key] = h.id
     return _hazard_result(h)
