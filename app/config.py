@@ -23,7 +23,11 @@ class Settings(BaseSettings):
     # Pepper mixed into token hashes: a stolen database alone cannot be replayed as tokens.
     secret_key: str = DEFAULT_SECRET
     token_ttl_hours: int = Field(default=24 * 30, ge=1)  # phones stay offline for weeks
+    # Login limits (429) within the window: failures for one username from one address (a stranger's
+    # guesses lock the name out of the stranger's address only), for one username from all addresses
+    # together (guessing spread over many addresses), from one address for all usernames.
     login_max_failures_per_user: int = 5
+    login_max_failures_per_user_all_addresses: int = 50
     login_max_failures_per_address: int = 30
     login_window_minutes: int = 15
     max_photo_bytes: int = 15 * 1024 * 1024

@@ -41,6 +41,11 @@ class User(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
 
 
+# One account per username in any case ('Zhangsan' is 'zhangsan'), the username kept as typed for display;
+# found by lower(username) at login (app/auth/service.py username_key).
+sa.Index("uq_users_lower_username", sa.func.lower(User.username), unique=True)
+
+
 class Device(SQLModel, table=True):
     __tablename__ = "devices"
     __table_args__ = (sa.UniqueConstraint("user_id", "device_key"),)

@@ -39,7 +39,7 @@ def issue_token(
     rehashed = service.hash_password(password) if service.needs_rehash(user.password_hash) else None
     with request.app.state.db.session(write=True) as writer:
         issued = service.issue_token(writer, settings, user.id, device_key=device_id, device_name=device_name,
-                                     now=now, rehashed=rehashed)
+                                     now=now, address=address, rehashed=rehashed)
         writer.commit()
     return TokenResponse(access_token=issued.token, expires_in=issued.expires_in, device_id=issued.device.id)
 

@@ -33,6 +33,20 @@ MIN_PASSWORD_LENGTH = 8
 MAX_PASSWORD_LENGTH = 200
 # What the API's UserCreate admits, so an account made by `firegrid user create` can log in as well.
 USERNAME_RE = re.compile(r"[A-Za-z0-9_.\-]{2,64}")
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def username_key(username: str) -> str:
+    """What identifies an account: the username with ASCII letters in lower case. Android keyboards
+    capitalise the first letter, so 'Zhangsan' and 'zhangsan' are one account (and one rate-limit key).
+    ASCII only, as SQL lower() folds on SQLite, and usernames are ASCII (USERNAME_RE): Python's
+    str.lower() would fold the Kelvin sign into a 'k'."""
+    return username.translate(_ASCII_LOWER)
+
+
+def _same_username(username: str) -> sa.ColumnElement[bool]:
+    # the form the unique index on lower(username) answers (migrations 20261201_username_any_case)
+    return sa.func.lower(User.username) == username_key(username)
 
 
 def hash_password(password: str) -> str:
@@ -75,13 +89,41 @@ def create_user(
             f"a {role.value} must belong to a unit of kind {' or '.join(ROLE_UNIT_KINDS[role])}, not {unit.kind}",
             code="bad_unit",
         )
-    if session.exec(select(User.id).where(User.username == username)).first():
-        raise Conflict(f"username {username!r} is taken", code="username_taken")
+    taken = session.exec(select(User.username).where(_same_username(username))).first()
+    if taken is not None:
+        raise _username_taken(username, taken)
     user = User(username=username, password_hash=hash_password(password), role=role, org_unit_id=unit.id,
                 display_name=display_name, is_demo=is_demo, **({"id": id} if id else {}))
-    session.add(user)
-    session.flush()
+    # Another transaction may insert the name after the check above (two admins at once; on PostgreSQL
+    # its insert waits for ours): the unique index answers then. In a savepoint, so the caller's
+    # transaction stays usable whichever error it is.
+    try:
+        with session.begin_nested():
+            session.add(user)
+            session.flush()
+    except sa.exc.IntegrityError as exc:
+        if not _violates_username_unique(exc):
+            raise
+        raise _username_taken(username, None) from None
     return user
+
+
+# the username's unique constraint (as typed) and its unique index on lower(username)
+_USERNAME_UNIQUE = ("uq_users_username", "uq_users_lower_username")
+
+
+def _violates_username_unique(exc: sa.exc.IntegrityError) -> bool:
+    name = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)  # PostgreSQL names it
+    if name is not None:
+        return name in _USERNAME_UNIQUE
+    message = str(exc.orig)  # SQLite: "UNIQUE constraint failed: users.username" or "...: index '<name>'"
+    return "UNIQUE constraint failed" in message and (
+        "users.username" in message or any(f"'{n}'" in message for n in _USERNAME_UNIQUE))
+
+
+def _username_taken(username: str, taken: str | None) -> Conflict:
+    also = f" (as {taken!r}: usernames are the same in any case)" if taken not in (None, username) else ""
+    return Conflict(f"username {username!r} is taken{also}", code="username_taken")
 
 
 @dataclass
@@ -92,57 +134,69 @@ class IssuedToken:
     device: Device
 
 
-def _check_rate_limit(session: Session, settings: Settings, username: str, address: str, now: datetime) -> None:
+def _check_rate_limit(session: Session, settings: Settings, key: str, address: str, now: datetime) -> None:
+    """429 if the failures within the window reach a limit: ``login_max_failures_per_user`` for this
+    username from this address, ``login_max_failures_per_user_all_addresses`` for it from all addresses, or
+    ``login_max_failures_per_address`` from this address for all usernames. ``key``: username_key()."""
     since = now - timedelta(minutes=settings.login_window_minutes)
-    by_user, by_addr = session.exec(
+    by_pair, by_user, by_addr = session.exec(
         select(
-            sa.func.count().filter(LoginFailure.username == username),
+            sa.func.count().filter(LoginFailure.username == key, LoginFailure.address == address),
+            sa.func.count().filter(LoginFailure.username == key),
             sa.func.count().filter(LoginFailure.address == address),
-        ).where(LoginFailure.at >= since, (LoginFailure.username == username) | (LoginFailure.address == address))
+        ).where(LoginFailure.at >= since, (LoginFailure.username == key) | (LoginFailure.address == address))
     ).one()
-    retry = str(settings.login_window_minutes * 60)
-    if by_user >= settings.login_max_failures_per_user:
-        raise TooManyRequests(
-            f"too many failed logins for this user; try again in {settings.login_window_minutes} minutes",
-            headers={"Retry-After": retry},
-        )
-    if by_addr >= settings.login_max_failures_per_address:
-        raise TooManyRequests(
-            f"too many failed logins from this address; try again in {settings.login_window_minutes} minutes",
-            headers={"Retry-After": retry},
-        )
+    for count, most, limit, whose in (
+        (by_pair, settings.login_max_failures_per_user, "user_address", "for this user from this address"),
+        (by_user, settings.login_max_failures_per_user_all_addresses, "user",
+         "for this user from all addresses together"),
+        (by_addr, settings.login_max_failures_per_address, "address", "from this address"),
+    ):
+        if count >= most:
+            raise TooManyRequests(
+                f"too many failed logins {whose}; try again in {settings.login_window_minutes} minutes",
+                limit=limit, headers={"Retry-After": str(settings.login_window_minutes * 60)},
+            )
 
 
 def begin_attempt(session: Session, settings: Settings, username: str, address: str, now: datetime) -> None:
     """On a write transaction, before the password is verified: the rate limit, then this attempt counted
-    as a failed one until it succeeds (issue_token clears the user's). Checked and counted at once: logins
-    sent together, each counted only after its verification, all passed a limit none of them had reached."""
+    as a failed one until it succeeds (issue_token clears it). Checked and counted at once: logins sent
+    together, each counted only after its verification, all passed a limit none of them had reached.
+    Failures are counted under username_key(username): the same account in any case."""
+    key, address = username_key(username)[:64], address[:64]
     if session.get_bind().dialect.name == "postgresql":  # SQLite's writers already take turns
-        # one attempt at a time per username and per address, always in this order (no deadlock)
-        for key in (f"login-user:{username[:64]}", f"login-address:{address[:64]}"):
-            session.execute(_ADVISORY_LOCK, {"key": key})
-    _check_rate_limit(session, settings, username, address, now)
-    session.add(LoginFailure(username=username[:64], address=address[:64], at=now))
+        # one attempt at a time per username (its pair and user-wide counts) and per address (its
+        # count over all usernames), always in this order (no deadlock)
+        for lock in (f"login-user:{key}", f"login-address:{address}"):
+            session.execute(_ADVISORY_LOCK, {"key": lock})
+    _check_rate_limit(session, settings, key, address, now)
+    session.add(LoginFailure(username=key, address=address, at=now))
 
 
-_ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext(:key))")
+# Advisory locks belong to the whole database, not to a schema: the key names the schema too, so two
+# installations (or test runs) sharing one database never queue behind each other's logins.
+_ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':' || :key))")
 
 
 def check_credentials(session: Session, *, username: str, password: str) -> User | None:
     """Read-only: the password (argon2, ~30 ms of CPU), after begin_attempt. None: wrong credentials."""
-    user = session.exec(select(User).where(User.username == username)).first()
+    user = session.exec(select(User).where(_same_username(username))).first()
     ok = verify_password(user.password_hash if user else _DUMMY_HASH, password)
     return user if ok and user is not None and user.is_active else None
 
 
 def issue_token(session: Session, settings: Settings, user_id: str, *, device_key: str | None,
-                device_name: str | None, now: datetime, rehashed: str | None = None) -> IssuedToken:
+                device_name: str | None, now: datetime, address: str, rehashed: str | None = None) -> IssuedToken:
     """Write: a token bound to the device (registered on first login; a revoked device is refused).
-    ``rehashed``: the password just verified, hashed with today's settings (see needs_rehash)."""
+    ``address``: where the login came from; its failures for this user are forgiven, not those from
+    elsewhere (someone else's guesses: they still count toward the user-wide cap, and that address's
+    limit). ``rehashed``: the password just verified, hashed with today's settings (see needs_rehash)."""
     user = session.get(User, user_id)
     if rehashed is not None:
         user.password_hash = rehashed
-    session.execute(sa.delete(LoginFailure).where(LoginFailure.username == user.username))
+    session.execute(sa.delete(LoginFailure).where(LoginFailure.username == username_key(user.username)[:64],
+                                                  LoginFailure.address == address[:64]))
     device_key = device_key or f"anon-{secrets.token_hex(8)}"
     device = session.exec(select(Device).where(Device.user_id == user.id, Device.device_key == device_key)).first()
     if device is None:
