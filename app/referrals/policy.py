@@ -12,6 +12,13 @@ catch-all (no match conditions). Every validation error is reported as
 field, e.g.::
 
     policy.toml: rule 'major-to-brigade': field 'tier': must be one of town_office, police_station, brigade
+
+A category taken out of use is moved from ``[[categories]]`` to ``[[retired_categories]]`` (same
+fields), not deleted: phones stop offering it on their next pull (the pull sends a tombstone for it),
+and a hazard a phone captured under it before it heard of the change is still accepted under it,
+routed by the rules (which may go on naming it) with the rectification period ``rectification_workdays``
+keeps for it, or the default. A code deleted outright is unknown: reports still on phones that name it
+are refused (``unknown_category``), though phones are told it is gone too.
 """
 
 from __future__ import annotations
@@ -133,6 +140,8 @@ class Policy(_Model):
     order_workdays: PositiveInt = 3  # written rectification order within N working days of accepting (令120号)
     rectification_workdays: dict[str, PositiveInt]  # per category; must contain "default"
     categories: list[Category]
+    # taken out of use: no longer offered to phones, still accepted in reports captured before (see above)
+    retired_categories: list[Category] = Field(default_factory=list)
     place_classes: list[str] = Field(min_length=1)
     rules: list[Rule] = Field(min_length=1)
 
@@ -152,13 +161,22 @@ class Policy(_Model):
                 problems.append(f"category '{cat.code}' (#{i + 1}): field 'code': duplicate category code")
             seen_cat.add(cat.code)
 
+        seen_retired: set[str] = set()
+        for i, cat in enumerate(self.retired_categories):
+            if cat.code in seen_cat:
+                problems.append(f"retired category '{cat.code}' (#{i + 1}): field 'code': both in [[categories]] "
+                                "and retired: a category is one or the other")
+            elif cat.code in seen_retired:
+                problems.append(f"retired category '{cat.code}' (#{i + 1}): field 'code': duplicate category code")
+            seen_retired.add(cat.code)
+
         if "default" not in self.rectification_workdays:
             problems.append("field 'rectification_workdays': must contain a 'default' entry")
         for key in self.rectification_workdays:
-            if key != "default" and key not in seen_cat:
+            if key != "default" and key not in seen_cat and key not in seen_retired:
                 problems.append(
                     f"field 'rectification_workdays.{key}': unknown category '{key}' "
-                    "(not in [[categories]] and not 'default')"
+                    "(not in [[categories]], [[retired_categories]] or 'default')"
                 )
 
         seen_ids: dict[str, int] = {}
@@ -177,8 +195,8 @@ class Policy(_Model):
                         f"{label}: field 'place_class': unknown place class '{pc}' "
                         f"(must be one of {', '.join(self.place_classes)})"
                     )
-            for cat in rule.category or ():
-                if cat not in seen_cat:
+            for cat in rule.category or ():  # a retired category's late reports may still be routed apart
+                if cat not in seen_cat and cat not in seen_retired:
                     problems.append(f"{label}: field 'category': unknown category '{cat}'")
             if catch_all_at is not None:
                 problems.append(
@@ -206,6 +224,15 @@ class Policy(_Model):
         # asked once per reported hazard; the policy never changes once loaded (frozen)
         return frozenset(c.code for c in self.categories)
 
+    @functools.cached_property
+    def retired_codes(self) -> frozenset[str]:
+        return frozenset(c.code for c in self.retired_categories)
+
+    def accepts_category(self, code: str) -> bool:
+        """Whether a reported hazard may name this category: a current one, or one retired since the
+        phone captured the report."""
+        return code in self.category_codes or code in self.retired_codes
+
     def category(self, code: str) -> Category | None:
         for c in self.categories:
             if c.code == code:
@@ -226,7 +253,7 @@ def _format_loc(loc: tuple[Any, ...], raw: Any) -> str:
     if not loc:
         return ""
     head = loc[0]
-    if head in ("rules", "categories") and len(loc) >= 2 and isinstance(loc[1], int):
+    if head in ("rules", "categories", "retired_categories") and len(loc) >= 2 and isinstance(loc[1], int):
         index = loc[1]
         item: Any = None
         if isinstance(raw, dict) and isinstance(raw.get(head), list) and index < len(raw[head]):
@@ -235,7 +262,8 @@ def _format_loc(loc: tuple[Any, ...], raw: Any) -> str:
             label = _rule_label(index, item.get("id") if isinstance(item, dict) else None)
         else:
             code = item.get("code") if isinstance(item, dict) else None
-            label = f"category '{code}' (#{index + 1})" if isinstance(code, str) else f"category #{index + 1}"
+            kind = "retired category" if head == "retired_categories" else "category"
+            label = f"{kind} '{code}' (#{index + 1})" if isinstance(code, str) else f"{kind} #{index + 1}"
         rest = [str(p) for p in loc[2:]]
         if rest:
             return f"{label}: field '{'.'.join(rest)}'"

@@ -16,6 +16,14 @@ about a hazard that was there before, such as a move's re-routing); tombstones i
 reach it, except a "moved" tombstone whose destination the device can still see (the record
 stayed in its scope). A change made by anyone else later, the server included, reaches it.
 
+Reference data (categories, premises classes, the checklist template) is sent whole on the first pull
+and again on the first pull after the routing policy's version changed. The cursor keeps the category
+codes the device was sent, so that one the policy no longer has comes as a tombstone (``deleted``,
+``data.reason`` "removed", or "retired" with its names when the policy lists it under
+``retired_categories``), in the format of every other tombstone: a phone that deletes what it is told
+is deleted needs nothing new. Retired categories are sent as tombstones with every set of reference
+data, so a phone whose cursor predates the kept codes learns of them too.
+
 The cursor is opaque to the client: base64url JSON with a version, the feed's epoch and a
 fingerprint of the caller's scope. One the server cannot serve -- malformed, from another
 database, pruned away, or made for another scope (a worker moved to another grid) -- is a ``410``
@@ -40,7 +48,7 @@ from app.errors import DomainError
 from app.hazards.models import Hazard
 from app.inspections.models import Inspection
 from app.places.models import PLACE_CLASS_NAMES, Place, key_unit_level
-from app.referrals.policy import Policy
+from app.referrals.policy import Category, Policy
 from app.sync.feed import (Change, hazard_data, inspection_data, is_addressed_copy, place_data, read_head,
                            read_state)
 
@@ -94,6 +102,11 @@ class Cursor:
     p: str | None = None  # phase
     k: Any = None  # keyset position in the phase (last id / last index / last seq)
     v: int = CURSOR_VERSION
+    # the category codes the device may hold (None: a cursor made before they were kept, not known), so
+    # that a category the policy no longer has is sent as a tombstone; and while the reference data is
+    # paged, the codes being sent as tombstones (fixed at the start of the phase, so the pages stay put)
+    c: list[str] | None = None
+    g: list[str] | None = None
 
     def encode(self) -> str:
         raw = json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
@@ -114,11 +127,21 @@ class Cursor:
                 raise ValueError("bad phase")
             if c.k is not None and not (isinstance(c.k, str) if c.p in (PLACES, HAZARDS, INSPECTIONS) else _seq(c.k)):
                 raise ValueError("bad position")
+            if not (_codes(c.c) and _codes(c.g)):
+                raise ValueError("bad codes")
             return c
         # RecursionError: JSON nested deeper than the decoder goes (a garbled cursor, not our fault)
         except (ValueError, TypeError, RecursionError, binascii.Error, UnicodeDecodeError):
             raise CursorExpired("cursor: not a cursor this server can serve; start over with a pull without a cursor",
                                 reason="malformed") from None
+
+
+MAX_CODES = 1000
+
+
+def _codes(value: Any) -> bool:
+    return value is None or (isinstance(value, list) and len(value) <= MAX_CODES
+                             and all(isinstance(v, str) and len(v) <= 64 for v in value))
 
 
 def _seq(value: Any) -> bool:
@@ -136,9 +159,16 @@ def scope_fingerprint(scope: Scope) -> str:
 # -- reference data ------------------------------------------------------------------------------
 
 
-def reference_items(policy: Policy) -> list[dict[str, Any]]:
-    """Categories, premises classes and the checklist template derived from the policy's categories."""
-    items: list[dict[str, Any]] = []
+def reference_items(policy: Policy, gone: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Categories, premises classes and the checklist template derived from the policy's categories.
+
+    A category a phone must stop offering is sent as a tombstone (``deleted: true``), as any record that
+    leaves a phone is: first those of ``gone`` (codes the device held that the policy no longer has),
+    then, after the current items, the policy's retired categories (every time the reference data is
+    sent: a phone that never held one ignores it). A tombstone's data says why, and a retired one's
+    names still label the hazards reported under it."""
+    retired = {c.code: c for c in policy.retired_categories}
+    items = [_tombstone(policy, code, retired.get(code)) for code in gone]
     for c in policy.categories:
         items.append({"type": "category", "id": c.code, "deleted": False, "data": {
             "code": c.code, "name_zh": c.name_zh, "name_en": c.name_en,
@@ -151,7 +181,16 @@ def reference_items(policy: Policy) -> list[dict[str, Any]]:
         "id": "default", "version": policy.version, "name_zh": "消防安全检查表", "name_en": "Fire safety checklist",
         "items": [{"item": c.code, "label_zh": c.name_zh, "label_en": c.name_en,
                    "results": ["pass", "fail", "na"]} for c in policy.categories]}})
+    items += [_tombstone(policy, code, c) for code, c in retired.items() if code not in gone]
     return items
+
+
+def _tombstone(policy: Policy, code: str, retired: Category | None) -> dict[str, Any]:
+    data: dict[str, Any] = {"code": code, "reason": "retired" if retired else "removed",
+                            "policy_version": policy.version}
+    if retired is not None:  # reports under it are still accepted, and its hazards still need a label
+        data.update(name_zh=retired.name_zh, name_en=retired.name_en)
+    return {"type": "category", "id": code, "deleted": True, "data": data}
 
 
 # -- scope filters ------------------------------------------------------------------------------
@@ -210,6 +249,10 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
             if c.a > upto:
                 raise CursorExpired("cursor: ahead of this server's feed; start over with a pull without a cursor",
                                     reason="other_feed")
+            if c.c is None and c.r == policy.version:
+                # a cursor from before the codes were kept, resting on the reference data of the policy in
+                # force: the device holds its categories (so a later removal reaches it as a tombstone)
+                c = replace(c, c=sorted(policy.category_codes))
             c = replace(c, u=upto, m="c", p=REF if c.r != policy.version else CHANGES, k=None)
             if c.p == REF:  # while the reference data is paged, ``r`` is the version being sent
                 c = replace(c, r=policy.version)
@@ -220,7 +263,12 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
     while c.p is not None and len(out) < limit:
         room = limit - len(out)
         if c.p == REF:
-            refs = reference_items(policy)
+            if c.k is None:  # the phase begins: what the device holds that the policy no longer has
+                gone = sorted(set(c.c) - policy.category_codes) if c.m == "c" and c.c is not None else []
+                c = replace(c, g=gone, c=sorted(set(c.c or ()) - set(gone)))
+            # every page adds its policy's codes: those are what the device may hold now
+            c = replace(c, c=sorted(set(c.c or ()) | policy.category_codes))
+            refs = reference_items(policy, c.g or ())
             start = c.k or 0
             out += refs[start:start + room]
             if start + room < len(refs):
@@ -241,7 +289,7 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
                 c = replace(c, k=last)
                 break
         nxt = phases.index(c.p) + 1
-        c = replace(c, p=phases[nxt] if nxt < len(phases) else None, k=None)
+        c = replace(c, p=phases[nxt] if nxt < len(phases) else None, k=None, g=None)
     # a cursor older than the retained feed: checked after reading, so a prune that committed while
     # we read (PostgreSQL reads what committed statement by statement) cannot have taken rows from
     # under this page unnoticed; if no change row was read, the state read before is enough
@@ -252,7 +300,7 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
     if c.p is None:  # this pull is complete: rest at its upper bound
         # with the reference data the device holds, not the policy of this page: a policy that changed
         # after the reference data was sent (a rolling restart) is sent on the next pull
-        c = Cursor(e=c.e, f=c.f, r=c.r, a=c.u, u=None, m=None, p=None, k=None)
+        c = Cursor(e=c.e, f=c.f, r=c.r, a=c.u, u=None, m=None, p=None, k=None, c=c.c)
         return PullPage(changes=out, cursor=c.encode(), more=False)
     return PullPage(changes=out, cursor=c.encode(), more=True)
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from pydantic import ValidationError
 from sqlmodel import Session, select
 
-from app.audit.service import Actor
+from app.audit.service import Actor, event_row, insert_events
 from app.auth.models import Device, User
 from app.auth.scope import Scope
 from app.db import PreparedInsert, insert_prepared, prepare_insert
@@ -23,10 +23,11 @@ from app.hazards.service import may_act, visible_hazard
 from app.inspections.models import Inspection
 from app.places.models import Place, PlaceCreate, PlaceUpdate
 from app.places import service as places
+from app.photos.service import register_refs
 from app.referrals.lifecycle import Action
 from app.referrals.service import (HazardReport, PlannedHazard, PreparedHazards, ReinspectionReport, Rules, TownFacts,
-                                   earliest_open, plan_hazard, prepare_planned, record_field_reinspection, report_hazard,
-                                   town_facts, write_planned)
+                                   earliest_open, lock_hazard, plan_hazard, prepare_planned, record_field_reinspection,
+                                   report_hazard, town_facts, write_planned)
 from app.sync.models import SyncOp
 from app.sync.schemas import (MAX_OPS, OP_TYPES, HazardReinspectData, HazardReportData, InspectionSubmitData, Op,
                               OpError, OpResult, PlaceUpsertData)
@@ -177,16 +178,21 @@ def _validation_rejected(op: Op, exc: ValidationError) -> OpResult:
 _PLACES = select(Place).where(Place.id.in_(sa.bindparam("ids", expanding=True)))
 _DONE = select(SyncOp.op_id, SyncOp.result, SyncOp.user_id).where(SyncOp.op_id.in_(sa.bindparam("ids", expanding=True)))
 # Which of a run's op ids were applied before (with their results) and which of its record ids are
-# taken: one statement, not three (each statement is ~4 % of a one-op push's instructions,
+# taken: one statement, not four (each statement is ~4 % of a one-op push's instructions,
 # bench/instructions.py). An empty list matches nothing.
 _KNOWN = sa.union_all(
     sa.select(sa.literal_column("'op'").label("kind"), SyncOp.op_id.label("id"), SyncOp.result.label("result"),
-              SyncOp.user_id.label("user_id"))
+              SyncOp.user_id.label("user_id"), sa.null().label("place_id"))
     .where(SyncOp.op_id.in_(sa.bindparam("op_ids", expanding=True))),
-    sa.select(sa.literal_column("'hazard'"), Hazard.id, sa.null(), sa.null())
+    sa.select(sa.literal_column("'hazard'"), Hazard.id, sa.null(), sa.null(), sa.null())
     .where(Hazard.id.in_(sa.bindparam("hazard_ids", expanding=True))),
-    sa.select(sa.literal_column("'inspection'"), Inspection.id, sa.null(), sa.null())
+    # and where each inspection is: a report may name only an inspection of its own premises
+    sa.select(sa.literal_column("'inspection'"), Inspection.id, sa.null(), Inspection.place_id, sa.null())
     .where(Inspection.id.in_(sa.bindparam("inspection_ids", expanding=True))),
+    # the hazards that named one of the run's inspections before it arrived, and of which premises: those
+    # of another lose the link when it is stored (ix_hazards_inspection_id)
+    sa.select(sa.literal_column("'named'"), Hazard.id, sa.null(), Hazard.inspection_id, Hazard.place_id)
+    .where(Hazard.inspection_id.in_(sa.bindparam("submitted_ids", expanding=True))),
 )
 
 
@@ -198,12 +204,24 @@ class _RunState:
         place_ids = list({d.place_id for d in parsed if d is not None})
         self.places = {p.id: p for p in session.exec(_PLACES, params={"ids": place_ids})} if place_ids else {}
         known: dict[str, dict] = {"op": {}, "hazard": {}, "inspection": {}}
-        for kind, id_, result, user_id in session.execute(_KNOWN, {
+        # inspection id -> the hazards on the server that name it, with their premises
+        self.naming: dict[str, list[tuple[str, str]]] = {}
+        # the run's inspections (taken? named by which hazards?) and those its reports name (of which premises?)
+        submitted = sorted({d.id for d in parsed if isinstance(d, InspectionSubmitData)})
+        inspection_ids = set(submitted)
+        inspection_ids |= {d.inspection_id for d in parsed if isinstance(d, HazardReportData) and d.inspection_id}
+        # the fourth column: an op's user, an inspection's premises, the inspection a hazard names
+        for kind, id_, result, owner, place_id in session.execute(_KNOWN, {
                 "op_ids": op_ids, "hazard_ids": [h.id for d in parsed if d is not None for h in _hazards_of(d)],
-                "inspection_ids": [d.id for d in parsed if isinstance(d, InspectionSubmitData)]}):
-            known[kind][id_] = _prior(ctx, user_id, result) if kind == "op" else result
+                "inspection_ids": sorted(inspection_ids), "submitted_ids": submitted}):
+            if kind == "named":
+                self.naming.setdefault(owner, []).append((id_, place_id))
+            else:
+                known[kind][id_] = _prior(ctx, owner, result) if kind == "op" else owner
         self.done: dict[str, dict] = known["op"]
         self.taken_hazards = set(known["hazard"])
+        # inspection id -> its premises: those on the server and those this run has planned
+        self.inspection_places: dict[str, str] = known["inspection"]
         self.taken_inspections = set(known["inspection"])
         self.open_by_place = earliest_open(session, [(h.place_id, h.category) for d in parsed if d is not None
                                                      for h in _hazards_of(d) if h.place_id in self.places])
@@ -236,6 +254,17 @@ class _RunPlan:
     prepared: tuple[PreparedInsert, PreparedHazards, PreparedInsert] | None = None  # bound rows, see _prepare
     planned_on: Session | None = None  # if not the writer's session, a premises may have moved since
     open_by_place: dict[tuple[str, str], str] = field(default_factory=dict)  # as the run leaves it
+    # (hazard id, inspection id): links across premises the run's inspections undo (see _unlink_elsewhere)
+    unlink: list[tuple[str, str]] = field(default_factory=list)
+    # an inspection lists a hazard already recorded: the run is applied op by op (see _OneByOne)
+    one_by_one: bool = False
+
+
+class _OneByOne(Exception):
+    """An inspection lists a hazard already recorded (on the server, or by an earlier op of the run).
+    Whether it is the reporter's own, and what to link, is _recorded_already's to say: the run is
+    applied op by op, so both paths give one answer. Rare: a phone sends a hazard at once and lists it
+    again in the inspection it was found in."""
 
 
 def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPlan:
@@ -272,9 +301,14 @@ def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPla
         except DomainError as exc:
             results.append(_rejected(op, exc.code, exc.message, exc.extra.get("field")))
             continue
+        except _OneByOne:
+            plan.one_by_one = True  # nothing of this plan is written
+            results.append(_rejected(op, "one_by_one", "applied op by op"))
+            continue
         plan.planned += planned
         if insp:
             plan.inspections.append(insp)
+            plan.unlink += state.unlinked(insp["id"], insp["place_id"])
         plan.sync_rows.append(dict(op_id=op.op_id, type=op.type, user_id=ctx.user.id, device_id=ctx.device.id,
                                    result=result, applied_at=ctx.now))
         applied[op.op_id] = result
@@ -291,6 +325,8 @@ def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPla
 def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
     """Write a planned run with one statement per table. None (nothing written) if the database refuses
     it — an op_id or record id taken meanwhile — so the caller re-applies the run op by op."""
+    if plan.one_by_one:
+        return None
     inspections, hazards, sync_rows = plan.prepared
     # SQLite: a run planned on the writer's own session was planned under the write lock. PostgreSQL
     # has no such lock: a move may be under way whatever session planned the run (see _moved_since_planned)
@@ -302,6 +338,7 @@ def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
         insert_prepared(ctx.session, inspections)
         write_planned(ctx.session, hazards)
         insert_prepared(ctx.session, sync_rows)
+        _unlink_elsewhere(ctx, plan.unlink)
         savepoint.commit()
     except sa.exc.IntegrityError:
         savepoint.rollback()
@@ -354,6 +391,7 @@ def _plan_op(ctx: PushContext, state: _RunState, data) -> tuple[dict, list[Plann
                            field=f"data.hazards.{i}.id")
         planned.append(_plan_hazard(ctx, state, hz, place, data.id, f"data.hazards.{i}.", opened))
     state.taken_inspections.add(data.id)
+    state.inspection_places[data.id] = place.id
     for p in planned:  # only now: a rejected op must not leave its ids or duplicates behind
         state.taken_hazards.add(p.hazard.id)
         state.open_by_place.setdefault((place.id, p.hazard.category), p.hazard.id)
@@ -365,10 +403,10 @@ def _plan_op(ctx: PushContext, state: _RunState, data) -> tuple[dict, list[Plann
 
 def _plan_hazard(ctx: PushContext, state: _RunState, data: HazardReportData, place: Place,
                  inspection_id: str | None, prefix: str, opened: dict | None = None) -> PlannedHazard:
-    if data.category not in ctx.rules.policy.category_codes:
-        raise Invalid(f"{prefix}category: unknown category {data.category!r}", code="unknown_category",
-                      field=f"{prefix}category")
+    _known_category(ctx, data, prefix)
     _not_future(ctx, data.found_at, prefix.removeprefix("data.") + "found_at")
+    if inspection_id is None and data.inspection_id is not None:
+        _same_premises(data, place, state.inspection_places.get(data.inspection_id))
     if data.id in state.taken_hazards:
         raise Conflict(f"{prefix}id: hazard {data.id} already exists", code="hazard_exists", field=f"{prefix}id")
     report = HazardReport(id=data.id, place_id=place.id, category=data.category, severity=data.severity,
@@ -383,6 +421,36 @@ def _plan_hazard(ctx: PushContext, state: _RunState, data: HazardReportData, pla
     elif opened is not None:
         opened.setdefault(key, data.id)
     return planned
+
+
+def _known_category(ctx: PushContext, data: HazardReportData, prefix: str) -> None:
+    """A current category, or one the policy retired since the phone captured the report: what the worker
+    found is kept under the category it was found under (see app.referrals.policy)."""
+    policy = ctx.rules.policy
+    if not policy.accepts_category(data.category):
+        raise Invalid(f"{prefix}category: unknown category {data.category!r}: not a category of the routing policy "
+                      f"in force ({policy.version}); report it under one of the current categories (the phone's "
+                      "list is brought up to date by its next pull)", code="unknown_category",
+                      field=f"{prefix}category")
+
+
+def _same_premises(data: HazardReportData, place: Place, inspection_place_id: str | None) -> None:
+    """A standalone report's inspection_id names the inspection it was found in: one of its own premises.
+
+    The link goes with the hazard to every phone that sees it and into its audit trail. An inspection
+    the server does not hold yet (``None``) is accepted: phones send in any order, and a hazard found
+    during an inspection still under way comes first. Which premises another inspection is of is not
+    said: the reporter may not be allowed to see it.
+
+    Not yet covered: an inspection that arrives after reports of another premises named it is accepted,
+    and those reports keep naming it. Only the phone that made the inspection's id can have named it
+    early (ids of inspections not yet sent are known to no one else), so both premises were in that
+    worker's grids; clearing such links needs hazards looked up by inspection_id, which has no index."""
+    if inspection_place_id is not None and inspection_place_id != place.id:
+        raise Invalid(f"data.inspection_id: inspection {data.inspection_id} is not an inspection of premises "
+                      f"{place.id}: a hazard may name only an inspection of its own premises (send it without "
+                      "inspection_id, or with the id of the inspection it was found in)",
+                      code="inspection_mismatch", field="data.inspection_id")
 
 
 def _hazard_result(h: Hazard) -> dict:
@@ -428,10 +496,11 @@ def _place(ctx: PushContext, place_id: str, field: str = "place_id") -> Place:
 
 
 def _new_hazard(ctx: PushContext, data: HazardReportData, place: Place, inspection_id: str | None, prefix: str) -> dict:
-    if data.category not in ctx.rules.policy.category_codes:
-        raise Invalid(f"{prefix}category: unknown category {data.category!r}", code="unknown_category",
-                      field=f"{prefix}category")
+    _known_category(ctx, data, prefix)
     _not_future(ctx, data.found_at, prefix.removeprefix("data.") + "found_at")
+    if inspection_id is None and data.inspection_id is not None:
+        named = ctx.session.get(Inspection, data.inspection_id)
+        _same_premises(data, place, named.place_id if named is not None else None)
     key = (place.id, data.category)
     if key not in ctx.open_by_place:
         ctx.open_by_place[key] = earliest_open(ctx.session, [key]).get(key)
