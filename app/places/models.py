@@ -1,5 +1,6 @@
 """Premises (场所) and their class, which decides the supervising tier."""
 
+import re
 from datetime import datetime
 from enum import StrEnum
 
@@ -8,6 +9,14 @@ from pydantic import field_validator
 from sqlmodel import Field, SQLModel
 
 from app.db import UTCDateTime, new_id, utcnow
+from app.errors import reject_nul
+
+# a client-made UUID (offline creation), as the push's place.upsert takes it: never "" or one with a "/",
+# which no /places/{id} could reach
+CLIENT_ID = r"^[0-9A-Za-z][0-9A-Za-z\-]{7,63}$"
+_TEXT = ("name", "address", "grid_id", "owner_name", "owner_phone", "sector_regulator_id")
+# "" is a text field's "none" (the columns are NOT NULL): a PATCH's null clears it
+_CLEARABLE = ("address", "owner_name", "owner_phone")
 
 
 class PlaceClass(StrEnum):
@@ -77,6 +86,17 @@ class Place(PlaceBase, table=True):
 class PlaceCreate(PlaceBase):
     id: str | None = Field(default=None, max_length=36, description="client-made UUID (offline creation)")
 
+    # PostgreSQL can neither store nor look up a NUL, SQLite would store it: a 422 naming the field on both
+    # (on what comes in only: a row stored before this check is still shown)
+    _no_nul = field_validator(*_TEXT)(reject_nul)
+
+    @field_validator("id")
+    @classmethod
+    def _client_id(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(CLIENT_ID, v):
+            raise ValueError("must be a client-made UUID (letters, digits and dashes, 8 to 36 characters)")
+        return v
+
 
 class PlaceUpdate(SQLModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
@@ -88,6 +108,18 @@ class PlaceUpdate(SQLModel):
     owner_name: str | None = Field(default=None, max_length=100)
     owner_phone: str | None = Field(default=None, max_length=40)
     sector_regulator_id: str | None = Field(default=None, max_length=36)
+
+    _no_nul = field_validator(*_TEXT)(reject_nul)
+
+    @field_validator("name")
+    @classmethod
+    def _name_stripped(cls, v: str | None) -> str | None:
+        return v.strip() if v is not None else v  # stored as PlaceCreate stores it (blank: update_place's 422)
+
+    @field_validator(*_CLEARABLE)
+    @classmethod
+    def _null_clears(cls, v: str | None) -> str:
+        return "" if v is None else v
 
 
 class PlacePublic(PlaceBase):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -215,8 +216,9 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
     """Import good rows, none of the bad; every bad row is reported with its line, column and reason.
 
     Re-importing the same file updates rather than duplicates: a row matches an existing place by
-    its `id` column when given, else by (grid, name, address). A row that moves a premises to another
-    town or community (a boundary redrawn) takes its hazards to the new location's bodies
+    its `id` column when given, else by (grid, name, address), and takes the row's non-empty cells only: a
+    column the sheet lacks or a cell left empty keeps what the premises has. A row that moves a premises to
+    another town or community (a boundary redrawn) takes its hazards to the new location's bodies
     (``rules`` needed for that); one the new location cannot take is reported and skipped.
     """
     report = ImportReport()
@@ -225,7 +227,9 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
     except UnicodeDecodeError:
         report.errors.append(RowError(1, "*", "file is not UTF-8 text (save the sheet as CSV UTF-8)"))
         return report
-    reader = csv.DictReader(text.splitlines())
+    # newline="": the csv module splits the records itself, at \n, \r or \r\n only. str.splitlines() also cut
+    # at U+2028, U+0085 (NEL) and the like inside a name, and dropped a quoted field's own line break.
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     header = [h.strip() for h in (reader.fieldnames or [])]
     missing = [c for c in ("name", "grid", "place_class") if c not in header]
     unknown = [c for c in header if c not in CSV_COLUMNS and c != "id"]
@@ -235,10 +239,20 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
         for c in unknown:
             report.errors.append(RowError(1, c, f"unknown column (expected: id, {', '.join(CSV_COLUMNS)})"))
         return report
-    for line_no, raw in enumerate(reader, start=2):
+    next_line = reader.line_num + 1
+    for raw in reader:
+        # the line the record starts on: a quoted field may span lines
+        line_no, next_line = next_line, reader.line_num + 1
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         if None in raw:
             report.errors.append(RowError(line_no, "*", "more fields than columns in the header"))
+            continue
+        # PostgreSQL refuses a NUL in any text it is sent, a lookup's too (the whole import failed); SQLite
+        # would store it
+        with_nul = [k for k, v in row.items() if "\x00" in v]
+        if with_nul:
+            for k in with_nul:
+                report.errors.append(RowError(line_no, k, "must not contain the NUL character (U+0000)"))
             continue
         errors_before = len(report.errors)
         grid = _unit_by_code_or_id(session, row.get("grid", ""), UnitKind.grid) if row.get("grid") else None
@@ -269,7 +283,10 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
         ).first()
         try:  # a row refused here changed nothing (a move the new town cannot take, another county's regulator)
             if existing is not None:
-                update_place(session, None, existing, PlaceUpdate(**data.model_dump(exclude={"id"})), rules=rules)
+                # only what the row says: a column the sheet lacks or a cell left empty keeps what the premises
+                # has (its coordinates as a phone took them in the field, an owner's phone, its regulator)
+                given = {f for f in PlaceUpdate.model_fields if row.get(_CSV_COLUMN_OF.get(f, f))}
+                update_place(session, None, existing, PlaceUpdate(**data.model_dump(include=given)), rules=rules)
             else:
                 create_place(session, None, data)
         except Invalid as exc:
