@@ -119,6 +119,21 @@ def nul_in_text(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.DataError) and "NUL (0x00)" in str(exc.orig)
 
 
+# what FastAPI answers when a declared JSON body cannot be read at all, the reason only in __cause__
+_FASTAPI_BODY_ERROR = "There was an error parsing the body"
+
+
+def body_problem(cause: BaseException | None) -> str:
+    """What is wrong with a request body FastAPI could not read, in words the sender can act on."""
+    if isinstance(cause, UnicodeDecodeError):
+        return "the request body is not UTF-8 text: send JSON encoded as UTF-8"
+    if isinstance(cause, RecursionError):
+        return "the request body's JSON is nested too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "the request body holds an integer too long to read (over 4300 digits)"
+    return "the request body could not be read as JSON"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError):
@@ -133,6 +148,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
+            return JSONResponse(error_body("bad_body", body_problem(exc.__cause__)), status_code=400)
         code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             exc.status_code, "http_error"
         )

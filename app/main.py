@@ -6,6 +6,7 @@ from collections.abc import Callable
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
+from urllib.parse import parse_qsl
 
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -21,7 +22,7 @@ from app.auth.models import User
 from app.auth.router import router as auth_router
 from app.config import Settings, check_production_safety, get_settings
 from app.db import Database, utcnow
-from app.errors import BodyTooLarge, install_error_handlers
+from app.errors import BodyTooLarge, error_body, install_error_handlers
 from app.hazards.router import router as hazards_router
 from app.org.router import router as org_router
 from app.places.router import router as places_router
@@ -99,6 +100,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
         app.include_router(router)
     _document_bodies_read_by_hand(app, PushRequest)
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(NoNulInQuery)
 
     # Last: the PWA owns every path the API does not.
     app.mount("/", StaticFiles(directory=PWA_DIR, html=True), name="pwa")
@@ -106,6 +108,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
 
 
 _PUSH_PATH = sync_router.prefix + "/push"
+_PULL_PATH = sync_pull_router.prefix + "/pull"
 _BLOBS_PATH = photos_router.prefix + "/"
 
 
@@ -153,6 +156,34 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+class NoNulInQuery:
+    """A NUL (``%00``) in an API call's query string: 422 naming the parameter, before any route runs.
+
+    No parameter of this API (ids, codes, filters, cursors) can hold one. Left to the routes, a NUL met
+    the database: PostgreSQL's driver refuses it in any text it sends, SQLite stores or compares it, and a
+    value bound as a literal (the queue's status filter) broke the SQL itself on both: a 500 there."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (scope["type"] == "http" and b"%00" in scope.get("query_string", b"") and scope["path"].startswith("/api/")
+                and scope["path"] != _PULL_PATH):  # a cursor it did not issue: 410, the phone starts over (API.md)
+            names = [k for k, v in parse_qsl(scope["query_string"].decode("latin-1"), keep_blank_values=True)
+                     if "\x00" in k or "\x00" in v]
+            if names:
+                fields = [{"field": f"query.{k.replace(chr(0), '')}", "message": _NUL_MESSAGE}
+                          for k in dict.fromkeys(names)]
+                summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
+                response = JSONResponse(error_body("validation_error", summary, fields=fields), status_code=422)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+_NUL_MESSAGE = "must not contain the NUL character (U+0000)"
 
 
 def _document_bodies_read_by_hand(app: FastAPI, *models: type[BaseModel]) -> None:
