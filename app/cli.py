@@ -1,5 +1,6 @@
 """The `firegrid` console script."""
 
+from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -146,10 +147,14 @@ def import_places(file: Annotated[Path, typer.Argument(exists=True, dir_okay=Fal
         raise typer.Exit(1)
 
 
+SWEEP_YEARS = (1970, 2999)  # what `sweep --now` takes
+SWEEP_FUTURE_SLACK = timedelta(minutes=5)  # prod: a --now this far ahead of the server's clock is still "now"
+
+
 @cli.command()
 def sweep(now: Annotated[Optional[str], typer.Option(help="ISO-8601 instant to sweep as of (default: now)")] = None) -> None:
     """Escalate every hazard whose holder let a clock run out, one tier up (idempotent)."""
-    from datetime import datetime
+    from datetime import datetime, timezone
 
     from app.db import utcnow
     from app.referrals.policy import DEFAULT_POLICY_PATH, load_policy
@@ -165,6 +170,19 @@ def sweep(now: Annotated[Optional[str], typer.Option(help="ISO-8601 instant to s
             raise typer.Exit(2)
         if at.tzinfo is None:
             typer.echo("--now: give a time zone offset, e.g. 2026-11-23T09:00:00+08:00", err=True)
+            raise typer.Exit(2)
+        try:  # 0001-01-01T00:00+08:00 has no UTC instant; near 9999 the working-day arithmetic overflows
+            in_range = SWEEP_YEARS[0] <= at.astimezone(timezone.utc).year <= SWEEP_YEARS[1]
+        except OverflowError:
+            in_range = False
+        if not in_range:
+            typer.echo(f"--now: {now!r} is out of range (years {SWEEP_YEARS[0]} to {SWEEP_YEARS[1]})", err=True)
+            raise typer.Exit(2)
+        if settings.env == "prod" and at > utcnow() + SWEEP_FUTURE_SLACK:
+            # as of a time still to come, hazards whose clocks have not run out would go up for good, their
+            # timelines saying the clocks were overdue: catching up on a past time is what --now is for
+            typer.echo(f"--now: {now!r} is in the future; FIREGRID_ENV=prod sweeps only as of now or a past time",
+                       err=True)
             raise typer.Exit(2)
     done = run_sweep(_db(), load_policy(settings.policy_file or DEFAULT_POLICY_PATH), at)
     for e in done:
