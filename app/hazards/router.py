@@ -10,7 +10,8 @@ from app.hazards import service
 from app.hazards.schemas import ActionRequest, Figures, FiguresRow, HazardDetail, HazardItem, QueuePage
 from app.photos.service import register_refs
 from app.referrals.deps import NowDep, RulesDep
-from app.referrals.lifecycle import Action, ActionParams
+from app.places.models import PlaceClass
+from app.referrals.lifecycle import Action, ActionParams, Status
 from app.referrals.service import act
 
 router = APIRouter(prefix="/api/v1", tags=["hazards"])
@@ -19,10 +20,11 @@ router = APIRouter(prefix="/api/v1", tags=["hazards"])
 @router.get("/queue", response_model=QueuePage)
 def get_queue(
     p: CurrentPrincipal, session: SessionDep, now: NowDep,
-    status: Annotated[list[str] | None, Query()] = None,
+    # enums, so a misspelt filter is a 422 listing what it may be, not an empty queue
+    status: Annotated[list[Status] | None, Query()] = None,
     severity: Annotated[str | None, Query(pattern="^(general|major)$")] = None,
     overdue: bool | None = None,
-    place_class: str | None = None,
+    place_class: PlaceClass | None = None,
     grid_id: str | None = None,
     community_id: str | None = None,
     cc: bool = False,
@@ -32,9 +34,10 @@ def get_queue(
 ):
     """The caller's unit's hazards, most urgent first (overdue, then nearest deadline). `cc=true`: the
     hazards the unit is copied on instead of those it holds."""
-    rows, nxt = service.queue(session, p.scope, now, statuses=status, severity=severity, overdue=overdue,
-                              place_class=place_class, grid_id=grid_id, community_id=community_id, cc=cc,
-                              listed=listed, cursor=cursor, limit=limit)
+    rows, nxt = service.queue(session, p.scope, now, statuses=[s.value for s in status or ()], severity=severity,
+                              overdue=overdue, place_class=place_class.value if place_class else None,
+                              grid_id=grid_id, community_id=community_id, cc=cc, listed=listed, cursor=cursor,
+                              limit=limit)
     return QueuePage(items=[service.item(h, place, now) for h, place in rows], next_cursor=nxt)
 
 
