@@ -1,12 +1,13 @@
 """`firegrid seed-demo`: a county with two towns, its units, the accounts of API.md and realistic premises.
 
-Idempotent: units are found by code, users by username and premises by a stable id, so running it
+Idempotent: units are found by code, users by username (in any case) and premises by a stable id, so running it
 again changes nothing.
 """
 
 import random
 import uuid
 
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from app.auth.models import Role, User
@@ -52,7 +53,8 @@ def _unit(session: Session, code: str, name: str, kind: UnitKind, parent: OrgUni
 
 
 def _user(session: Session, username: str, role: Role, unit: OrgUnit, display: str) -> None:
-    if session.exec(select(User.id).where(User.username == username)).first() is None:
+    # in any case, as logins and create_user find it (demo usernames are lower case)
+    if session.exec(select(User.id).where(sa.func.lower(User.username) == username)).first() is None:
         create_user(session, username=username, password=DEMO_PASSWORD, role=role, unit=unit, display_name=display,
                     is_demo=True, id=str(uuid.uuid5(_NS, f"user/{username}")))
 
