@@ -1,6 +1,7 @@
 """create_app(): routers, error handlers, the PWA as static files."""
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
+from app.auth import service as auth_service
 from app.auth.models import User
 from app.auth.router import router as auth_router
 from app.config import Settings, check_production_safety, get_settings
@@ -26,7 +28,7 @@ from app.errors import BodyTooLarge, error_body, install_error_handlers
 from app.hazards.router import router as hazards_router
 from app.org.router import router as org_router
 from app.places.router import router as places_router
-from app.referrals.calendar import years_without_schedule
+from app.referrals.calendar import LOCAL_TZ, years_without_schedule
 from app.referrals.models import WorkdayOverride
 from app.referrals.policy import DEFAULT_POLICY_PATH, load_policy
 from app.referrals.router import router as referrals_router
@@ -54,7 +56,8 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
     async def lifespan(app: FastAPI):
         with db.session() as session:
             demo = session.exec(select(User.id).where(User.is_demo)).first() is not None
-            missing = years_without_schedule(session.exec(select(WorkdayOverride.day)).all(), clock().date())
+            missing = years_without_schedule(session.exec(select(WorkdayOverride.day)).all(),
+                                             clock().astimezone(LOCAL_TZ).date())  # as /calendar/status counts
         check_production_safety(settings, demo_accounts_present=demo)
         if missing:
             log.warning("no holiday schedule for %s: deadlines there count Monday-Friday only; add the year's "
@@ -66,7 +69,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
         try:
             if settings.sweep_interval_seconds > 0:
                 task = asyncio.create_task(periodic_sweep(db, policy, lambda: app.state.clock(),
-                                                          settings.sweep_interval_seconds))
+                                                          settings.sweep_interval_seconds,
+                                                          chores=[functools.partial(forget_login_failures, db,
+                                                                                    settings)]))
             yield
         finally:
             if task is not None:
@@ -105,6 +110,12 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
     # Last: the PWA owns every path the API does not.
     app.mount("/", StaticFiles(directory=PWA_DIR, html=True), name="pwa")
     return app
+
+
+def forget_login_failures(db: Database, settings: Settings, now: datetime) -> None:
+    with db.session(write=True) as session:
+        auth_service.forget_old_failures(session, settings, now)
+        session.commit()
 
 
 _PUSH_PATH = sync_router.prefix + "/push"

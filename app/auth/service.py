@@ -179,6 +179,14 @@ def begin_attempt(session: Session, settings: Settings, username: str, address: 
 _ADVISORY_LOCK = sa.text("SELECT pg_advisory_xact_lock(hashtext(current_schema() || ':' || :key))")
 
 
+def forget_old_failures(session: Session, settings: Settings, now: datetime) -> int:
+    """Delete failed logins older than the window: they count toward no limit, and a spray of wrong
+    passwords for made-up usernames from many addresses would otherwise grow the table for good.
+    Run by the periodic sweep (app/main.py); returns how many went."""
+    since = now - timedelta(minutes=settings.login_window_minutes)
+    return session.execute(sa.delete(LoginFailure).where(LoginFailure.at < since)).rowcount
+
+
 def check_credentials(session: Session, *, username: str, password: str) -> User | None:
     """Read-only: the password (argon2, ~30 ms of CPU), after begin_attempt. None: wrong credentials."""
     user = session.exec(select(User).where(_same_username(username))).first()

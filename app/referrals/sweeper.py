@@ -6,7 +6,7 @@ another sweeper holds), and an escalation restarts the clocks, so nothing escala
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from app.db import Database
@@ -29,12 +29,21 @@ def run_sweep(db: Database, policy: Policy, now: datetime) -> list[Escalation]:
             return done
 
 
-async def periodic_sweep(db: Database, policy: Policy, clock: Callable[[], datetime], interval: float) -> None:
+async def periodic_sweep(db: Database, policy: Policy, clock: Callable[[], datetime], interval: float,
+                         chores: Sequence[Callable[[datetime], object]] = ()) -> None:
+    """Every ``interval`` seconds: the sweep, then each of ``chores`` (housekeeping of other domains, such
+    as forgetting expired login failures), each in a worker thread, given the same instant."""
     while True:
         await asyncio.sleep(interval)
+        now = clock()
         try:
-            escalated = await asyncio.to_thread(run_sweep, db, policy, clock())
+            escalated = await asyncio.to_thread(run_sweep, db, policy, now)
             if escalated:
                 log.info("sweep escalated %d hazards", len(escalated))
         except Exception:  # a failed sweep must not kill the server; the next one retries
             log.exception("sweep failed")
+        for chore in chores:
+            try:
+                await asyncio.to_thread(chore, now)
+            except Exception:  # nor a failed chore, nor does it stop the ones after it
+                log.exception("periodic chore %s failed", getattr(chore, "__name__", chore))
