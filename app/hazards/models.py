@@ -36,6 +36,9 @@ class Hazard(SQLModel, table=True):
         # a new report's duplicate: the earliest open hazard of the same category at the premises
         _open_index("ix_hazards_open_place", "place_id", "category", "created_at", "id"),
         sa.Index("ix_hazards_grid_id", "grid_id"),  # a grid worker's hazards; new ones at the end (migration 0010)
+        # the hazards that name an inspection: when it arrives, those of another premises lose the link
+        # (app.sync.service, migration 0012)
+        sa.Index("ix_hazards_inspection_id", "inspection_id"),
     )
 
     id: str = Field(primary_key=True, max_length=36)  # client-made UUID

@@ -18,11 +18,26 @@ from app.referrals.models import WorkdayOverride
 router = APIRouter(prefix="/api/v1", tags=["referrals"])
 
 
+def _category(policy, c, **marks) -> dict:
+    return {"code": c.code, "name_zh": c.name_zh, "name_en": c.name_en,
+            "default_rectify_workdays": policy.rectify_days(c.code), **marks}
+
+
 @router.get("/categories")
 def categories(request: Request, p: CurrentPrincipal):
+    """The categories a hazard is reported under now (what phones and forms offer). Retired ones are at
+    /categories/retired: this list keeps its shape, and an old client never offers a retired category."""
     policy = request.app.state.policy
-    return [{"code": c.code, "name_zh": c.name_zh, "name_en": c.name_en,
-             "default_rectify_workdays": policy.rectify_days(c.code)} for c in policy.categories]
+    return [_category(policy, c) for c in policy.categories]
+
+
+@router.get("/categories/retired")
+def retired_categories(request: Request, p: CurrentPrincipal):
+    """The categories the policy retired (``[[retired_categories]]``): no longer offered, still accepted in
+    reports captured before, and the labels of the hazards filed under them. Each in the fields of
+    /categories, with ``retired: true`` and the policy version that retired it (the one in force)."""
+    policy = request.app.state.policy
+    return [_category(policy, c, retired=True, policy_version=policy.version) for c in policy.retired_categories]
 
 
 @router.get("/policy")

@@ -232,6 +232,14 @@ class _RunState:
                 self.open_by_place[key] = hazard_id
         self.towns: dict[tuple[str, str], TownFacts] = {}
         self.session = session
+        # inspection id -> the run's own reports that name it, with their premises
+        self.planned_naming: dict[str, list[tuple[str, str]]] = {}
+
+    def unlinked(self, inspection_id: str, place_id: str) -> list[tuple[str, str]]:
+        """(hazard id, inspection id) of the hazards, stored or planned before, that name this inspection
+        of this premises from another premises: they lose the link when it is stored."""
+        naming = self.naming.get(inspection_id, []) + self.planned_naming.get(inspection_id, [])
+        return [(hazard_id, inspection_id) for hazard_id, pid in naming if pid != place_id]
 
     def town(self, place: Place) -> TownFacts:
         key = (place.town_id, place.community_id)
@@ -408,6 +416,8 @@ def _plan_hazard(ctx: PushContext, state: _RunState, data: HazardReportData, pla
     if inspection_id is None and data.inspection_id is not None:
         _same_premises(data, place, state.inspection_places.get(data.inspection_id))
     if data.id in state.taken_hazards:
+        if inspection_id is not None:
+            raise _OneByOne()  # listed again in its inspection: _recorded_already says, op by op
         raise Conflict(f"{prefix}id: hazard {data.id} already exists", code="hazard_exists", field=f"{prefix}id")
     report = HazardReport(id=data.id, place_id=place.id, category=data.category, severity=data.severity,
                           violation=data.violation, description=data.description, found_at=data.found_at,
@@ -418,6 +428,8 @@ def _plan_hazard(ctx: PushContext, state: _RunState, data: HazardReportData, pla
     if inspection_id is None:
         state.taken_hazards.add(data.id)
         state.open_by_place.setdefault(key, data.id)
+        if data.inspection_id is not None:
+            state.planned_naming.setdefault(data.inspection_id, []).append((data.id, place.id))
     elif opened is not None:
         opened.setdefault(key, data.id)
     return planned
@@ -442,10 +454,8 @@ def _same_premises(data: HazardReportData, place: Place, inspection_place_id: st
     during an inspection still under way comes first. Which premises another inspection is of is not
     said: the reporter may not be allowed to see it.
 
-    Not yet covered: an inspection that arrives after reports of another premises named it is accepted,
-    and those reports keep naming it. Only the phone that made the inspection's id can have named it
-    early (ids of inspections not yet sent are known to no one else), so both premises were in that
-    worker's grids; clearing such links needs hazards looked up by inspection_id, which has no index."""
+    An inspection that arrives after reports of another premises named it is accepted, and those
+    reports lose the link (_unlink_elsewhere): the inspection is the record of a visit to its premises."""
     if inspection_place_id is not None and inspection_place_id != place.id:
         raise Invalid(f"data.inspection_id: inspection {data.inspection_id} is not an inspection of premises "
                       f"{place.id}: a hazard may name only an inspection of its own premises (send it without "
@@ -515,6 +525,8 @@ def _new_hazard(ctx: PushContext, data: HazardReportData, place: Place, inspecti
     except Conflict as exc:  # report_hazard's own check, before it writes: named here as the op's field
         if exc.code != "hazard_exists":
             raise
+        if inspection_id is not None:  # listed in its inspection after it was sent on its own
+            return _recorded_already(ctx, data, place, inspection_id, prefix)
         raise Conflict(f"{prefix}id: hazard {data.id} already exists", code="hazard_exists", field=f"{prefix}id") \
             from None
     if ctx.open_by_place[key] is None:
@@ -539,12 +551,98 @@ def _inspection_submit(ctx: PushContext, data: InspectionSubmitData) -> dict:
         checklist=[c.model_dump() for c in data.checklist], created_at=ctx.now,
     ))
     hazards = []
+    listed: set[str] = set()
     for i, hz in enumerate(data.hazards):
         if hz.place_id != place.id:
             raise Invalid(f"data.hazards.{i}.place_id: a hazard of this inspection must be on its premises",
                           code="place_mismatch", field=f"data.hazards.{i}.place_id")
+        if hz.id in listed:  # the same hazard twice in one inspection: not the one recorded before
+            raise Conflict(f"data.hazards.{i}.id: hazard {hz.id} already exists", code="hazard_exists",
+                           field=f"data.hazards.{i}.id")
+        listed.add(hz.id)
         hazards.append(_new_hazard(ctx, hz, place, data.id, f"data.hazards.{i}."))
+    _unlink_elsewhere(ctx, [(hazard_id, data.id) for hazard_id in
+                            ctx.session.execute(_NAMING_ELSEWHERE, {"inspection_id": data.id, "place_id": place.id})
+                            .scalars()])
     return {"inspection_id": data.id, "hazards": hazards}
+
+
+# the hazards of other premises that named an inspection before it arrived (ix_hazards_inspection_id)
+_NAMING_ELSEWHERE = select(Hazard.id).where(Hazard.inspection_id == sa.bindparam("inspection_id"),
+                                            Hazard.place_id != sa.bindparam("place_id")).order_by(Hazard.id)
+_LOCK_HAZARDS = (select(Hazard).where(Hazard.id.in_(sa.bindparam("ids", expanding=True))).order_by(Hazard.id)
+                 .execution_options(populate_existing=True))
+
+
+def _unlink_elsewhere(ctx: PushContext, links: list[tuple[str, str]]) -> None:
+    """An inspection was stored: the hazards of other premises that named it before it arrived lose the
+    link (the inspection is the record of a visit to its own premises; the hazard stays as reported).
+    Each such change is a change of the hazard (version, updated_at; phones hear of it by the feed, as
+    of any change the server made to a record that existed before) with an event in its audit trail,
+    which said in its ``reported`` event that it named the inspection. ``links``: (hazard id, inspection
+    id) pairs; a hazard that no longer names that inspection is left as it is. Nothing to do: no
+    statement."""
+    if not links:
+        return
+    session = ctx.session
+    named = dict(links)
+    stmt = _LOCK_HAZARDS.with_for_update() if session.get_bind().dialect.name == "postgresql" else _LOCK_HAZARDS
+    events = []
+    for h in session.exec(stmt, params={"ids": sorted(named)}).all():
+        inspection_id = named[h.id]
+        if h.inspection_id != inspection_id:
+            continue
+        h.inspection_id = None
+        h.version += 1
+        h.updated_at = ctx.now
+        events.append(event_row(h, "inspection_unlinked", ctx.actor, ctx.now, data={
+            "inspection_id": inspection_id, "reason": "the inspection named is of another premises"}))
+        session.add(h)
+    if events:
+        session.flush()
+        insert_events(session, events)
+
+
+# what the same hazard listed again may bring that the stored one lacks, besides photos: kept in the event
+_LISTED_FIELDS = ("category", "severity", "violation", "description")
+
+
+def _recorded_already(ctx: PushContext, data: HazardReportData, place: Place, inspection_id: str,
+                      prefix: str) -> dict:
+    """An inspection lists a hazard already stored: the phone sent it at once, as found, and lists it
+    again in the inspection it was found in. If it is the pusher's own report of this premises it is that
+    hazard (its result is the stored hazard's); it is linked to the inspection if it named none (or this
+    one), and photos taken since are added. What else the listed copy says differently is kept in the
+    hazard's audit trail, not applied: the stored report is what was routed, and desks may have acted on
+    it. Another user's hazard, or one of another premises, is not this phone's: the id collides."""
+    h = lock_hazard(ctx.session, data.id)
+    if h is None or h.place_id != place.id or h.reporter_user_id != ctx.user.id:
+        raise Conflict(f"{prefix}id: hazard {data.id} already exists and is not one you reported at premises "
+                       f"{place.id}: another user's hazard, or one of another premises, has this id; give this "
+                       "hazard an id of its own", code="hazard_exists", field=f"{prefix}id")
+    change: dict[str, Any] = {}
+    if h.inspection_id in (None, inspection_id):
+        if h.inspection_id is None:
+            change["inspection_id"] = h.inspection_id = inspection_id
+    else:
+        change["listed_in_inspection_id"] = inspection_id  # it keeps the inspection it named
+    photos = [sha for sha in data.photos if sha not in (h.photos or [])]
+    if photos:
+        h.photos = [*(h.photos or []), *photos]
+        change["photos"] = photos
+        register_refs(ctx.session, h.id, "hazard", h.id, photos)
+    listed = {f: getattr(data, f) for f in _LISTED_FIELDS if getattr(data, f) != getattr(h, f)}
+    if listed:
+        change["as_listed"] = listed
+    if set(change) - {"listed_in_inspection_id"}:
+        h.version += 1
+        h.updated_at = ctx.now
+        ev = event_row(h, "listed_in_inspection", ctx.actor, ctx.now, device_time=data.found_at,
+                       data={"inspection_id": inspection_id, **change})
+        ctx.session.add(h)
+        ctx.session.flush()
+        insert_events(ctx.session, [ev])
+    return _hazard_result(h)
 
 
 def _hazard_reinspect(ctx: PushContext, data: HazardReinspectData) -> dict:

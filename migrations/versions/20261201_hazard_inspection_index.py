@@ -1,0 +1,28 @@
+"""hazards by inspection: an index on hazards.inspection_id
+
+A hazard may name an inspection the server does not hold yet (phones send in any order). When that
+inspection arrives, the hazards naming it that are of another premises lose the link (the inspection
+is the record of a visit to its own premises): they are found by this index, not by a scan of every
+hazard.
+
+Revision ID: 0012
+Revises: 0011
+Create Date: 2026-12-01 06:00:00
+"""
+from alembic import op
+
+
+revision = '0012'
+down_revision = '0011'
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table('hazards', schema=None) as batch_op:
+        batch_op.create_index('ix_hazards_inspection_id', ['inspection_id'], unique=False)
+
+
+def downgrade() -> None:
+    with op.batch_alter_table('hazards', schema=None) as batch_op:
+        batch_op.drop_index('ix_hazards_inspection_id')
