@@ -5,6 +5,7 @@ schedules counts years by the local (Shanghai) date, as /calendar/status does.""
 
 import asyncio
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 
 from fastapi.testclient import TestClient
@@ -49,7 +50,10 @@ def test_the_periodic_sweep_runs_its_chores_and_a_failing_one_stops_nothing(monk
             pass
 
     with caplog.at_level(logging.ERROR, logger="firegrid.sweep"):
-        asyncio.run(main())
+        # a thread of its own: the browser tests leave an event loop running in this one
+        runner = threading.Thread(target=asyncio.run, args=(main(),))
+        runner.start()
+        runner.join()
     assert seen == [NOW, NOW]
     assert "periodic chore broken failed" in caplog.text
 
