@@ -4,6 +4,7 @@ Every query for scoped data goes through a Scope. Outside the scope a resource d
 the caller (404); inside it, an action the role may not take is a 403.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -13,8 +14,14 @@ from app.auth.models import Role, User
 from app.errors import Forbidden, NotFound
 from app.org.models import OrgUnit, UnitKind
 from app.places.models import Place
+from app.referrals.routing import TIER_ORDER
 
 PLACE_EDITORS = frozenset({Role.grid_worker, Role.town_office, Role.admin})
+# The bodies that designate and supervise key units and the police-station list (消防安全重点单位 are
+# named by the brigade and the police): they may change a premises' class, and nothing else of it.
+PLACE_CLASSIFIERS = frozenset({Role.police_station, Role.brigade})
+# The tier a role's unit acts as
+ROLE_TIER = {Role.town_office: "town_office", Role.police_station: "police_station", Role.brigade: "brigade"}
 
 
 @dataclass(frozen=True)
@@ -44,9 +51,26 @@ class Scope:
             return place.grid_id in self.grid_ids
         return self.town_ids is None or place.town_id in self.town_ids
 
-    def require_place_editor(self) -> None:
-        if self.role not in PLACE_EDITORS:
-            raise Forbidden(f"role {self.role.value} may view premises but not change them")
+    def require_place_editor(self, changing: Iterable[str] | None = None) -> None:
+        """May the caller change premises (``changing``: the fields an edit changes; None: any)?"""
+        if self.role in PLACE_EDITORS:
+            return
+        if self.role in PLACE_CLASSIFIERS:
+            if changing is not None and set(changing) <= {"place_class"}:
+                return
+            raise Forbidden(f"role {self.role.value} may change a premises' class (place_class) but nothing else "
+                            "of it")
+        raise Forbidden(f"role {self.role.value} may view premises but not change them")
+
+    def may_lower_class_from(self, tier: str) -> bool:
+        """May the caller change a premises supervised by ``tier`` to a class a lower tier supervises? The
+        body that supervises it (a premises it sees: its own town's, for a police station) or one above,
+        and the county admin; never a grid worker or the town office, which would take a key unit out of
+        the brigade's or the police's hands."""
+        if self.role == Role.admin:
+            return True
+        own = ROLE_TIER.get(self.role)
+        return own is not None and TIER_ORDER.index(own) >= TIER_ORDER.index(tier)
 
     def sees_grid(self, grid: OrgUnit) -> bool:
         if grid.kind != UnitKind.grid:

@@ -48,9 +48,11 @@ def get_place(place_id: str, p: CurrentPrincipal, session: SessionDep):
 def update_place(place_id: str, body: PlaceUpdate, p: CurrentPrincipal, session: SessionDep, now: NowDep,
                  rules: RulesDep):
     """Change a premises. Moved to another town or police beat, its hazards pass to the bodies there
-    (`relocated` on each one's timeline); 422 `routing_failed` if the new location lacks a body that
-    must take an open one over."""
-    place = visible_place(session, p.scope, place_id)
-    p.scope.require_place_editor()
+    (`relocated` on each one's timeline); reclassed to a class a higher tier supervises, those below that
+    tier go up to it (`reclassified`); 422 `routing_failed` if the new location or class lacks a body that
+    must take an open one over. A police station or the brigade may change the class only; a class a
+    lower tier supervises only the body that supervises the premises now, one above it, or the admin
+    (403 `not_allowed`)."""
+    place = visible_place(session, p.scope, place_id)  # who may change what: service.update_place
     return PlacePublic.of(service.update_place(session, p.scope, place, body, rules=rules, now=now,
                                                actor=Actor(p.user.id, p.user.org_unit_id, p.device.id)))

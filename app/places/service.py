@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 from app.audit.service import Actor
 from app.auth.scope import Scope
 from app.db import utcnow
-from app.errors import Conflict, Invalid
+from app.errors import Conflict, Forbidden, Invalid
 from app.org.models import OrgUnit, UnitKind
 from app.places.models import Place, PlaceCreate, PlaceUpdate
 
@@ -61,8 +61,12 @@ def create_place(session: Session, scope: Scope | None, data: PlaceCreate) -> Pl
 def update_place(session: Session, scope: Scope | None, place: Place, data: PlaceUpdate, *,
                  rules: Rules | None = None, actor: Actor | None = None, now: datetime | None = None) -> Place:
     """Change a premises. Moved to another town or community, its hazards go to the bodies
-    whose jurisdiction it now lies in (referrals.service.relocate, which needs ``rules``; ``actor``:
-    who moved it, the system if None)."""
+    whose jurisdiction it now lies in; reclassed, those below the tier the policy names for the new class
+    go up to it (never down): both by referrals.service.relocate, planned before anything changes, which
+    needs ``rules``. ``scope``: the caller's (None: the CSV import, the admin's), who may change only what
+    it may (a police station or the brigade the class alone; a class a lower tier supervises only the body
+    that supervises the premises now, one above it, or the admin). ``actor``: who changed it, the system
+    if None."""
     from app.referrals.service import plan_relocation, relocate
 
     if session.get_bind().dialect.name == "postgresql":
@@ -71,10 +75,16 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
         # (SQLite's BEGIN IMMEDIATE already serialises writers)
         session.refresh(place, with_for_update=True)
     changes = data.model_dump(exclude_unset=True)
+    if scope is not None:
+        scope.require_place_editor({k for k, v in changes.items() if getattr(place, k) != v})
     if "name" in changes and (changes["name"] is None or not changes["name"].strip()):
         raise Invalid("name: must not be blank", code="validation_error", field="name")
     if "place_class" in changes and changes["place_class"] is None:
         raise Invalid("place_class: required", code="validation_error", field="place_class")
+    new_class = changes.get("place_class", place.place_class)
+    reclassed = new_class != place.place_class
+    if reclassed and scope is not None:
+        _may_reclass(scope, place.place_class, new_class, rules)
     relocation = None
     if "grid_id" in changes:
         if changes["grid_id"] is None:
@@ -88,15 +98,18 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
         _resolve_regulator(session, regulator, grid if moved else session.get(OrgUnit, place.grid_id))
     elif regulator is not None and moved and grid.county_id != session.get(OrgUnit, place.grid_id).county_id:
         _resolve_regulator(session, regulator, grid)  # the one it has, left in the county it leaves
-    if "grid_id" in changes:
-        if (grid.town_id, grid.community_id) != (place.town_id, place.community_id):
-            # checked before anything changes: a move the new location cannot take changes nothing
-            relocation = plan_relocation(
-                session, place.id, (place.town_id, place.community_id), (grid.town_id, grid.community_id),
-                rules=rules, place_class=changes.get("place_class", place.place_class),
-                sector_regulator_id=changes.get("sector_regulator_id", place.sector_regulator_id), now=now)
-            if relocation is not None and rules is None:
-                raise TypeError("update_place: moving a premises with open hazards needs the rules")
+    location = (place.town_id, place.community_id)
+    to_location = (grid.town_id, grid.community_id) if "grid_id" in changes else location
+    if to_location != location or reclassed:
+        # checked before anything changes: a move the new location cannot take, or a class whose tier has
+        # no unit there, changes nothing. One plan for both: a hazard goes where the new class at the new
+        # location puts it, in one hop
+        relocation = plan_relocation(
+            session, place.id, location, to_location, rules=rules, place_class=new_class,
+            sector_regulator_id=changes.get("sector_regulator_id", place.sector_regulator_id), now=now,
+            from_class=place.place_class)
+        if relocation is not None and rules is None:
+            raise TypeError("update_place: moving or reclassing a premises with hazards needs the rules")
     if "grid_id" in changes:
         place.town_id, place.community_id = grid.town_id, grid.community_id
     for key, value in changes.items():
@@ -112,6 +125,28 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     if relocation is not None:
         relocate(session, rules, relocation, actor or Actor.system(), now or utcnow())
     return place
+
+
+def _may_reclass(scope: Scope, from_class: str, to_class: str, rules: Rules | None) -> None:
+    """A class a lower tier supervises (a key unit made a rental: the brigade's premises become the town
+    office's, and so does every hazard found there from now on) only by the body that supervises the
+    premises now or one above it, or the county admin: 403 ``not_allowed`` naming place_class for anyone
+    else. Raising it, or a class of the same tier, is open to whoever may edit the premises: it sends
+    hazards to a higher body, the safe direction. The tiers are the policy's (routing.supervising_tier);
+    a class the policy does not know counts as the lowest."""
+    from app.referrals.routing import TIER_ORDER, supervising_tier
+
+    if rules is None:
+        raise TypeError("update_place: reclassing a premises for a caller needs the rules")
+    lowest = TIER_ORDER[0]
+    from_tier = supervising_tier(from_class, rules.policy) or lowest
+    to_tier = supervising_tier(to_class, rules.policy) or lowest
+    if TIER_ORDER.index(to_tier) >= TIER_ORDER.index(from_tier) or scope.may_lower_class_from(from_tier):
+        return
+    raise Forbidden(f"place_class: a {from_class} premises is supervised by the {from_tier}; making it a "
+                    f"{to_class}, which the {to_tier} supervises, is for that {from_tier} (or a body above it) "
+                    "or the county admin", code="not_allowed", field="place_class",
+                    from_tier=from_tier, to_tier=to_tier)
 
 
 def _hazards_follow(session: Session, place: Place) -> None:

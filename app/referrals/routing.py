@@ -16,7 +16,7 @@ from datetime import datetime
 from .calendar import WorkCalendar
 from .policy import CC_SECTOR_REGULATOR, SEVERITIES, TIERS, Policy, Rule
 
-__all__ = ["TIER_ORDER", "Decision", "Facts", "RoutingError", "match_rule", "next_tier", "route"]
+__all__ = ["TIER_ORDER", "Decision", "Facts", "RoutingError", "match_rule", "next_tier", "route", "supervising_tier"]
 
 # Lowest to highest. Past the brigade comes the county committee's listed
 # supervision (挂牌督办), which is a flag, not a holder.
@@ -83,6 +83,23 @@ def match_rule(facts: Facts, policy: Policy) -> Rule:
             return rule
     # Unreachable with a validated policy (the last rule is a catch-all).
     raise RoutingError(f"no rule of policy {policy.version} matches")  # pragma: no cover
+
+
+def supervising_tier(place_class: str, policy: Policy) -> str | None:
+    """The tier that supervises premises of this class (seed 003, 四): where the policy sends a general
+    hazard found there that is no fire-law violation, whatever the town's enforcement power (the higher
+    of the two, should a policy tell them apart). Rules that name categories say what was found, not who
+    supervises the premises: they are passed over. None for a class the policy does not know."""
+    if place_class not in policy.place_classes:
+        return None
+    found = []
+    for enforcement in (False, True):
+        for rule in policy.rules:
+            if rule.category is None and rule.matches(place_class=place_class, severity="general", violation=False,
+                                                      town_enforcement=enforcement, category=""):
+                found.append(rule.tier)
+                break
+    return max(found, key=TIER_ORDER.index, default=None)
 
 
 def _unit_for(facts: Facts, tier: str, rule: Rule, role: str) -> str:

@@ -24,13 +24,13 @@ from app.errors import Conflict, DomainError, Invalid, NotFound
 from app.hazards.models import NO_DEADLINE, Hazard, HazardCC, Referral, Reinspection
 from app.org.models import OrgUnit, UnitKind
 from app.photos.service import register_refs, register_refs_bulk
-from app.places.models import Place
+from app.places.models import PLACE_CLASS_NAMES, Place
 from app.referrals import lifecycle
 from app.referrals.calendar import WorkCalendar
 from app.referrals.lifecycle import Action, ActionParams, EffectKind, HazardState, Status
 from app.referrals.models import WorkdayOverride
 from app.referrals.policy import Policy
-from app.referrals.routing import TIER_ORDER, Decision, Facts, RoutingError, next_tier, route
+from app.referrals.routing import TIER_ORDER, Decision, Facts, RoutingError, match_rule, next_tier, route
 
 log = logging.getLogger("firegrid.sweep")
 
@@ -474,7 +474,7 @@ def follow_merges(session: Session, hazard_id: str) -> Hazard | None:
     return h
 
 
-# -- a premises moved to another town or community ----------------------------------------
+# -- a premises moved to another town or community, or reclassed ----------------------------
 
 _KIND_TIER = {kind.value: tier for tier, kind in TIER_KIND.items()}
 _TOWN_KINDS = (UnitKind.town_office.value, UnitKind.police_station.value)
@@ -482,120 +482,191 @@ _TOWN_KINDS = (UnitKind.town_office.value, UnitKind.police_station.value)
 
 @dataclass(frozen=True)
 class Relocation:
-    """What moving a premises does to its hazards (plan_relocation), applied by relocate()."""
+    """What moving or reclassing a premises does to its hazards (plan_relocation), applied by relocate()."""
 
     place_id: str
     from_location: tuple[str, str | None]  # (town_id, community_id)
     to_location: tuple[str, str | None]
     successor: dict[str, str | None]  # a body whose jurisdiction the premises leaves -> its counterpart there
-    hazard_ids: tuple[str, ...]  # hazards held by, copied to, or last passed on by such a body
-    # hazard -> the policy's decision at the new location, where it names a higher tier than the
-    # counterpart's (a violation moved to a town without enforcement power goes to the police)
+    # hazards held by, copied to, or last passed on by such a body, or re-routed
+    hazard_ids: tuple[str, ...]
+    # hazard -> the policy's decision at the new location and class, where it names a higher tier than
+    # the counterpart's or the hazard's own (a violation moved to a town without enforcement power goes
+    # to the police; a rental made a level 1 key unit, to the brigade)
     rerouted: dict[str, Decision] = field(default_factory=dict)
+    from_class: str | None = None  # the class it had and has, when the edit changes it; None: unchanged
+    to_class: str | None = None
+
+    @property
+    def moved(self) -> bool:
+        return self.from_location != self.to_location
+
+    @property
+    def reclassed(self) -> bool:
+        return self.from_class is not None and self.from_class != self.to_class
+
+    @property
+    def event_kind(self) -> str:
+        """One event per hazard, however much the edit changed: ``relocated`` for a move (a class changed
+        with it is in its data), ``reclassified`` for a class change alone."""
+        return "relocated" if self.moved else "reclassified"
 
 
 def plan_relocation(session: Session, place_id: str, from_location: tuple[str, str | None],
                     to_location: tuple[str, str | None], *, rules: Rules | None = None,
                     place_class: str | None = None, sector_regulator_id: str | None = None,
-                    now: datetime | None = None) -> Relocation | None:
-    """Before a premises moves: which of its hazards are held by (or copied to) a body whose
-    jurisdiction it leaves, and which body takes each over. None if none.
+                    now: datetime | None = None, from_class: str | None = None) -> Relocation | None:
+    """Before a premises moves or its class changes: which of its hazards are held by (or copied to) a
+    body whose jurisdiction it leaves, which body takes each over, and which the policy re-routes to a
+    higher tier. None if none.
 
     The bodies it leaves: its old location's town office and police station where the new one has
     others, and, when the town changes, every town office and police station of the old town (a
     hazard transferred by hand to another station there, say). Each one's counterpart is the new
     location's unit of the same tier, unless the policy (``rules``), applied to the hazard at the
     new location (``place_class`` and ``sector_regulator_id`` as the premises will be), names a
-    higher tier: then the hazard is re-routed there. Never a lower one: a hazard escalated or
-    referred up stays up. Raises Invalid (``routing_failed``) if an open hazard needs a unit the
-    new location lacks: checked before anything is changed, so a refused move changes nothing."""
-    old = tier_units(session, *from_location)
-    there = _town_units(session, *to_location)
-    new = there.units
-    town_changed = from_location[0] != to_location[0]
+    higher tier: then the hazard is re-routed there.
+
+    Reclassed (``from_class``, the class it has now, is not ``place_class``), every hazard of the premises
+    is held against the policy for the new class, wherever it is held: one whose tier is below the one
+    the policy names is re-routed there (a rental made a level 1 key unit: the brigade), closed and
+    dismissed ones too, so that a reopening reaches the body now answerable.
+
+    Never to a lower tier: a hazard escalated or referred up stays up, and so does one whose premises is
+    reclassed down (its holder may return or transfer it by hand). Raises Invalid (``routing_failed``) if
+    an open hazard needs a unit the new location lacks: checked before anything is changed, so a refused
+    move or reclass changes nothing."""
+    reclassed = from_class is not None and place_class is not None and from_class != place_class
+    moved = from_location != to_location
+    if not moved and not reclassed:
+        return None
     hazards = session.exec(select(Hazard.id, Hazard.status, Hazard.holder_unit_id, Hazard.previous_holder_unit_id,
                                   Hazard.tier, Hazard.severity, Hazard.violation, Hazard.category)
                            .where(Hazard.place_id == place_id, Hazard.status != Status.MERGED.value)).all()
     if not hazards:
         return None
-    ids = [h[0] for h in hazards]
-    copies = session.exec(select(HazardCC.hazard_id, HazardCC.unit_id).where(HazardCC.hazard_id.in_(ids))).all()
-    involved = {u for h in hazards for u in h[2:4] if u} | {u for _, u in copies}
-    units = {u.id: u for u in session.exec(select(OrgUnit).where(OrgUnit.id.in_(list(involved)))).all()}
+    if reclassed and rules is None:
+        raise TypeError("plan_relocation: reclassing a premises with hazards needs the rules")
+    there = _town_units(session, *to_location)
+    new = there.units
+    successor: dict[str, str | None] = {}
+    copies: list = []
+    if moved:
+        old = tier_units(session, *from_location)
+        town_changed = from_location[0] != to_location[0]
+        ids = [h[0] for h in hazards]
+        copies = session.exec(select(HazardCC.hazard_id, HazardCC.unit_id).where(HazardCC.hazard_id.in_(ids))).all()
+        involved = {u for h in hazards for u in h[2:4] if u} | {u for _, u in copies}
+        units = {u.id: u for u in session.exec(select(OrgUnit).where(OrgUnit.id.in_(list(involved)))).all()}
 
-    def leaving(unit_id: str | None) -> bool:
-        unit = units.get(unit_id)
-        if unit is None or unit.kind not in _KIND_TIER:
-            return False  # a sector regulator: the premises stays in its remit
-        tier = _KIND_TIER[unit.kind]
-        if old.get(tier) == unit_id and new.get(tier) != unit_id:
-            return True  # the brigade too, when the premises goes to another county
-        return town_changed and unit.kind in _TOWN_KINDS and unit.town_id == from_location[0]
+        def leaving(unit_id: str | None) -> bool:
+            unit = units.get(unit_id)
+            if unit is None or unit.kind not in _KIND_TIER:
+                return False  # a sector regulator: the premises stays in its remit
+            tier = _KIND_TIER[unit.kind]
+            if old.get(tier) == unit_id and new.get(tier) != unit_id:
+                return True  # the brigade too, when the premises goes to another county
+            return town_changed and unit.kind in _TOWN_KINDS and unit.town_id == from_location[0]
 
-    successor = {u: new.get(_KIND_TIER[units[u].kind]) for u in involved if leaving(u)}
-    if not successor:
+        successor = {u: new.get(_KIND_TIER[units[u].kind]) for u in involved if leaving(u)}
+    if not successor and not reclassed:
         return None
     affected = []
     rerouted: dict[str, Decision] = {}
     copied = {h for h, u in copies if u in successor}
     for hazard_id, status, holder, previous, tier, severity, violation, category in hazards:
         is_open = status in OPEN_STATUSES
-        if holder in successor and rules is not None and place_class is not None:
+        leaves = holder in successor
+        if (leaves or reclassed) and rules is not None and place_class is not None:
+            facts = Facts(place_class=place_class, severity=severity, violation=violation, category=category,
+                          town_enforcement=there.enforcement_power, units=new, now=now or utcnow(),
+                          sector_regulator_unit_id=sector_regulator_id)
             try:
-                decision = route(Facts(place_class=place_class, severity=severity, violation=violation,
-                                       category=category, town_enforcement=there.enforcement_power, units=new,
-                                       now=now or utcnow(), sector_regulator_unit_id=sector_regulator_id),
-                                 rules.policy, rules.calendar)
+                decision = route(facts, rules.policy, rules.calendar)
             except RoutingError as exc:
-                if is_open:
+                if is_open and leaves:
                     raise Invalid(f"grid_id: the premises' open hazard {hazard_id} cannot be routed at the new "
                                   f"location: {exc}", code="routing_failed", field="grid_id",
                                   hazard_id=hazard_id) from exc
+                if is_open and reclassed:
+                    _reclass_unroutable(rules, facts, hazard_id, tier, exc)
             else:
                 if TIER_ORDER.index(decision.tier) > TIER_ORDER.index(tier):
                     rerouted[hazard_id] = decision
-        if holder in successor and successor[holder] is None and is_open and hazard_id not in rerouted:
+        if leaves and successor[holder] is None and is_open and hazard_id not in rerouted:
             raise Invalid(f"grid_id: the premises' open hazard {hazard_id} is held by a {tier} it leaves, and the "
                           f"new location has no {tier} unit configured to take it over", code="routing_failed",
                           field="grid_id", hazard_id=hazard_id, tier=tier)
-        if holder in successor or previous in successor or hazard_id in copied:
+        if leaves or previous in successor or hazard_id in copied or hazard_id in rerouted:
             affected.append(hazard_id)
     if not affected:
         return None
-    return Relocation(place_id, from_location, to_location, successor, tuple(affected), rerouted)
+    return Relocation(place_id, from_location, to_location, successor, tuple(affected), rerouted,
+                      from_class=str(from_class) if reclassed else None,
+                      to_class=str(place_class) if reclassed else None)
+
+
+def _reclass_unroutable(rules: Rules, facts: Facts, hazard_id: str, tier: str, exc: RoutingError) -> None:
+    """An open hazard of a reclassed premises that the policy cannot route: refused if the rule for the
+    new class wants a tier above the hazard's (which the town lacks a unit of), or if no rule can tell;
+    one the rule leaves where it is (a tier at or below its own) is no business of the reclass."""
+    try:
+        wanted = match_rule(facts, rules.policy).tier
+    except RoutingError:
+        wanted = None
+    if wanted is not None and TIER_ORDER.index(wanted) <= TIER_ORDER.index(tier):
+        return
+    raise Invalid(f"place_class: the premises' open hazard {hazard_id} would go to the {wanted or 'tier'} that "
+                  f"supervises a {facts.place_class}, but it cannot be routed there: {exc}",
+                  code="routing_failed", field="place_class", hazard_id=hazard_id, tier=wanted)
 
 
 def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, now: datetime) -> None:
-    """After the move (the hazards already carry the new town): every hazard held by a body whose
-    jurisdiction the premises left goes to that body's counterpart there, or, where plan_relocation
-    found the policy wants a higher tier at the new location, to that tier's body, with the rule,
-    its reasons, policy version and copies on the hazard and in the event, as for a new report.
+    """After the move or reclass (the hazards already carry the new town and class): every hazard held
+    by a body whose jurisdiction the premises left goes to that body's counterpart there, or, where
+    plan_relocation found the policy wants a higher tier at the new location or for the new class, to
+    that tier's body, with the rule, its reasons, policy version and copies on the hazard and in the
+    event, as for a new report.
 
-    An open one is transferred (移送, event ``relocated``) with every clock restarted for the new
-    holder, as a transfer does; a closed or dismissed one is handed over as it is (event and
-    referral hop ``relocated``, ended as it was), so that a reopening reaches the body now answerable.
-    The old body keeps no copy, and copies to such bodies pass to their counterparts. The previous
-    holder a ``return`` goes back to is the counterpart of the one before the move: a move is not a
-    hop anyone may return."""
+    An open one is transferred (移送, event ``relocated``, or ``reclassified`` for a class change alone)
+    with every clock restarted for the new holder, as a transfer does; a closed or dismissed one is
+    handed over as it is (event and referral hop of that kind, ended as it was), so that a reopening
+    reaches the body now answerable. The old body keeps no copy (a re-route by the policy is a routing,
+    not a hop of the old holder's: the rule's copies say who follows it), and copies to bodies whose
+    jurisdiction the premises left pass to their counterparts. The previous holder a ``return`` goes back
+    to is the counterpart of the one before the move: a move or reclass is not a hop anyone may return."""
     successor = moved.successor
     (from_town, from_community), (to_town, to_community) = moved.from_location, moved.to_location
+    kind = moved.event_kind
 
     def name(unit_id: str | None) -> str:
         unit = session.get(OrgUnit, unit_id) if unit_id else None
         return unit.name if unit is not None else str(unit_id)
 
-    if from_town != to_town:
-        reason = f"场所迁入{name(to_town)} (premises moved from {name(from_town)} to {name(to_town)})"
-    else:
-        reason = f"场所迁入{name(to_community)} (premises moved from {name(from_community)} to {name(to_community)})"
-    extra = {"place_id": moved.place_id, "from_town_id": from_town, "to_town_id": to_town,
-             "from_community_id": from_community, "to_community_id": to_community}
+    reasons, extra = [], {"place_id": moved.place_id}
+    if moved.moved:
+        if from_town != to_town:
+            reasons.append(f"场所迁入{name(to_town)} (premises moved from {name(from_town)} to {name(to_town)})")
+        else:
+            reasons.append(f"场所迁入{name(to_community)} (premises moved from {name(from_community)} to "
+                           f"{name(to_community)})")
+        extra.update(from_town_id=from_town, to_town_id=to_town, from_community_id=from_community,
+                     to_community_id=to_community)
+    if moved.reclassed:
+        zh = {c.value: names[0] for c, names in PLACE_CLASS_NAMES.items()}
+        reasons.append(f"场所类别由{zh.get(moved.from_class, moved.from_class)}变更为"
+                       f"{zh.get(moved.to_class, moved.to_class)} (premises reclassed from {moved.from_class} "
+                       f"to {moved.to_class})")
+        extra.update(from_class=moved.from_class, to_class=moved.to_class)
+    reason = "；".join(reasons)
     for hazard_id in moved.hazard_ids:
         h = lock_hazard(session, hazard_id)
         if h is None:  # pragma: no cover - planned in this transaction
             continue
         previous, previous_tier = h.previous_holder_unit_id, h.previous_tier
         decision = moved.rerouted.get(h.id)
+        if decision and TIER_ORDER.index(decision.tier) <= TIER_ORDER.index(h.tier):
+            decision = None  # it went up while the edit was planned, before its row was locked: never down
         target = decision.unit_id if decision else successor.get(h.holder_unit_id)
         why = extra
         if decision:  # as the `routed` event of a new hazard says why it went where it went
@@ -604,9 +675,15 @@ def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, no
         to_tier = decision.tier if decision else None  # None: the tier it has
         if target and h.status in OPEN_STATUSES:
             act(session, rules, h, Action.TRANSFER, ActionParams(to_unit_id=target, to_tier=to_tier, reason=reason),
-                actor, now, event_kind="relocated", copy_sender=False, extra=why)
+                actor, now, event_kind=kind, copy_sender=False, extra=why)
+            if decision:  # the hop, too, says by which rule it was sent
+                hop = _current_hop(session, h.id)
+                if hop is not None and hop.to_unit_id == target:
+                    hop.rule = decision.rule
+                    session.add(hop)
         elif target:
-            _hand_over_closed(session, h, target, reason, actor, now, why, tier=to_tier)
+            _hand_over_closed(session, h, target, reason, actor, now, why, tier=to_tier, kind=kind,
+                              rule=decision.rule if decision else None)
         if decision:  # it is where it is by the policy's rule at the new location: the record says so
             h.rule, h.reason_zh, h.reason_en = decision.rule, decision.reason_zh, decision.reason_en
             h.policy_version = decision.policy_version
@@ -619,33 +696,35 @@ def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, no
             h.previous_tier = previous_tier if h.previous_holder_unit_id else None
         session.add(h)
         copies: dict[str, str | None] = {}
-        for cc in session.exec(select(HazardCC).where(HazardCC.hazard_id == h.id,
-                                                      HazardCC.unit_id.in_(list(successor)))).all():
+        stale = session.exec(select(HazardCC).where(HazardCC.hazard_id == h.id,
+                                                    HazardCC.unit_id.in_(list(successor)))).all() if successor else []
+        for cc in stale:
             to = successor[cc.unit_id]
             session.delete(cc)
             if to and to != h.holder_unit_id and session.get(HazardCC, (h.id, to)) is None:
                 session.add(HazardCC(hazard_id=h.id, unit_id=to, reason=cc.reason, added_at=now))
             copies[cc.unit_id] = to if to != h.holder_unit_id else None
         if copies and not target:  # the holder stays (the brigade, say): the record still says why the copies moved
-            _record(session, h, "relocated", actor, now, {"copies": copies, "reason": reason, **extra})
+            _record(session, h, kind, actor, now, {"copies": copies, "reason": reason, **extra})
         session.flush()
         sync_cc(session, h)
 
 
 def _hand_over_closed(session: Session, h: Hazard, target: str, reason: str, actor: Actor, now: datetime,
-                      extra: dict[str, Any], tier: str | None = None) -> None:
+                      extra: dict[str, Any], tier: str | None = None, kind: str = "relocated",
+                      rule: str | None = None) -> None:
     """A closed or dismissed hazard's holder passes to ``target`` (of ``tier``, if that changes): a
-    hop that ends as it starts."""
+    hop that ends as it starts (via ``kind``, the event's kind too)."""
     hop = _current_hop(session, h.id)
     tier = tier or h.tier
     session.add(Referral(hazard_id=h.id, seq=(hop.seq if hop else 0) + 1, from_unit_id=h.holder_unit_id,
-                         to_unit_id=target, tier=tier, via="relocated", reason=reason, sent_at=now,
+                         to_unit_id=target, tier=tier, via=kind, reason=reason, rule=rule, sent_at=now,
                          ack_due=h.ack_due, ended_at=now, outcome=hop.outcome if hop else h.status))
     data = {"from_unit_id": h.holder_unit_id, "to_unit_id": target, "status": h.status, "reason": reason, **extra}
     if tier != h.tier:
         data["from_tier"], data["to_tier"] = h.tier, tier
     h.holder_unit_id, h.tier = target, tier
-    _record(session, h, "relocated", actor, now, data)
+    _record(session, h, kind, actor, now, data)
 
 
 # -- field re-inspections (复查), possibly late and out of order ----------------------------
