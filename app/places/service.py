@@ -21,6 +21,7 @@ from app.db import utcnow
 from app.errors import Conflict, Forbidden, Invalid
 from app.org.models import OrgUnit, UnitKind
 from app.places.models import Place, PlaceCreate, PlaceUpdate
+from app.referrals.routing import TIER_ORDER, supervising_tier
 
 if TYPE_CHECKING:
     from app.referrals.service import Rules
@@ -127,22 +128,28 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     return place
 
 
-def _may_reclass(scope: Scope, from_class: str, to_class: str, rules: Rules | None) -> None:
+def may_reclass(scope: Scope, from_class: str, to_class: str, rules: Rules | None) -> bool:
     """A class a lower tier supervises (a key unit made a rental: the brigade's premises become the town
     office's, and so does every hazard found there from now on) only by the body that supervises the
-    premises now or one above it, or the county admin: 403 ``not_allowed`` naming place_class for anyone
-    else. Raising it, or a class of the same tier, is open to whoever may edit the premises: it sends
-    hazards to a higher body, the safe direction. The tiers are the policy's (routing.supervising_tier);
-    a class the policy does not know counts as the lowest."""
-    from app.referrals.routing import TIER_ORDER, supervising_tier
-
+    premises now or one above it, or the county admin. Raising it, or a class of the same tier, is open to
+    whoever may edit the premises: it sends hazards to a higher body, the safe direction. The tiers are
+    the policy's (routing.supervising_tier); a class the policy does not know counts as the lowest."""
     if rules is None:
         raise TypeError("update_place: reclassing a premises for a caller needs the rules")
-    lowest = TIER_ORDER[0]
-    from_tier = supervising_tier(from_class, rules.policy) or lowest
-    to_tier = supervising_tier(to_class, rules.policy) or lowest
-    if TIER_ORDER.index(to_tier) >= TIER_ORDER.index(from_tier) or scope.may_lower_class_from(from_tier):
+    from_tier, to_tier = _class_tiers(from_class, to_class, rules)
+    return TIER_ORDER.index(to_tier) >= TIER_ORDER.index(from_tier) or scope.may_lower_class_from(from_tier)
+
+
+def _class_tiers(from_class: str, to_class: str, rules: Rules) -> tuple[str, str]:
+    return (supervising_tier(from_class, rules.policy) or TIER_ORDER[0],
+            supervising_tier(to_class, rules.policy) or TIER_ORDER[0])
+
+
+def _may_reclass(scope: Scope, from_class: str, to_class: str, rules: Rules | None) -> None:
+    """may_reclass, or 403 ``not_allowed`` naming place_class."""
+    if may_reclass(scope, from_class, to_class, rules):
         return
+    from_tier, to_tier = _class_tiers(from_class, to_class, rules)
     raise Forbidden(f"place_class: a {from_class} premises is supervised by the {from_tier}; making it a "
                     f"{to_class}, which the {to_tier} supervises, is for that {from_tier} (or a body above it) "
                     "or the county admin", code="not_allowed", field="place_class",

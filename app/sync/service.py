@@ -667,7 +667,10 @@ def _hazard_reinspect(ctx: PushContext, data: HazardReinspectData) -> dict:
 
 
 def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
+    """A premises made or edited on a phone. ``kept`` in the answer: what the server kept as it is instead
+    of what the phone sent (a class only the body supervising the premises may lower)."""
     ctx.scope.require_place_editor()
+    kept: dict[str, str] = {}
     existing = ctx.session.get(Place, data.id)
     if existing is None:
         place = places.create_place(ctx.session, ctx.scope, PlaceCreate(id=data.id, **data.model_dump(exclude={"id"})))
@@ -676,7 +679,17 @@ def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
             raise NotFound(f"data.id: no premises {data.id} in your grids", code="unknown_place", field="data.id")
         # only what the op names: a field the phone does not send (an old app that knows no owner_phone)
         # keeps what the office entered rather than being blanked by the default
-        place = places.update_place(ctx.session, ctx.scope, existing,
-                                     PlaceUpdate(**data.model_dump(exclude={"id"}, exclude_unset=True)),
+        changes = data.model_dump(exclude={"id"}, exclude_unset=True)
+        sent = changes.get("place_class", existing.place_class)
+        if sent != existing.place_class and not places.may_reclass(ctx.scope, existing.place_class, sent, ctx.rules):
+            # A phone sends the class with every edit: one that has not yet heard that the supervising body
+            # made the premises a key unit sends the class it had. Its other edits (an owner's new phone
+            # number) are kept; the class stays, and the answer says so.
+            del changes["place_class"]
+            kept = {"place_class": existing.place_class}
+        place = places.update_place(ctx.session, ctx.scope, existing, PlaceUpdate(**changes),
                                      rules=ctx.rules, actor=ctx.actor, now=ctx.now)
-    return {"place_id": place.id, "grid_id": place.grid_id}
+    result = {"place_id": place.id, "grid_id": place.grid_id}
+    if kept:
+        result["kept"] = kept
+    return result

@@ -273,21 +273,26 @@ def test_police_and_brigade_may_change_a_class_but_nothing_else(client, session,
     assert _reclass(client, other_town.id, "rental", who="police-a").status_code == 404
 
 
-def test_a_pushed_downgrade_is_rejected_and_the_rest_of_the_batch_applies(client, session, units):
+def test_a_pushed_downgrade_keeps_the_class_and_applies_the_rest_of_the_edit(client, session, units):
+    """A phone sends the class with every edit: one that has not heard the brigade made the premises a key
+    unit sends the class it had. The owner's new number it brings is kept; the class stays, and the answer
+    says so (the feed does not echo a phone's own premises edit)."""
     key_unit = place_of(session, units, "grid-a-1-1", "key_unit_1")
     rental = place_of(session, units, "grid-a-1-1", "rental")
     worker = login(client, "worker-a1")
     upsert = {"id": key_unit.id, "name": key_unit.name, "address": key_unit.address, "grid_id": key_unit.grid_id,
-              "place_class": "rental"}
+              "place_class": "rental", "owner_phone": "13800000001"}
     raise_ = {"id": rental.id, "name": rental.name, "address": rental.address, "grid_id": rental.grid_id,
               "place_class": "key_unit_1"}
     res = push(client, worker, op("place.upsert", upsert),
                op("hazard.report", hazard_data(key_unit.id, NOW, category="ebike_indoor", photos=[])),
                op("place.upsert", raise_))
-    assert [r["status"] for r in res] == ["rejected", "applied", "applied"], res
-    assert (res[0]["error"]["code"], res[0]["error"]["field"]) == ("not_allowed", "place_class")
+    assert [r["status"] for r in res] == ["applied", "applied", "applied"], res
+    assert res[0]["result"]["kept"] == {"place_class": "key_unit_1"}
+    assert "kept" not in res[2]["result"]
     assert res[1]["result"]["holder_org_unit_id"] == units["brigade"].id  # still a key unit
     assert _class_of(session, key_unit.id) == "key_unit_1"
+    assert session.get(Place, key_unit.id, populate_existing=True).owner_phone == "13800000001"
     assert _class_of(session, rental.id) == "key_unit_1"
 
 
