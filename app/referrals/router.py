@@ -4,9 +4,7 @@ from datetime import date
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field, field_validator
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlmodel import Session, select
+from sqlmodel import select
 
 from app.auth.deps import CurrentPrincipal
 from app.auth.models import Role
@@ -14,6 +12,7 @@ from app.db import SessionDep
 from app.errors import reject_nul
 from app.referrals.calendar import LOCAL_TZ, package_last_year, years_without_schedule
 from app.referrals.models import WorkdayOverride
+from app.referrals.service import save_overrides
 
 router = APIRouter(prefix="/api/v1", tags=["referrals"])
 
@@ -79,22 +78,6 @@ def list_overrides(p: CurrentPrincipal, session: SessionDep):
 def put_overrides(body: list[OverrideIn], p: CurrentPrincipal, session: SessionDep):
     """Admins add the holidays and adjusted workdays (调休) of a year the calendar package does not know yet."""
     p.require_role(Role.admin)
-    save_overrides(session, body)
+    save_overrides(session, [(o.day, o.is_workday, o.note) for o in body])
     return session.exec(select(WorkdayOverride).order_by(WorkdayOverride.day)
                         .execution_options(populate_existing=True)).all()
-
-
-def save_overrides(session: Session, overrides: list[OverrideIn]) -> None:
-    """Insert or replace each day's override in one statement per day (the last of a day given twice wins).
-
-    An upsert, not ORM merge(): merge() looks the day up, then INSERTs, so two admins adding the same new
-    day at once on PostgreSQL both inserted and the second failed on the primary key (a 500)."""
-    table = WorkdayOverride.__table__
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    for o in {o.day: o for o in overrides}.values():
-        stmt = insert(table).values(day=o.day, is_workday=o.is_workday, note=o.note)
-        session.execute(stmt.on_conflict_do_update(index_elements=[table.c.day],
-                                                   set_={"is_workday": stmt.excluded.is_workday,
-                                                         "note": stmt.excluded.note}))
-    session.flush()

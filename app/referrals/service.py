@@ -9,11 +9,12 @@ advance one hazard or its audit chain.
 import logging
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from collections.abc import Iterable
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from pydantic_core import PydanticUndefined
 from sqlmodel import Session, select
 
@@ -53,6 +54,22 @@ _OVERRIDES = sa.select(WorkdayOverride.day, WorkdayOverride.is_workday)  # built
 
 def load_calendar(session: Session) -> WorkCalendar:
     return WorkCalendar(dict(session.execute(_OVERRIDES).all()))
+
+
+def save_overrides(session: Session, overrides: Iterable[tuple[date, bool, str]]) -> None:
+    """Insert or replace each day's working-day override, (day, is_workday, note), in one statement per
+    day (the last of a day given twice wins).
+
+    An upsert, not ORM merge(): merge() looks the day up, then INSERTs, so two admins adding the same new
+    day at once on PostgreSQL both inserted and the second failed on the primary key (a 500)."""
+    table = WorkdayOverride.__table__
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    for day, is_workday, note in {o[0]: o for o in overrides}.values():
+        stmt = insert(table).values(day=day, is_workday=is_workday, note=note)
+        session.execute(stmt.on_conflict_do_update(index_elements=[table.c.day],
+                                                   set_={"is_workday": stmt.excluded.is_workday,
+                                                         "note": stmt.excluded.note}))
+    session.flush()
 
 
 # -- state <-> row -------------------------------------------------------------------------

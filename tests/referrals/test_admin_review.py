@@ -8,7 +8,7 @@ import pytest
 from sqlmodel import select
 
 from app.referrals.models import WorkdayOverride
-from app.referrals.router import OverrideIn, save_overrides
+from app.referrals.service import save_overrides
 from tests.conftest import login
 from tests.referrals.test_relocation_races import pg  # noqa: F401  (fixture: a fresh PostgreSQL, two writers)
 
@@ -38,9 +38,8 @@ def test_two_admins_adding_the_same_new_day_at_once_both_succeed_on_postgresql(p
     """merge() looked the day up and then INSERTed: the second admin's INSERT waited for the first one's
     and then failed on the primary key, a 500 for a request that had nothing wrong with it."""
     held, writer = pg.session(), pg.session()
-    save_overrides(held, [OverrideIn(day=date(2099, 10, 8), is_workday=False, note="国庆")])
-    pg.race(held, writer, lambda: save_overrides(writer, [OverrideIn(day=date(2099, 10, 8), is_workday=True,
-                                                                     note="调休上班")]))
+    save_overrides(held, [(date(2099, 10, 8), False, "国庆")])
+    pg.race(held, writer, lambda: save_overrides(writer, [(date(2099, 10, 8), True, "调休上班")]))
     with pg.session() as s:
         rows = s.exec(select(WorkdayOverride).where(WorkdayOverride.day == date(2099, 10, 8))).all()
         assert [(o.is_workday, o.note) for o in rows] == [(True, "调休上班")]  # the later commit wins
