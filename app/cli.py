@@ -128,6 +128,40 @@ def user_create(
     typer.echo(f"created {user.username} ({user.role.value}) in {org.name}: {user.id}")
 
 
+@user_cli.command("set-password")
+def user_set_password(
+    username: str,
+    password: Annotated[Optional[str], typer.Option(help="prompted for when omitted")] = None,
+) -> None:
+    """Set a user's password (the admin who forgot theirs): every token of the user is revoked, so all
+    their phones log in again with the new one, and their failed logins are cleared."""
+    from app.auth import service
+    from app.db import utcnow
+    from app.errors import DomainError
+
+    db = _db()
+    with db.session() as session:  # found before the password is asked for, and no write lock held while typing
+        user = service.find_user(session, username)
+    if user is None:
+        typer.echo(f"error: no user named {username!r}", err=True)
+        raise typer.Exit(1)
+    if password is None:
+        password = typer.prompt(f"new password for {user.username}", hide_input=True, confirmation_prompt=True)
+    try:
+        service.check_password_rules(password)
+    except DomainError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1)
+    new_hash = service.hash_password(password)
+    with db.session(write=True) as session:
+        change = service.reset_password(session, user_id=user.id, new_hash=new_hash, now=utcnow())
+        session.commit()
+    service.log_password_set(change, by="the command line (firegrid user set-password)")
+    inactive = "" if user.is_active else " (the account is deactivated: it still cannot log in)"
+    typer.echo(f"password of {change.username} set; {change.tokens_revoked} tokens revoked, so its devices log in "
+               f"again with the new password{inactive}")
+
+
 @cli.command("import-places")
 def import_places(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
     """Import premises from a UTF-8 CSV; good rows are imported, each bad row is reported and skipped."""

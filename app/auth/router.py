@@ -6,9 +6,10 @@ from sqlmodel import select
 from app.auth import service
 from app.auth.deps import CurrentPrincipal, SettingsDep
 from app.auth.models import Device, Role, User
-from app.auth.schemas import DevicePublic, MePublic, NoNul, TokenResponse, UserCreate, UserPublic
+from app.auth.schemas import (DevicePublic, MePublic, NoNul, PasswordChange, PasswordReset, TokenResponse, UserCreate,
+                              UserPublic)
 from app.db import SessionDep, utcnow
-from app.errors import NotFound, Unauthorized
+from app.errors import Forbidden, Invalid, NotFound, Unauthorized
 from app.org.models import OrgUnit
 from app.org.service import require_unit
 
@@ -64,6 +65,37 @@ def me(p: CurrentPrincipal, session: SessionDep):
     )
 
 
+@router.post("/me/password", status_code=204)
+def change_password(body: PasswordChange, request: Request, p: CurrentPrincipal, session: SessionDep,
+                    settings: SettingsDep):
+    """The signed-in user changes their own password. The current one is checked as a login's is: counted
+    as a failed login for this user and address first (429 at the limit: a stolen token cannot guess at
+    full speed), then verified off the write lock; wrong, a 403 wrong_password (not a 401: the token is
+    fine, and a client would take a 401 for "log in again"). Then every other token of the user is
+    revoked; this one goes on."""
+    service.check_password_rules(body.new_password, field="new_password")
+    if body.new_password == body.current_password:
+        raise Invalid("new_password must differ from the current password", code="same_password")
+    user_id, username, token_id, stored_hash = p.user.id, p.user.username, p.token.id, p.user.password_hash
+    session.commit()  # end the read transaction before writing (it has nothing to commit)
+    address = request.client.host if request.client else "unknown"
+    now = utcnow()
+    with request.app.state.db.session(write=True) as attempt:  # 429, or counted before the password is tried
+        service.begin_attempt(attempt, settings, username, address, now)
+        attempt.commit()
+    if not service.verify_password(stored_hash, body.current_password):  # counted already, as a failure
+        raise Forbidden("the current password is wrong", code="wrong_password")
+    new_hash = service.hash_password(body.new_password)  # argon2 out here too, not under the write lock
+    with request.app.state.db.session(write=True) as writer:
+        change = service.change_own_password(writer, user_id=user_id, token_id=token_id, verified_hash=stored_hash,
+                                             new_hash=new_hash, address=address, now=now)
+        writer.commit()
+    service.log_password_set(change, by=None)
+
+
+change_password.opens_own_write_transaction = True
+
+
 def _get(session, model, id_: str):
     # a NUL cannot be in any id, and PostgreSQL answers a lookup of one with an error (a 500)
     return None if "\x00" in id_ else session.get(model, id_)
@@ -115,3 +147,26 @@ def deactivate_user(user_id: str, p: CurrentPrincipal, session: SessionDep):
     p.require_role(Role.admin)
     service.deactivate_user(session, user)
     return user
+
+
+@router.post("/users/{user_id}/password", status_code=204)
+def set_user_password(user_id: str, body: PasswordReset, request: Request, p: CurrentPrincipal, session: SessionDep):
+    """The county admin sets a user's password (one forgotten): every token of the user is revoked, so all
+    their phones log in again with the new one, and their failed logins are cleared. An admin setting their
+    own this way loses the token that asked too: unlike POST /me/password it proves no knowledge of the old
+    password, so the session is not carried over; logging in with the new one at once also shows it was
+    typed as meant, while the admin still remembers what they typed."""
+    user = _visible_user(session, p, user_id)
+    p.require_role(Role.admin)
+    service.check_password_rules(body.new_password, field="new_password")
+    target_id, token_id, by = user.id, p.token.id, f"admin {p.user.username!r} ({p.user.id})"
+    session.commit()  # end the read transaction before writing (it has nothing to commit)
+    new_hash = service.hash_password(body.new_password)  # argon2 not under the write lock
+    with request.app.state.db.session(write=True) as writer:
+        service.require_live_token(writer, token_id)  # the admin's, still good on the write transaction
+        change = service.reset_password(writer, user_id=target_id, new_hash=new_hash, now=utcnow())
+        writer.commit()
+    service.log_password_set(change, by=by)
+
+
+set_user_password.opens_own_write_transaction = True

@@ -57,3 +57,15 @@ class DevicePublic(SQLModel):
     created_at: datetime
     revoked_at: datetime | None
     last_seen_at: datetime | None
+
+
+# Passwords are hashed, never stored: a NUL in one is harmless (as at login). The new one has no length
+# bounds here: app/auth/service.py check_password_rules answers weak_password / password_too_long, as
+# create_user does. A current password longer than any can be is refused before it is hashed.
+class PasswordChange(SQLModel):
+    current_password: str = Field(max_length=200)
+    new_password: str
+
+
+class PasswordReset(SQLModel):
+    new_password: str

@@ -2,6 +2,7 @@
 
 import hashlib
 import hmac
+import logging
 import re
 import secrets
 import threading
@@ -16,8 +17,10 @@ from sqlmodel import Session, select
 from app.auth.models import ROLE_UNIT_KINDS, AuthToken, Device, LoginFailure, Role, User
 from app.config import Settings
 from app.db import utcnow
-from app.errors import Conflict, Forbidden, Invalid, TooManyRequests, Unauthorized
+from app.errors import Conflict, Forbidden, Invalid, NotFound, TooManyRequests, Unauthorized
 from app.org.models import OrgUnit
+
+log = logging.getLogger("firegrid")
 
 # argon2id at OWASP's first recommended setting (19 MiB, 2 passes, 1 lane), not argon2-cffi's default
 # (64 MiB, 3 passes, 4 lanes): each login being verified holds that memory, and a worker's whole budget is
@@ -73,17 +76,22 @@ def token_digest(token: str, secret: str) -> str:
     return hmac.new(secret.encode(), token.encode(), hashlib.sha256).hexdigest()
 
 
+def check_password_rules(password: str, *, field: str = "password") -> None:
+    """What any password must be, made by create_user or set later (422 weak_password, password_too_long)."""
+    if sum(not c.isspace() for c in password) < MIN_PASSWORD_LENGTH:  # twelve spaces are no password
+        raise Invalid(f"{field} must have at least {MIN_PASSWORD_LENGTH} characters other than spaces",
+                      code="weak_password")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise Invalid(f"{field} must be at most {MAX_PASSWORD_LENGTH} characters", code="password_too_long")
+
+
 def create_user(
     session: Session, *, username: str, password: str, role: Role, unit: OrgUnit, display_name: str = "",
     is_demo: bool = False, id: str | None = None,
 ) -> User:
     if not USERNAME_RE.fullmatch(username):
         raise Invalid("username must be 2 to 64 letters, digits, '_', '.' or '-'", code="bad_username")
-    if sum(not c.isspace() for c in password) < MIN_PASSWORD_LENGTH:  # twelve spaces are no password
-        raise Invalid(f"password must have at least {MIN_PASSWORD_LENGTH} characters other than spaces",
-                      code="weak_password")
-    if len(password) > MAX_PASSWORD_LENGTH:
-        raise Invalid(f"password must be at most {MAX_PASSWORD_LENGTH} characters", code="password_too_long")
+    check_password_rules(password)
     if unit.kind not in ROLE_UNIT_KINDS[role]:
         raise Invalid(
             f"a {role.value} must belong to a unit of kind {' or '.join(ROLE_UNIT_KINDS[role])}, not {unit.kind}",
@@ -299,3 +307,87 @@ def deactivate_user(session: Session, user: User) -> None:
     session.execute(
         sa.update(AuthToken).where(AuthToken.user_id == user.id, AuthToken.revoked_at.is_(None)).values(revoked_at=now)
     )
+
+
+# -- changing and resetting a password -----------------------------------------------------------
+
+
+def find_user(session: Session, username: str) -> User | None:
+    """The account of this username, typed in any case (as a login finds it)."""
+    return session.exec(select(User).where(_same_username(username))).first()
+
+
+@dataclass
+class PasswordSet:
+    """What a password change did, for the log line written after it commits (log_password_set)."""
+    user_id: str
+    username: str
+    tokens_revoked: int
+
+
+def _revoke_tokens(session: Session, user_id: str, now: datetime, *, keep_token_id: str | None = None) -> int:
+    q = sa.update(AuthToken).where(AuthToken.user_id == user_id, AuthToken.revoked_at.is_(None))
+    if keep_token_id is not None:
+        q = q.where(AuthToken.id != keep_token_id)
+    return session.execute(q.values(revoked_at=now)).rowcount
+
+
+def require_live_token(session: Session, token_id: str) -> None:
+    """Write side: the token a request was authenticated with, read again on the write transaction (it
+    may have been revoked, its device or user too, since the read one), or 401 as authenticate() says."""
+    row = session.exec(
+        select(AuthToken.revoked_at, AuthToken.expires_at, Device.revoked_at, User.is_active)
+        .join(User, User.id == AuthToken.user_id).join(Device, Device.id == AuthToken.device_id)
+        .where(AuthToken.id == token_id)
+    ).first()
+    if row is None:
+        raise Unauthorized("invalid token", headers={"WWW-Authenticate": "Bearer"})
+    _check_token(*row)
+
+
+def change_own_password(session: Session, *, user_id: str, token_id: str, verified_hash: str, new_hash: str,
+                        address: str, now: datetime) -> PasswordSet:
+    """Write, once the current password was verified against ``verified_hash`` and the new one hashed (both
+    off the write lock): the new hash, and every token of the user revoked but ``token_id``, the one asking
+    (the user's other phones log in again; this one goes on). The attempt begin_attempt counted is
+    forgiven, for this address only, as a login's success does. 401 if the token was revoked meanwhile;
+    409 password_changed if the stored hash changed since it was verified."""
+    require_live_token(session, token_id)
+    user = session.get(User, user_id, with_for_update=True)  # two changes at once take turns
+    if user.password_hash != verified_hash:
+        # (another change with this same token, or a login from elsewhere re-hashing it: see needs_rehash)
+        raise Conflict("the stored password changed while this request was being checked; send it again",
+                       code="password_changed")
+    user.password_hash = new_hash
+    session.add(user)
+    revoked = _revoke_tokens(session, user.id, now, keep_token_id=token_id)
+    session.execute(sa.delete(LoginFailure).where(LoginFailure.username == username_key(user.username)[:64],
+                                                  LoginFailure.address == address[:64]))
+    return PasswordSet(user_id=user.id, username=user.username, tokens_revoked=revoked)
+
+
+def reset_password(session: Session, *, user_id: str, new_hash: str, now: datetime) -> PasswordSet:
+    """Write: the password the county admin sets for a user who forgot theirs (the API or `firegrid user
+    set-password`). Every token of the user is revoked: all their phones log in again, with the new password,
+    and a phone lost with the old one written down is locked out. Their failed logins are cleared, from
+    every address: mostly their own tries of the forgotten password, and all made against a password that
+    is no longer theirs."""
+    user = session.get(User, user_id, with_for_update=True)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    user.password_hash = new_hash
+    session.add(user)
+    revoked = _revoke_tokens(session, user.id, now)
+    session.execute(sa.delete(LoginFailure).where(LoginFailure.username == username_key(user.username)[:64]))
+    return PasswordSet(user_id=user.id, username=user.username, tokens_revoked=revoked)
+
+
+def log_password_set(change: PasswordSet, *, by: str | None) -> None:
+    """INFO on the `firegrid` logger, after the commit: whose password, who changed it (``by``; None: the
+    user themselves), how many tokens went. Never the password."""
+    if by is None:
+        log.info("password changed: user %r (%s) changed their own password; %d other tokens revoked",
+                 change.username, change.user_id, change.tokens_revoked)
+    else:
+        log.info("password set: %s set the password of user %r (%s); %d tokens revoked, failed logins cleared",
+                 by, change.username, change.user_id, change.tokens_revoked)
