@@ -75,6 +75,10 @@ class Hazard(SQLModel, table=True):
     # earliest clock the holder answers for (sweep); see referrals.service.derive_clocks
     next_due: datetime = Field(default=NO_DEADLINE, sa_type=UTCDateTime)
     escalate_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    # how each clock counted in working days was computed (app.referrals.calendar.ClockBasis as JSON,
+    # {"ack": {"after": "2026-12-31", "workdays": 1}, "reinspect": {..., "from": "rectify"}}), so that a
+    # change of the working-day overrides re-times it; None for hazards stored before (never re-timed)
+    clock_basis: dict | None = Field(default=None, sa_type=sa.JSON(none_as_null=True))
 
     # why it went there
     rule: str = Field(max_length=64)

@@ -30,12 +30,14 @@ Friday. ``local_date`` (for display) is the plain calendar date.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import chinese_calendar
 
-__all__ = ["LOCAL_TZ", "WorkCalendar"]
+__all__ = ["LOCAL_TZ", "ClockBasis", "WorkCalendar"]
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 
@@ -47,6 +49,32 @@ def _require_aware(value: datetime, name: str) -> None:
         raise TypeError(f"{name} must be a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
         raise ValueError(f"{name} must be an aware datetime (with a time zone), got naive {value!r}")
+
+
+@dataclass(frozen=True)
+class ClockBasis:
+    """How a clock counted in working days was computed: the end of the ``workdays``-th working day after
+    the local day ``after`` (``WorkCalendar.workdays_after``), so it can be counted again when the
+    calendar changes (an admin enters a year's holidays and 调休 after the clock started).
+
+    ``from_clock``: counted from that clock's deadline (复查 within 3 working days after the 限期整改
+    deadline); when that clock is re-timed, this one is counted again from its new deadline. A clock
+    with no basis was given as an instant (a holder's explicit deadline) and is never re-timed."""
+
+    after: date
+    workdays: int
+    from_clock: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"after": self.after.isoformat(), "workdays": self.workdays}
+        if self.from_clock is not None:
+            out["from"] = self.from_clock
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "ClockBasis":
+        return cls(after=date.fromisoformat(data["after"]), workdays=int(data["workdays"]),
+                   from_clock=data.get("from"))
 
 
 class WorkCalendar:
@@ -85,6 +113,11 @@ class WorkCalendar:
         _require_aware(instant, "instant")
         return instant.astimezone(self.tz).date()
 
+    def count_day(self, instant: datetime) -> date:
+        """The local day an instant counts for: local midnight belongs to the day it ends. Counting
+        working days from ``instant`` starts after this day (what a clock's basis records)."""
+        return self._count_day(instant)
+
     def _count_day(self, instant: datetime) -> date:
         """The local day an instant counts for: local midnight belongs to the day it ends."""
         _require_aware(instant, "instant")
@@ -113,7 +146,18 @@ class WorkCalendar:
             raise TypeError(f"n must be an int, got {n!r}")
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
-        first = self._count_day(start)
+        return self.workdays_after(self._count_day(start), n)
+
+    def workdays_after(self, first: date, n: int) -> datetime:
+        """Deadline at the END of the n-th working day strictly after the local day ``first`` (aware UTC):
+        ``add_workdays(start, n) == workdays_after(count_day(start), n)``. A clock counted in working days
+        is re-timed with it from its basis (``first``, ``n``) when the override table changes."""
+        if isinstance(first, datetime) or not isinstance(first, date):
+            raise TypeError(f"first must be a date, got {first!r}")
+        if isinstance(n, bool) or not isinstance(n, int):
+            raise TypeError(f"n must be an int, got {n!r}")
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
         key = (first, n)
         if key not in self._memo:  # a sync batch asks the same question hundreds of times
             day, counted = first, 0

@@ -20,13 +20,13 @@ Errors:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from .calendar import WorkCalendar
+from .calendar import ClockBasis, WorkCalendar
 from .policy import Policy
 from .routing import TIER_ORDER, next_tier
 
@@ -35,6 +35,8 @@ __all__ = [
     "Action",
     "ActionParams",
     "AlreadyListed",
+    "DUE_FIELDS",
+    "ClockBasis",
     "Effect",
     "EffectKind",
     "EvidenceRequired",
@@ -43,11 +45,15 @@ __all__ = [
     "LifecycleError",
     "MissingParameter",
     "NoPreviousHolder",
+    "Retimed",
     "Status",
     "TransitionError",
     "apply",
+    "basis_from_json",
+    "basis_json",
     "clocks",
     "overdue_clocks",
+    "retime",
 ]
 
 
@@ -190,6 +196,20 @@ class AlreadyListed(LifecycleError):
 
 # -- state, params, effects ---------------------------------------------------------
 
+# Each clock and the HazardState field holding its due instant, in the order they are re-timed (the
+# 复查 clock may be counted from the 限期整改 deadline, so it comes after it).
+DUE_FIELDS: dict[str, str] = {"ack": "ack_due", "order": "order_due", "rectify": "rectify_due",
+                              "reinspect": "reinspect_due"}
+
+
+def basis_json(basis: Mapping[str, ClockBasis]) -> dict[str, Any] | None:
+    """The basis of a state's clocks as stored (hazards.clock_basis); None when no clock has one."""
+    return {name: b.to_json() for name, b in basis.items()} or None
+
+
+def basis_from_json(data: Mapping[str, Any] | None) -> dict[str, ClockBasis]:
+    return {name: ClockBasis.from_json(b) for name, b in (data or {}).items() if name in DUE_FIELDS}
+
 
 @dataclass(frozen=True)
 class HazardState:
@@ -207,6 +227,10 @@ class HazardState:
     previous_tier: str | None = None
     # Written rectification order due (accepted -> order within N working days).
     order_due: datetime | None = None
+    # clock name -> how its due was counted in working days (ClockBasis), for the clocks that were; a
+    # clock absent here (an explicit deadline, or a hazard stored before bases were kept) is never
+    # re-timed. An entry may outlive its clock; only running clocks are re-timed.
+    basis: Mapping[str, ClockBasis] = field(default_factory=dict, hash=False)
 
 
 @dataclass(frozen=True)
@@ -221,6 +245,10 @@ class ActionParams:
     town_office_signoff: bool = False  # dismiss
     merge_into_id: str | None = None  # merge
     note: str | None = None  # free text carried into effects
+    # order_rectification: the deadline is the policy's default period, this many working days from now
+    # (the service sets it; with ``deadline`` too, that deadline must be the one it counts to). Such a
+    # deadline has a basis and follows calendar changes; an explicit one does not.
+    deadline_workdays: int | None = None
 
 
 class EffectKind(StrEnum):
@@ -302,6 +330,42 @@ def _future_deadline(params: ActionParams, now: datetime, action: Action) -> dat
     return params.deadline
 
 
+def _counted(calendar: WorkCalendar, start: datetime, n: int, from_clock: str | None = None) -> ClockBasis:
+    return ClockBasis(after=calendar.count_day(start), workdays=n, from_clock=from_clock)
+
+
+def _with_basis(state: HazardState, **changes: ClockBasis | None) -> dict[str, ClockBasis]:
+    """The state's bases with ``changes`` applied (None: the clock has none, or no longer runs)."""
+    out = dict(state.basis)
+    for name, b in changes.items():
+        if b is None:
+            out.pop(name, None)
+        else:
+            out[name] = b
+    return out
+
+
+def _rectify_deadline(params: ActionParams, now: datetime, calendar: WorkCalendar,
+                      action: Action) -> tuple[datetime, ClockBasis | None]:
+    """The 限期整改 deadline of an order and its basis: the policy's default period (counted in working days)
+    or the holder's explicit date (none)."""
+    n = params.deadline_workdays
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 0):
+        raise InvalidParameter("deadline_workdays", "must be a whole number of working days >= 0")
+    if n is not None and params.deadline is None:
+        try:
+            deadline = calendar.add_workdays(now, n)
+        except OverflowError:
+            raise InvalidParameter("deadline_workdays", "too far in the future") from None
+        if deadline <= now:  # pragma: no cover - the end of a day after now's own
+            raise InvalidParameter("deadline", "must be in the future")
+        return deadline, _counted(calendar, now, n)
+    deadline = _future_deadline(params, now, action)
+    if n is not None and deadline == calendar.add_workdays(now, n):
+        return deadline, _counted(calendar, now, n)
+    return deadline, None
+
+
 def _reinspection_due(deadline: datetime, calendar: WorkCalendar, policy: Policy) -> datetime:
     """复查 due after the deadline; a deadline so far out that it has no such day is refused, not a crash."""
     try:
@@ -334,6 +398,7 @@ def _fresh_referral(
         reinspect_due=None,
         order_due=None,
         has_rectified_evidence=False,
+        basis={"ack": _counted(calendar, now, policy.ack_workdays)},
     )
 
 
@@ -395,16 +460,19 @@ def apply(
     new: HazardState
 
     if action is Action.ACCEPT:
-        new = replace(state, status=Status.ACCEPTED, order_due=calendar.add_workdays(now, policy.order_workdays))
+        new = replace(state, status=Status.ACCEPTED, order_due=calendar.add_workdays(now, policy.order_workdays),
+                      basis=_with_basis(state, order=_counted(calendar, now, policy.order_workdays)))
         effects.append(
             Effect(EffectKind.ACCEPTED, {"unit_id": state.holder_unit_id, "late": now > state.ack_due})
         )
 
     elif action is Action.ORDER_RECTIFICATION:
-        deadline = _future_deadline(params, now, action)
+        deadline, rectify_basis = _rectify_deadline(params, now, calendar, action)
         reinspect_due = _reinspection_due(deadline, calendar, policy)
         new = replace(
-            state, status=Status.RECTIFYING, rectify_due=deadline, reinspect_due=reinspect_due, order_due=None
+            state, status=Status.RECTIFYING, rectify_due=deadline, reinspect_due=reinspect_due, order_due=None,
+            basis=_with_basis(state, order=None, rectify=rectify_basis,
+                              reinspect=_counted(calendar, deadline, policy.reinspection_workdays, "rectify")),
         )
         effects.append(
             Effect(EffectKind.RECTIFICATION_ORDERED, {"deadline": deadline, "reinspect_due": reinspect_due})
@@ -412,7 +480,8 @@ def apply(
 
     elif action is Action.OWNER_REPORTED_FIXED:
         reinspect_due = calendar.add_workdays(now, policy.reinspection_workdays)
-        new = replace(state, status=Status.REINSPECTION_DUE, reinspect_due=reinspect_due)
+        new = replace(state, status=Status.REINSPECTION_DUE, reinspect_due=reinspect_due,
+                      basis=_with_basis(state, reinspect=_counted(calendar, now, policy.reinspection_workdays)))
         effects.append(Effect(EffectKind.OWNER_REPORTED_FIXED, {"reinspect_due": reinspect_due}))
 
     elif action is Action.RECORD_REINSPECTION:
@@ -439,10 +508,11 @@ def apply(
         else:
             # Not fixed: (back to) rectifying. A new deadline is optional when one
             # is already set; the old one keeps running (and may be overdue).
-            if params.deadline is not None:
-                deadline = _future_deadline(params, now, action)
+            new_deadline = params.deadline is not None or params.deadline_workdays is not None
+            if new_deadline:
+                deadline, rectify_basis = _rectify_deadline(params, now, calendar, action)
             elif state.rectify_due is not None:
-                deadline = state.rectify_due
+                deadline, rectify_basis = state.rectify_due, state.basis.get("rectify")
             else:
                 raise MissingParameter("deadline", action.value)
             reinspect_due = _reinspection_due(deadline, calendar, policy)
@@ -453,8 +523,10 @@ def apply(
                 reinspect_due=reinspect_due,
                 order_due=None,
                 has_rectified_evidence=False,
+                basis=_with_basis(state, order=None, rectify=rectify_basis,
+                                  reinspect=_counted(calendar, deadline, policy.reinspection_workdays, "rectify")),
             )
-            if params.deadline is not None:
+            if new_deadline:
                 effects.append(
                     Effect(
                         EffectKind.RECTIFICATION_ORDERED,
@@ -554,6 +626,7 @@ def apply(
             reinspect_due=None,
             order_due=None,
             has_rectified_evidence=False,
+            basis={"ack": _counted(calendar, now, policy.ack_workdays)},
         )
         effects.append(Effect(EffectKind.REOPENED, {"reason": reason, "holder_unit_id": state.holder_unit_id}))
 
@@ -581,3 +654,55 @@ def _hop(old: HazardState, new: HazardState, via: str, reason: str | None) -> Ef
             "reason": reason,
         },
     )
+
+
+# -- re-timing after a calendar change --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Retimed:
+    """One running clock counted again with a changed calendar: its due moved from ``old_due`` to
+    ``new_due``; ``days``: the changed days (given to ``retime``) that lie in its window."""
+
+    clock: str
+    old_due: datetime
+    new_due: datetime
+    basis: ClockBasis
+    days: tuple[date, ...] = ()
+
+
+def retime(state: HazardState, calendar: WorkCalendar,
+           changed_days: Collection[date] = ()) -> tuple[HazardState, list[Retimed]]:
+    """Count every running clock of ``state`` that has a basis again with ``calendar`` (the override table
+    as it now is). Returns the new state (same as ``state`` when nothing moved) and the clocks that moved.
+
+    Only running clocks: a clock met or stopped is history. A clock without a basis (an explicit deadline,
+    a hazard stored before bases were kept) stays as it is; one counted from it (复查 after an explicit
+    deadline) is counted again from that deadline. A clock whose new due is already past stays overdue:
+    re-timing never escalates nor undoes an escalation, the sweep acts on the new due. Pure."""
+    running = clocks(state)
+    basis = dict(state.basis)
+    moved: dict[str, datetime] = {}
+    out: list[Retimed] = []
+    for name in DUE_FIELDS:
+        b = basis.get(name)
+        if name not in running or b is None:
+            continue
+        if b.from_clock is not None and b.from_clock in moved:
+            b = replace(b, after=calendar.count_day(moved[b.from_clock]))
+            basis[name] = b
+        old = running[name]
+        try:
+            new = calendar.workdays_after(b.after, b.workdays)
+        except OverflowError:  # pragma: no cover - a clock past the calendar's end stays where it is
+            continue
+        if new == old:
+            continue
+        moved[name] = new
+        first = min(b.after, state.basis[name].after)
+        last = max(calendar.count_day(old), calendar.count_day(new))
+        days = tuple(sorted(d for d in changed_days if first < d <= last))
+        out.append(Retimed(name, old, new, b, days))
+    if not out:
+        return state, []
+    return replace(state, basis=basis, **{DUE_FIELDS[r.clock]: r.new_due for r in out}), out

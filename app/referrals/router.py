@@ -2,11 +2,12 @@
 
 from datetime import date
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, field_validator
 from sqlmodel import select
 
 from app.auth.deps import CurrentPrincipal
+from app.audit.service import Actor
 from app.auth.models import Role
 from app.db import SessionDep
 from app.errors import reject_nul
@@ -74,10 +75,19 @@ def list_overrides(p: CurrentPrincipal, session: SessionDep):
     return session.exec(select(WorkdayOverride).order_by(WorkdayOverride.day)).all()
 
 
+RETIMED_HEADER = "X-Firegrid-Retimed"
+
+
 @router.put("/calendar/overrides", response_model=list[OverridePublic])
-def put_overrides(body: list[OverrideIn], p: CurrentPrincipal, session: SessionDep):
-    """Admins add the holidays and adjusted workdays (调休) of a year the calendar package does not know yet."""
+def put_overrides(body: list[OverrideIn], p: CurrentPrincipal, session: SessionDep, request: Request,
+                  response: Response):
+    """Admins add the holidays and adjusted workdays (调休) of a year the calendar package does not know yet.
+    The running clocks counted in working days across a day that changed are counted again in the same
+    transaction (event ``clocks_retimed`` on each hazard whose deadline moved); the header
+    ``X-Firegrid-Retimed`` says how many hazards that was. The body is the list of overrides, as ever."""
     p.require_role(Role.admin)
-    save_overrides(session, [(o.day, o.is_workday, o.note) for o in body])
+    retimed = save_overrides(session, [(o.day, o.is_workday, o.note) for o in body],
+                             actor=Actor(p.user.id, p.user.org_unit_id, p.device.id), now=request.app.state.clock())
+    response.headers[RETIMED_HEADER] = str(len(retimed))
     return session.exec(select(WorkdayOverride).order_by(WorkdayOverride.day)
                         .execution_options(populate_existing=True)).all()

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from .calendar import WorkCalendar
+from .calendar import ClockBasis, WorkCalendar
 from .policy import CC_SECTOR_REGULATOR, SEVERITIES, TIERS, Policy, Rule
 
 __all__ = ["TIER_ORDER", "Decision", "Facts", "RoutingError", "match_rule", "next_tier", "route", "supervising_tier"]
@@ -52,6 +52,8 @@ class Decision:
     policy_version: str
     ack_due: datetime  # aware UTC
     rectify_days: int  # default rectification period (working days) for the category
+    # how ack_due was counted (ack_workdays after the day of ``now``), so a calendar change re-times it
+    ack_basis: ClockBasis | None = None
 
 
 def next_tier(tier: str) -> str | None:
@@ -137,4 +139,5 @@ def route(facts: Facts, policy: Policy, calendar: WorkCalendar) -> Decision:
         policy_version=policy.version,
         ack_due=calendar.add_workdays(facts.now, policy.ack_workdays),
         rectify_days=policy.rectify_days(facts.category),
+        ack_basis=ClockBasis(after=calendar.count_day(facts.now), workdays=policy.ack_workdays),
     )

@@ -56,20 +56,112 @@ def load_calendar(session: Session) -> WorkCalendar:
     return WorkCalendar(dict(session.execute(_OVERRIDES).all()))
 
 
-def save_overrides(session: Session, overrides: Iterable[tuple[date, bool, str]]) -> None:
+# PostgreSQL advisory lock (classid "FGCA", object: the overrides table's OID) that makes saving overrides
+# one writer at a time, so each save counts the clocks again with every override committed before it.
+_CALENDAR_LOCK = sa.text("SELECT pg_advisory_xact_lock(:cls, "
+                         "((CAST('workday_overrides' AS regclass))::oid::bigint - 2147483648)::int)")
+CALENDAR_LOCK_CLASS = 0x46474341
+
+
+def save_overrides(session: Session, overrides: Iterable[tuple[date, bool, str]], *, actor: Actor | None = None,
+                   now: datetime | None = None) -> list[str]:
     """Insert or replace each day's working-day override, (day, is_workday, note), in one statement per
-    day (the last of a day given twice wins).
+    day (the last of a day given twice wins), then count again, in the same transaction, the running
+    clocks of open hazards that were counted in working days across a day whose working status changed
+    (retime_clocks). Returns the ids of the hazards whose clocks moved.
 
     An upsert, not ORM merge(): merge() looks the day up, then INSERTs, so two admins adding the same new
-    day at once on PostgreSQL both inserted and the second failed on the primary key (a 500)."""
+    day at once on PostgreSQL both inserted and the second failed on the primary key (a 500). Saves are
+    serialised on PostgreSQL (an advisory lock held to commit): a second admin's save waits for the first
+    and counts with both; on SQLite the write lock does the same."""
     table = WorkdayOverride.__table__
-    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    for day, is_workday, note in {o[0]: o for o in overrides}.values():
+    is_pg = session.get_bind().dialect.name == "postgresql"
+    if is_pg:
+        session.execute(_CALENDAR_LOCK, {"cls": CALENDAR_LOCK_CLASS})
+    before = load_calendar(session)
+    insert = postgresql.insert if is_pg else sqlite.insert
+    given = {o[0]: o for o in overrides}
+    for day, is_workday, note in given.values():
         stmt = insert(table).values(day=day, is_workday=is_workday, note=note)
         session.execute(stmt.on_conflict_do_update(index_elements=[table.c.day],
                                                    set_={"is_workday": stmt.excluded.is_workday,
                                                          "note": stmt.excluded.note}))
     session.flush()
+    after = load_calendar(session)
+    changed = sorted(d for d in given if before.is_workday(d) != after.is_workday(d))
+    if not changed:  # a note, or a day declared as it already counted: no clock can move
+        return []
+    return retime_clocks(session, after, changed, actor or Actor.system(), now or utcnow())
+
+
+_RETIME_CHUNK = 500
+
+
+def retime_clocks(session: Session, calendar: WorkCalendar, changed_days: list[date], actor: Actor,
+                  now: datetime) -> list[str]:
+    """Count again, with ``calendar``, the running clocks of open hazards that were counted in working days
+    (they have a basis, hazards.clock_basis) and may span one of ``changed_days``; where a due moves, save it
+    with next_due and escalate_at, the current referral hop's copy, the copies' urgency, and a
+    ``clocks_retimed`` event (each clock's old and new due and the changed days in its window). Returns
+    the ids of the hazards changed.
+
+    Decisions: an explicit deadline (a holder's 限期整改 date) has no basis and never moves; the 复查 clock
+    counted from it does. Hazards stored before bases were kept, and closed, dismissed or merged ones, are
+    left alone. A clock moved into the past stays overdue (the sweep escalates it on its next run; nothing
+    escalates here). An escalation already made is not undone: the hazard's new holder's clocks, counted
+    since, are re-timed like any."""
+    first = min(changed_days)
+    # a clock ends at the local midnight after its last counted day: one that ends before the first
+    # changed day begins cannot have counted it (nor, a fortiori, the 复查 counted from it)
+    since = calendar.end_of_local_day(first - timedelta(days=1))
+    candidates = session.exec(
+        select(Hazard.id).where(
+            Hazard.status.in_([s.value for s in OPEN_STATUSES]), Hazard.clock_basis.is_not(None),
+            sa.or_(*(getattr(Hazard, f) > since for f in lifecycle.DUE_FIELDS.values())))
+        .order_by(Hazard.id)
+    ).all()
+    retimed: list[str] = []
+    is_pg = session.get_bind().dialect.name == "postgresql"
+    for i in range(0, len(candidates), _RETIME_CHUNK):
+        stmt = (select(Hazard).where(Hazard.id.in_(candidates[i:i + _RETIME_CHUNK])).order_by(Hazard.id)
+                .execution_options(populate_existing=True))
+        if is_pg:
+            stmt = stmt.with_for_update()  # in id order, as lock_for_action takes two
+        for h in session.exec(stmt).all():
+            if h.status not in OPEN_STATUSES:  # closed meanwhile
+                continue
+            if _retime_hazard(session, calendar, h, changed_days, actor, now):
+                retimed.append(h.id)
+    return retimed
+
+
+def _retime_hazard(session: Session, calendar: WorkCalendar, h: Hazard, changed_days: list[date], actor: Actor,
+                   now: datetime) -> bool:
+    before = state_of(h)
+    after, moved = lifecycle.retime(before, calendar, changed_days)
+    if not moved:
+        return False
+    old_escalate_at = h.escalate_at
+    put_state(h, after)
+    hop = _current_hop(session, h.id)
+    if hop is not None and hop.ended_at is None and hop.to_unit_id == h.holder_unit_id:
+        for r in moved:
+            due_field = lifecycle.DUE_FIELDS[r.clock]
+            if getattr(hop, due_field) == r.old_due:
+                setattr(hop, due_field, r.new_due)
+        session.add(hop)
+    days = sorted({d for r in moved for d in r.days})
+    _record(session, h, "clocks_retimed", actor, now, {
+        "reason": "工作日调整，期限重新计算 (working-day calendar changed: deadlines counted again)",
+        "clocks": {r.clock: {"old_due": r.old_due, "new_due": r.new_due, "after": r.basis.after.isoformat(),
+                             "workdays": r.basis.workdays, **({"from": r.basis.from_clock} if r.basis.from_clock else {}),
+                             "days": [d.isoformat() for d in r.days], "overdue": r.new_due <= now}
+                   for r in moved},
+        "changed_days": [{"day": d.isoformat(), "is_workday": calendar.is_workday(d)} for d in days],
+        "escalate_at": {"old": old_escalate_at, "new": h.escalate_at},
+    })
+    sync_cc(session, h)
+    return True
 
 
 # -- state <-> row -------------------------------------------------------------------------
@@ -79,7 +171,8 @@ _STATE_FIELDS = ("tier", "holder_unit_id", "previous_holder_unit_id", "previous_
 
 
 def state_of(h: Hazard) -> HazardState:
-    return HazardState(status=Status(h.status), **{f: getattr(h, f) for f in _STATE_FIELDS})
+    return HazardState(status=Status(h.status), basis=lifecycle.basis_from_json(h.clock_basis),
+                       **{f: getattr(h, f) for f in _STATE_FIELDS})
 
 
 def put_state(h: Hazard, st: HazardState) -> None:
@@ -87,6 +180,7 @@ def put_state(h: Hazard, st: HazardState) -> None:
     for f in _STATE_FIELDS:
         value = getattr(st, f)
         setattr(h, f, value.astimezone(timezone.utc) if isinstance(value, datetime) else value)
+    h.clock_basis = lifecycle.basis_json(st.basis)
     derive_clocks(h, state_of(h))
 
 
@@ -226,6 +320,7 @@ def plan_hazard(rules: Rules, report: HazardReport, place: Place, town: TownFact
         holder_unit_id=decision.unit_id, ack_due=decision.ack_due, listed_supervision=decision.listed_supervision,
         rule=decision.rule, reason_zh=decision.reason_zh, reason_en=decision.reason_en,
         policy_version=decision.policy_version, duplicate_of_id=duplicate_of, created_at=now, updated_at=now,
+        clock_basis={"ack": decision.ack_basis.to_json()} if decision.ack_basis is not None else None,
     )})
     derive_clocks(h, state_of(h))
     events = [
@@ -381,8 +476,10 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
     if target is not None:
         params = replace(params, to_unit_id=target)
     if action is Action.ORDER_RECTIFICATION and params.deadline is None:
-        # 限期整改 with no date given: the policy's default period for this category of hazard
-        params = replace(params, deadline=rules.calendar.add_workdays(now, rules.policy.rectify_days(h.category)))
+        # 限期整改 with no date given: the policy's default period for this category of hazard, counted in
+        # working days (so the deadline follows a change of the calendar, as an explicit one does not)
+        days = rules.policy.rectify_days(h.category)
+        params = replace(params, deadline=rules.calendar.add_workdays(now, days), deadline_workdays=days)
     before = state_of(h)
     try:
         after, effects = lifecycle.apply(before, action, params, now, rules.calendar, rules.policy)
