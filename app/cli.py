@@ -167,12 +167,13 @@ def import_places(file: Annotated[Path, typer.Argument(exists=True, dir_okay=Fal
     """Import premises from a UTF-8 CSV; good rows are imported, each bad row is reported and skipped."""
     from app.places.service import import_places_csv
     from app.referrals.policy import DEFAULT_POLICY_PATH, load_policy
-    from app.referrals.service import Rules, load_calendar
+    from app.referrals.service import Rules, calendar_for_writing
 
     db = _db()
     policy = load_policy(get_settings().policy_file or DEFAULT_POLICY_PATH)  # a moved premises' hazards are re-routed
     with db.session(write=True) as session:
-        report = import_places_csv(session, file, rules=Rules(policy=policy, calendar=load_calendar(session)))
+        # moved or reclassed premises' hazards restart their clocks: counted with a calendar no save changes meanwhile
+        report = import_places_csv(session, file, rules=Rules(policy=policy, calendar=calendar_for_writing(session)))
         session.commit()
     for e in report.errors:
         typer.echo(f"{file}:{e.row}: column {e.column}: {e.reason}", err=True)

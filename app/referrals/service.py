@@ -60,7 +60,23 @@ def load_calendar(session: Session) -> WorkCalendar:
 # one writer at a time, so each save counts the clocks again with every override committed before it.
 _CALENDAR_LOCK = sa.text("SELECT pg_advisory_xact_lock(:cls, "
                          "((CAST('workday_overrides' AS regclass))::oid::bigint - 2147483648)::int)")
+# the same lock, shared: held by a writer that counts clocks with a calendar it read before (a sync push)
+_CALENDAR_LOCK_SHARED = sa.text("SELECT pg_advisory_xact_lock_shared(:cls, "
+                                "((CAST('workday_overrides' AS regclass))::oid::bigint - 2147483648)::int)")
 CALENDAR_LOCK_CLASS = 0x46474341
+
+
+def calendar_for_writing(session: Session) -> WorkCalendar:
+    """The override table as a write transaction sees it, kept from changing until that transaction ends:
+    on PostgreSQL the calendar lock, shared (save_overrides waits for the writer to commit, so its re-timing
+    sees what the writer wrote; taken before any row lock, as save_overrides takes it); on SQLite the
+    writer's write lock does the same. A writer that counted clocks with a calendar read earlier (a sync
+    push reads it with the token, plans, then writes) compares it with this one: an admin's save that
+    committed in between would otherwise leave the writer's new clocks counted without it, and re-timed
+    never (retime_clocks ran before they existed)."""
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_CALENDAR_LOCK_SHARED, {"cls": CALENDAR_LOCK_CLASS})
+    return load_calendar(session)
 
 
 def save_overrides(session: Session, overrides: Iterable[tuple[date, bool, str]], *, actor: Actor | None = None,
@@ -113,13 +129,11 @@ def retime_clocks(session: Session, calendar: WorkCalendar, changed_days: list[d
     first = min(changed_days)
     # a clock ends at the local midnight after its last counted day: one that ends before the first
     # changed day begins cannot have counted it (nor, a fortiori, the 复查 counted from it)
-    since = calendar.end_of_local_day(first - timedelta(days=1))
-    candidates = session.exec(
-        select(Hazard.id).where(
-            Hazard.status.in_([s.value for s in OPEN_STATUSES]), Hazard.clock_basis.is_not(None),
-            sa.or_(*(getattr(Hazard, f) > since for f in lifecycle.DUE_FIELDS.values())))
-        .order_by(Hazard.id)
-    ).all()
+    where = [Hazard.status.in_([s.value for s in OPEN_STATUSES]), Hazard.clock_basis.is_not(None)]
+    if first > date.min:  # (0001-01-01 has no day before it: every clock may span it)
+        since = calendar.end_of_local_day(first - timedelta(days=1))
+        where.append(sa.or_(*(getattr(Hazard, f) > since for f in lifecycle.DUE_FIELDS.values())))
+    candidates = session.exec(select(Hazard.id).where(*where).order_by(Hazard.id)).all()
     retimed: list[str] = []
     is_pg = session.get_bind().dialect.name == "postgresql"
     for i in range(0, len(candidates), _RETIME_CHUNK):

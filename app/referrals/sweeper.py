@@ -11,7 +11,7 @@ from datetime import datetime
 
 from app.db import Database
 from app.referrals.policy import Policy
-from app.referrals.service import Escalation, Rules, load_calendar, sweep_chunk
+from app.referrals.service import Escalation, Rules, calendar_for_writing, sweep_chunk
 
 log = logging.getLogger("firegrid.sweep")
 
@@ -22,7 +22,8 @@ def run_sweep(db: Database, policy: Policy, now: datetime) -> list[Escalation]:
     done: list[Escalation] = []
     while True:  # in chunks, each its own transaction, until nothing is due
         with db.session(write=True) as session:
-            chunk = sweep_chunk(session, Rules(policy, load_calendar(session)), now, limit=CHUNK)
+            # an escalation restarts clocks: counted with a calendar no save changes until this commits
+            chunk = sweep_chunk(session, Rules(policy, calendar_for_writing(session)), now, limit=CHUNK)
             session.commit()
         done += chunk.escalations
         if chunk.looked_at < CHUNK or not chunk.changed:  # nothing more due, or only rows another sweeper holds

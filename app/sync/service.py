@@ -26,6 +26,7 @@ from app.places import service as places
 from app.photos.service import register_refs
 from app.referrals.lifecycle import Action
 from app.referrals.service import (HazardReport, PlannedHazard, PreparedHazards, ReinspectionReport, Rules, TownFacts,
+                                   calendar_for_writing,
                                    earliest_open, lock_hazard, plan_hazard, prepare_planned, record_field_reinspection,
                                    report_hazard, town_facts, write_planned)
 from app.sync.models import SyncOp
@@ -78,6 +79,13 @@ def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer:
     """Phase 2, on the writer session: write the plan, or apply the batch in order, each op
     all-or-nothing. The caller commits."""
     wctx = replace(ctx, session=writer)
+    calendar = calendar_for_writing(writer)
+    if calendar.overrides != ctx.rules.calendar.overrides:
+        # an admin saved working-day overrides since the push read the rules: its clocks were counted
+        # without them, and the re-timing that ran with the save could not see hazards not yet written.
+        # Planned again, op by op, with the calendar as it is now.
+        wctx = replace(wctx, rules=replace(ctx.rules, calendar=calendar))
+        plan = None
     if plan is not None:
         results = _write_run(wctx, plan)
         if results is not None:
