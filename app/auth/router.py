@@ -33,6 +33,7 @@ def issue_token(
         service.begin_attempt(attempt, settings, username, address, now)
         attempt.commit()
     user = service.check_credentials(session, username=username, password=password)
+    verified_hash = user.password_hash if user is not None else None  # what the password was checked against
     session.commit()  # end the read transaction before writing (it has nothing to commit)
     if user is None:  # counted already, as a failure
         raise Unauthorized("wrong username or password", code="bad_credentials")
@@ -40,7 +41,7 @@ def issue_token(
     rehashed = service.hash_password(password) if service.needs_rehash(user.password_hash) else None
     with request.app.state.db.session(write=True) as writer:
         issued = service.issue_token(writer, settings, user.id, device_key=device_id, device_name=device_name,
-                                     now=now, address=address, rehashed=rehashed)
+                                     now=now, address=address, rehashed=rehashed, verified_hash=verified_hash)
         writer.commit()
     return TokenResponse(access_token=issued.token, expires_in=issued.expires_in, device_id=issued.device.id)
 

@@ -203,12 +203,19 @@ def check_credentials(session: Session, *, username: str, password: str) -> User
 
 
 def issue_token(session: Session, settings: Settings, user_id: str, *, device_key: str | None,
-                device_name: str | None, now: datetime, address: str, rehashed: str | None = None) -> IssuedToken:
+                device_name: str | None, now: datetime, address: str, rehashed: str | None = None,
+                verified_hash: str | None = None) -> IssuedToken:
     """Write: a token bound to the device (registered on first login; a revoked device is refused).
     ``address``: where the login came from; its failures for this user are forgiven, not those from
     elsewhere (someone else's guesses: they still count toward the user-wide cap, and that address's
-    limit). ``rehashed``: the password just verified, hashed with today's settings (see needs_rehash)."""
-    user = session.get(User, user_id)
+    limit). ``rehashed``: the password just verified, hashed with today's settings (see needs_rehash).
+    ``verified_hash``: the stored hash the password was verified against (on an earlier transaction, off
+    the write lock): if the password was changed or reset since, or the user deactivated, the login gets no
+    token (401 bad_credentials, as a wrong password): the change revoked every token, and one issued now
+    from the old password would outlive it (nor would a rehash of the old password overwrite the new one)."""
+    user = session.get(User, user_id, with_for_update=verified_hash is not None)  # a change waits, or we do
+    if verified_hash is not None and (user is None or user.password_hash != verified_hash or not user.is_active):
+        raise Unauthorized("wrong username or password", code="bad_credentials")
     if rehashed is not None:
         user.password_hash = rehashed
     session.execute(sa.delete(LoginFailure).where(LoginFailure.username == username_key(user.username)[:64],
