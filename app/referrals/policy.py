@@ -74,7 +74,9 @@ class _Model(BaseModel):
 class Category(_Model):
     """A hazard category (隐患类别) of the checklist."""
 
-    code: str = Field(pattern=_CODE_RE)
+    # at most 64 characters: what a hazard's category column holds, and what the pull cursor keeps of each
+    # code a phone was sent (app.sync.pull: a longer one made every cursor unservable, a 410 on each pull)
+    code: str = Field(pattern=_CODE_RE, max_length=64)
     name_zh: str = Field(min_length=1)
     name_en: str = Field(min_length=1)
     default_severity: Severity | None = None  # a hint for the reporting form only
