@@ -19,8 +19,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('hazards', schema=None) as batch_op:
-        batch_op.create_index('ix_hazards_inspection_id', ['inspection_id'], unique=False)
+    if op.get_bind().dialect.name == "postgresql":
+        # CONCURRENTLY, outside the migration's transaction: on a county's hazards table a plain CREATE
+        # INDEX would hold every push and desk action until the index is built
+        with op.get_context().autocommit_block():
+            op.create_index('ix_hazards_inspection_id', 'hazards', ['inspection_id'], unique=False,
+                            postgresql_concurrently=True)
+    else:
+        op.create_index('ix_hazards_inspection_id', 'hazards', ['inspection_id'], unique=False)
 
 
 def downgrade() -> None:
