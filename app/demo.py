@@ -7,11 +7,10 @@ again changes nothing.
 import random
 import uuid
 
-import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from app.auth.models import Role, User
-from app.auth.service import create_user
+from app.auth.service import create_user, find_user
 from app.org.models import OrgUnit, UnitKind
 from app.org.service import create_unit, get_by_code
 from app.places.models import Place, PlaceClass
@@ -53,8 +52,7 @@ def _unit(session: Session, code: str, name: str, kind: UnitKind, parent: OrgUni
 
 
 def _user(session: Session, username: str, role: Role, unit: OrgUnit, display: str) -> None:
-    # in any case, as logins and create_user find it (demo usernames are lower case)
-    if session.exec(select(User.id).where(sa.func.lower(User.username) == username)).first() is None:
+    if find_user(session, username) is None:  # in any case, as logins and create_user find it
         create_user(session, username=username, password=DEMO_PASSWORD, role=role, unit=unit, display_name=display,
                     is_demo=True, id=str(uuid.uuid5(_NS, f"user/{username}")))
 
