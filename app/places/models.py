@@ -81,6 +81,10 @@ class Place(PlaceBase, table=True):
     community_id: str = Field(foreign_key="org_units.id", max_length=36)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # bumped by every change (places.service.update_place); a phone's edit names the one it saw (base_version)
+    version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
+    # the version that set the class: a phone's copy older than it has not seen the class as it is
+    class_version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
 
 
 class PlaceCreate(PlaceBase):
@@ -127,6 +131,7 @@ class PlacePublic(PlaceBase):
     town_id: str
     community_id: str
     key_unit_level: int | None = None
+    version: int
     created_at: datetime
     updated_at: datetime
 

@@ -16,7 +16,8 @@ from pydantic import ValidationError
 from sqlmodel import Session, select
 
 from app.audit.service import Actor
-from app.auth.scope import Scope
+from app.auth.models import Role
+from app.auth.scope import ROLE_TIER, Scope
 from app.db import utcnow
 from app.errors import Conflict, Forbidden, Invalid
 from app.org.models import OrgUnit, UnitKind
@@ -85,7 +86,7 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     new_class = changes.get("place_class", place.place_class)
     reclassed = new_class != place.place_class
     if reclassed and scope is not None:
-        _may_reclass(scope, place.place_class, new_class, rules)
+        _may_reclass(session, scope, place, new_class, rules)
     relocation = None
     if "grid_id" in changes:
         if changes["grid_id"] is None:
@@ -116,6 +117,9 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     for key, value in changes.items():
         setattr(place, key, value)
     place.updated_at = now or utcnow()
+    place.version += 1
+    if reclassed:
+        place.class_version = place.version
     if "grid_id" in changes or "place_class" in changes:
         with session.no_autoflush:  # the place's change is flushed once, with its hazards' and inspections'
             _hazards_follow(session, place)
@@ -128,16 +132,27 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     return place
 
 
-def may_reclass(scope: Scope, from_class: str, to_class: str, rules: Rules | None) -> bool:
+def may_reclass(session: Session, scope: Scope, place: Place, to_class: str, rules: Rules | None) -> bool:
     """A class a lower tier supervises (a key unit made a rental: the brigade's premises become the town
     office's, and so does every hazard found there from now on) only by the body that supervises the
     premises now or one above it, or the county admin. Raising it, or a class of the same tier, is open to
     whoever may edit the premises: it sends hazards to a higher body, the safe direction. The tiers are
-    the policy's (routing.supervising_tier); a class the policy does not know counts as the lowest."""
+    the policy's (routing.supervising_tier); a class the policy does not know counts as the lowest.
+
+    "The body that supervises it" is a unit, not a tier: a town has several police stations, and a
+    key_unit_3 in one's beat is not another's to lower."""
     if rules is None:
         raise TypeError("update_place: reclassing a premises for a caller needs the rules")
-    from_tier, to_tier = _class_tiers(from_class, to_class, rules)
-    return TIER_ORDER.index(to_tier) >= TIER_ORDER.index(from_tier) or scope.may_lower_class_from(from_tier)
+    from_tier, to_tier = _class_tiers(place.place_class, to_class, rules)
+    if TIER_ORDER.index(to_tier) >= TIER_ORDER.index(from_tier):
+        return True
+    if not scope.may_lower_class_from(from_tier):
+        return False
+    if scope.role == Role.admin or ROLE_TIER.get(scope.role) != from_tier:
+        return True  # the admin, or a tier above the supervising one: the county's brigade
+    from app.referrals.service import tier_units
+
+    return tier_units(session, place.town_id, place.community_id).get(from_tier) == scope.unit_id
 
 
 def _class_tiers(from_class: str, to_class: str, rules: Rules) -> tuple[str, str]:
@@ -145,14 +160,15 @@ def _class_tiers(from_class: str, to_class: str, rules: Rules) -> tuple[str, str
             supervising_tier(to_class, rules.policy) or TIER_ORDER[0])
 
 
-def _may_reclass(scope: Scope, from_class: str, to_class: str, rules: Rules | None) -> None:
+def _may_reclass(session: Session, scope: Scope, place: Place, to_class: str, rules: Rules | None) -> None:
     """may_reclass, or 403 ``not_allowed`` naming place_class."""
-    if may_reclass(scope, from_class, to_class, rules):
+    if may_reclass(session, scope, place, to_class, rules):
         return
+    from_class = place.place_class
     from_tier, to_tier = _class_tiers(from_class, to_class, rules)
-    raise Forbidden(f"place_class: a {from_class} premises is supervised by the {from_tier}; making it a "
-                    f"{to_class}, which the {to_tier} supervises, is for that {from_tier} (or a body above it) "
-                    "or the county admin", code="not_allowed", field="place_class",
+    raise Forbidden(f"place_class: a {from_class} premises is supervised by the {from_tier} of its area; making "
+                    f"it a {to_class}, which the {to_tier} supervises, is for that {from_tier} (or a body above "
+                    "it) or the county admin", code="not_allowed", field="place_class",
                     from_tier=from_tier, to_tier=to_tier)
 
 

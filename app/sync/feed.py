@@ -155,7 +155,8 @@ def place_data(p: Any) -> dict[str, Any]:
         "id": p.id, "name": p.name, "address": p.address, "grid_id": p.grid_id, "town_id": p.town_id,
         "community_id": p.community_id, "place_class": place_class, "key_unit_level": key_unit_level(place_class),
         "lat": p.lat, "lon": p.lon, "owner_name": p.owner_name, "owner_phone": p.owner_phone,
-        "sector_regulator_id": p.sector_regulator_id, "created_at": iso(p.created_at), "updated_at": iso(p.updated_at),
+        "sector_regulator_id": p.sector_regulator_id, "version": p.version, "created_at": iso(p.created_at),
+        "updated_at": iso(p.updated_at),
     }
 
 

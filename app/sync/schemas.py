@@ -57,6 +57,8 @@ class PlaceUpsertData(_Data):
     lon: float | None = Field(default=None, ge=-180, le=180)
     owner_name: str = Field(default="", max_length=100)
     owner_phone: str = Field(default="", max_length=40)
+    # the premises' ``version`` in the copy the edit was made on (pull sends it); absent: an app that predates it
+    base_version: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class HazardReportData(_Data):

@@ -676,28 +676,37 @@ def _hazard_reinspect(ctx: PushContext, data: HazardReinspectData) -> dict:
 
 def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
     """A premises made or edited on a phone. ``kept`` in the answer: what the server kept as it is instead
-    of what the phone sent (a class only the body supervising the premises may lower)."""
+    of what the phone sent, and ``kept_why`` why: ``stale_copy`` (the class changed after the copy the
+    edit was made on) or ``not_allowed`` (a class only the body supervising the premises may lower)."""
     ctx.scope.require_place_editor()
     kept: dict[str, str] = {}
+    why: dict[str, str] = {}
     existing = ctx.session.get(Place, data.id)
     if existing is None:
-        place = places.create_place(ctx.session, ctx.scope, PlaceCreate(id=data.id, **data.model_dump(exclude={"id"})))
+        place = places.create_place(ctx.session, ctx.scope,
+                                    PlaceCreate(id=data.id, **data.model_dump(exclude={"id", "base_version"})))
     else:
         if not ctx.scope.sees_place(existing):
             raise NotFound(f"data.id: no premises {data.id} in your grids", code="unknown_place", field="data.id")
         # only what the op names: a field the phone does not send (an old app that knows no owner_phone)
         # keeps what the office entered rather than being blanked by the default
-        changes = data.model_dump(exclude={"id"}, exclude_unset=True)
+        changes = data.model_dump(exclude={"id", "base_version"}, exclude_unset=True)
         sent = changes.get("place_class", existing.place_class)
-        if sent != existing.place_class and not places.may_reclass(ctx.scope, existing.place_class, sent, ctx.rules):
+        if sent != existing.place_class:
             # A phone sends the class with every edit: one that has not yet heard that the supervising body
-            # made the premises a key unit sends the class it had. Its other edits (an owner's new phone
-            # number) are kept; the class stays, and the answer says so.
-            del changes["place_class"]
-            kept = {"place_class": existing.place_class}
+            # made the premises a key unit, or no longer one, sends the class its copy had. Its other edits
+            # (an owner's new phone number) are applied; the class stays, and the answer says so. Without a
+            # base version (an older app), only a lowering the caller may not make is held back.
+            if data.base_version is not None and data.base_version < existing.class_version:
+                why["place_class"] = "stale_copy"
+            elif not places.may_reclass(ctx.session, ctx.scope, existing, sent, ctx.rules):
+                why["place_class"] = "not_allowed"
+            if why:
+                del changes["place_class"]
+                kept = {"place_class": existing.place_class}
         place = places.update_place(ctx.session, ctx.scope, existing, PlaceUpdate(**changes),
                                      rules=ctx.rules, actor=ctx.actor, now=ctx.now)
-    result = {"place_id": place.id, "grid_id": place.grid_id}
+    result = {"place_id": place.id, "grid_id": place.grid_id, "version": place.version}
     if kept:
-        result["kept"] = kept
+        result["kept"], result["kept_why"] = kept, why
     return result
