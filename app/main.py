@@ -60,8 +60,9 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
                                              clock().astimezone(LOCAL_TZ).date())  # as /calendar/status counts
         check_production_safety(settings, demo_accounts_present=demo)
         if missing:
-            log.warning("no holiday schedule for %s: deadlines there count Monday-Friday only; add the year's "
-                        "holidays and adjusted workdays with PUT /api/v1/calendar/overrides", missing)
+            log.warning("no holiday schedule for %s: deadlines there count Monday-Friday less the statutory "
+                        "holidays only; add the year's schedule (its bridging days and adjusted workdays, 调休) "
+                        "with PUT /api/v1/calendar/overrides", missing)
         # temp files of uploads cut short by a crash (a disconnect removes its own)
         await asyncio.to_thread(app.state.blob_store.cleanup_tmp)
         checkpointer = db.start_checkpointer()

@@ -12,8 +12,11 @@ Sources of truth, in order:
    next year's schedule each November) can be entered without a code change.
    Overrides always win, also for years the package knows (a local extra day off).
 2. ``chinese_calendar.is_workday``.
-3. For a year the package does not know and no override covers: Monday–Friday.
-   The year is recorded in ``unknown_years`` so callers can warn ("holiday table
+3. For a year the package does not know and no override covers: Monday–Friday less
+   the days off the law itself fixes (``statutory_days_off``: 元旦, 春节, 清明, 劳动节,
+   端午, 中秋, 国庆, and the make-up day for one on a weekend). What the State Council
+   adds each year (bridging days, the weekend workdays 调休上班) is not known there:
+   the year is recorded in ``unknown_years`` so callers can warn ("holiday schedule
    missing for 2027") instead of silently drifting (FixMyStreet Zurich's trap).
 
 All instants are aware datetimes; the local day is the day in Asia/Shanghai.
@@ -29,6 +32,7 @@ Friday. ``local_date`` (for display) is the plain calendar date.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -37,11 +41,52 @@ from zoneinfo import ZoneInfo
 
 import chinese_calendar
 
-__all__ = ["LOCAL_TZ", "ClockBasis", "WorkCalendar"]
+__all__ = ["LOCAL_TZ", "ClockBasis", "WorkCalendar", "moving_holidays", "statutory_days_off"]
 
 LOCAL_TZ = ZoneInfo("Asia/Shanghai")
 
 _ONE_DAY = timedelta(days=1)
+
+
+def _day(solar: Any) -> date:
+    return date(solar.getYear(), solar.getMonth(), solar.getDay())
+
+
+@functools.cache
+def moving_holidays(year: int) -> dict[str, date]:
+    """The holidays of ``year`` that move with the moon or the sun: 除夕 and 初一 (春节), 清明 (the solar
+    term), 端午 (5th of the 5th lunar month), 中秋 (15th of the 8th)."""
+    from lunar_python import Lunar  # loaded only for a year the package does not know
+
+    first = _day(Lunar.fromYmd(year, 1, 1).getSolar())
+    return {"除夕": first - _ONE_DAY, "初一": first,
+            "清明": _day(Lunar.fromYmd(year, 1, 1).getJieQiTable()["清明"]),
+            "端午": _day(Lunar.fromYmd(year, 5, 5).getSolar()), "中秋": _day(Lunar.fromYmd(year, 8, 15).getSolar())}
+
+
+@functools.cache
+def statutory_days_off(year: int) -> frozenset[date]:
+    """The days off that 《全国年节及纪念日放假办法》 (as amended in 2024, in force from 2025) fixes for every
+    year, before the State Council's yearly schedule: 元旦 1 January; 春节 the lunar New Year's Eve (除夕) and
+    the first three days of the lunar year; 清明 the day of the 清明 solar term; 劳动节 1 and 2 May; 端午 the
+    5th of the 5th lunar month; 中秋 the 15th of the 8th; 国庆 1 to 3 October. One that falls on a Saturday
+    or Sunday is made up on the next weekday that is not itself off (补假, article 6 of the same 办法).
+
+    The deadlines of a year the chinese-calendar package does not know yet are counted with these: a
+    clock then does not run through 除夕 or 1 January as if they were working days. The schedule's bridging
+    days and its weekend workdays (调休上班) come only with the published schedule (an admin's overrides)."""
+    moving = moving_holidays(year)
+    days = {date(year, 1, 1), date(year, 5, 1), date(year, 5, 2), *(date(year, 10, d) for d in (1, 2, 3)),
+            *(moving["初一"] + timedelta(days=k) for k in range(-1, 3)), moving["清明"], moving["端午"],
+            moving["中秋"]}
+    made_up: set[date] = set()
+    for d in sorted(days):
+        if d.weekday() >= 5:
+            extra = d + _ONE_DAY
+            while extra.weekday() >= 5 or extra in days or extra in made_up:
+                extra += _ONE_DAY
+            made_up.add(extra)
+    return frozenset(days | made_up)
 
 
 def _require_aware(value: datetime, name: str) -> None:
@@ -106,7 +151,7 @@ class WorkCalendar:
             return bool(chinese_calendar.is_workday(d))
         except NotImplementedError:
             self.unknown_years.add(d.year)
-            return d.weekday() < 5
+            return d.weekday() < 5 and d not in statutory_days_off(d.year)
 
     def local_date(self, instant: datetime) -> date:
         """The calendar day in the local time zone (Asia/Shanghai) of an aware instant."""
@@ -195,7 +240,8 @@ def package_last_year() -> int:
 
 def years_without_schedule(override_days: Iterable[date], today: date) -> list[int]:
     """This year and next, where neither the package nor the override table has the schedule: deadlines
-    there fall back to Monday–Friday and will be wrong around the holidays (春节, 国庆)."""
+    there fall back to Monday–Friday less the statutory days off, and miss the schedule's bridging days and
+    weekend workdays (调休) around 春节 and 国庆."""
     covered = {d.year for d in override_days}
     last = package_last_year()
     return [y for y in (today.year, today.year + 1) if y > last and y not in covered]

@@ -62,8 +62,9 @@ class OverrideIn(OverridePublic):
 
 @router.get("/calendar/status")
 def calendar_status(request: Request, p: CurrentPrincipal, session: SessionDep):
-    """Which years have a holiday schedule. A year listed in `missing_years` counts Monday–Friday only
-    until an admin adds its holidays and adjusted workdays (调休) with PUT /calendar/overrides."""
+    """Which years have a holiday schedule. A year listed in `missing_years` counts Monday–Friday less the
+    statutory holidays (元旦, 春节, 清明, 劳动节, 端午, 中秋, 国庆 and their make-up days) until an admin adds
+    the year's schedule, with its bridging days and adjusted workdays (调休), with PUT /calendar/overrides."""
     days = session.exec(select(WorkdayOverride.day)).all()
     today = request.app.state.clock().astimezone(LOCAL_TZ).date()
     return {"package_last_year": package_last_year(), "override_years": sorted({d.year for d in days}),

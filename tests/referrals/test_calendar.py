@@ -64,14 +64,14 @@ def test_overrides_beat_the_package(overrides, day, expected):
 @pytest.mark.parametrize(
     ("day", "expected"),
     [
-        (date(2099, 1, 1), True),  # Thursday; unknown year -> Mon-Fri
+        (date(2099, 1, 1), False),  # Thursday, but 元旦: the law's own days off stay off (test_statutory_days)
         (date(2099, 1, 2), True),  # Friday
         (date(2099, 1, 3), False),  # Saturday
         (date(2099, 1, 4), False),  # Sunday
         (date(2099, 1, 5), True),  # Monday
     ],
 )
-def test_unknown_year_falls_back_to_monday_friday_and_is_recorded(day, expected):
+def test_unknown_year_falls_back_to_monday_friday_less_statutory_days_and_is_recorded(day, expected):
     cal = WorkCalendar()
     assert cal.is_workday(day) is expected
     assert cal.unknown_years == {2099}
