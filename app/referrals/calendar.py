@@ -12,12 +12,15 @@ Sources of truth, in order:
    next year's schedule each November) can be entered without a code change.
    Overrides always win, also for years the package knows (a local extra day off).
 2. ``chinese_calendar.is_workday``.
-3. For a year the package does not know and no override covers: Monday–Friday less
-   the days off the law itself fixes (``statutory_days_off``: 元旦, 春节, 清明, 劳动节,
-   端午, 中秋, 国庆, and the make-up day for one on a weekend). What the State Council
-   adds each year (bridging days, the weekend workdays 调休上班) is not known there:
-   the year is recorded in ``unknown_years`` so callers can warn ("holiday schedule
-   missing for 2027") instead of silently drifting (FixMyStreet Zurich's trap).
+3. For a year the package does not know: Monday–Friday, less, while no override
+   of that year is entered, the days off the law itself fixes (``statutory_days_off``:
+   元旦, 春节, 清明, 劳动节, 端午, 中秋, 国庆, and the make-up day for one on a weekend).
+   Once an admin enters the year's published schedule, its days are the overrides
+   and the law's days are no longer guessed (a make-up day the schedule placed
+   elsewhere stays a working day). What the State Council adds each year (bridging
+   days, the weekend workdays 调休上班) is not known before: the year is recorded in
+   ``unknown_years`` so callers can warn ("holiday schedule missing for 2027")
+   instead of silently drifting (FixMyStreet Zurich's trap).
 
 All instants are aware datetimes; the local day is the day in Asia/Shanghai.
 Deadlines are returned as aware UTC datetimes.
@@ -132,6 +135,8 @@ class WorkCalendar:
                 raise TypeError(f"override keys must be dates, got {day!r}")
             table[day] = bool(is_work)
         self.overrides: dict[date, bool] = table
+        # a year with overrides has its published schedule in them: the statutory days are not guessed there
+        self._scheduled_years = {d.year for d in table}
         self.tz = tz
         # Years for which neither the package nor the overrides had data and the
         # Monday–Friday fallback was used. Grows as queries touch such years.
@@ -151,6 +156,8 @@ class WorkCalendar:
             return bool(chinese_calendar.is_workday(d))
         except NotImplementedError:
             self.unknown_years.add(d.year)
+            if d.year in self._scheduled_years:
+                return d.weekday() < 5
             return d.weekday() < 5 and d not in statutory_days_off(d.year)
 
     def local_date(self, instant: datetime) -> date:

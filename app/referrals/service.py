@@ -27,7 +27,7 @@ from app.org.models import OrgUnit, UnitKind
 from app.photos.service import register_refs, register_refs_bulk
 from app.places.models import PLACE_CLASS_NAMES, Place
 from app.referrals import lifecycle
-from app.referrals.calendar import WorkCalendar
+from app.referrals.calendar import WorkCalendar, package_last_year, statutory_days_off
 from app.referrals.lifecycle import Action, ActionParams, EffectKind, HazardState, Status
 from app.referrals.models import WorkdayOverride
 from app.referrals.policy import Policy
@@ -104,7 +104,11 @@ def save_overrides(session: Session, overrides: Iterable[tuple[date, bool, str]]
                                                          "note": stmt.excluded.note}))
     session.flush()
     after = load_calendar(session)
-    changed = sorted(d for d in given if before.is_workday(d) != after.is_workday(d))
+    # the first override of a year the package does not know ends the guess of its statutory days off
+    # (calendar.statutory_days_off): one the schedule did not list is a working day from now on
+    newly = {d.year for d in given} - {d.year for d in before.overrides}
+    candidates = set(given).union(*(statutory_days_off(y) for y in newly if y > package_last_year()))
+    changed = sorted(d for d in candidates if before.is_workday(d) != after.is_workday(d))
     if not changed:  # a note, or a day declared as it already counted: no clock can move
         return []
     return retime_clocks(session, after, changed, actor or Actor.system(), now or utcnow())

@@ -238,3 +238,18 @@ def test_a_put_that_changes_no_working_day_retimes_nothing(clocked_client, clock
     h = row(session, hid)
     assert h.version == version and h.ack_due == utc("2099-01-05T16:00")
     assert len(events(session, hid, "clocks_retimed")) == 1
+
+
+def test_the_first_schedule_of_an_unknown_year_retimes_a_clock_the_law_alone_had_stretched(
+        clocked_client, clock, session, units):
+    """Before any override of 2099, its statutory days off are guessed (除夕 1-20 to 初三 1-23); the schedule
+    then entered lists 1-20 to 1-22 only. Friday 1-23 was not among the days sent, but it is a working day
+    now, and the clock that ran across it is counted again."""
+    c = clocked_client
+    hid = new_hazard(c, clock, session, units, "2099-01-19T10:00")  # Monday
+    assert row(session, hid).ack_due == utc("2099-01-26T16:00")  # end of Monday 1-26: 1-20..1-25 off
+    r = put(c, ("2099-01-20", False), ("2099-01-21", False), ("2099-01-22", False))
+    assert r.headers[HEADER] == "1"
+    assert row(session, hid).ack_due == utc("2099-01-23T16:00")  # end of Friday 1-23
+    [ev] = events(session, hid, "clocks_retimed")
+    assert {"day": "2099-01-23", "is_workday": True} in ev.data["changed_days"]

@@ -49,8 +49,12 @@ def test_a_year_the_package_does_not_know_keeps_its_statutory_days_off():
                                                                        False, True]
     assert cal.add_workdays(datetime(2099, 1, 19, 10, tzinfo=LOCAL_TZ), 1) == datetime(2099, 1, 27, tzinfo=LOCAL_TZ)
     assert cal.unknown_years == {2099}
-    # an admin's override still has the last word (a schedule that makes 除夕 a working day)
-    assert WorkCalendar({date(2099, 1, 20): True}).is_workday(date(2099, 1, 20)) is True
+    # an admin's override has the last word, and a year with overrides is a year with its schedule entered:
+    # the law's days are no longer guessed there (the published schedule lists every day off it gives)
+    scheduled = WorkCalendar({date(2099, 1, 20): True, date(2099, 1, 22): False})
+    assert [scheduled.is_workday(date(2099, 1, d)) for d in range(20, 24)] == [True, True, False, True]
+    assert scheduled.is_workday(date(2099, 1, 1)) is True
+    assert WorkCalendar({date(2098, 1, 2): False}).is_workday(date(2099, 1, 1)) is False  # another year's
 
 
 def test_a_year_past_2100_still_gets_its_lunar_days():
