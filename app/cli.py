@@ -225,6 +225,27 @@ def sweep(now: Annotated[Optional[str], typer.Option(help="ISO-8601 instant to s
     typer.echo(f"escalated {len(done)} hazards as of {at.isoformat()}")
 
 
+calendar_cli = typer.Typer(help="The working-day calendar.", no_args_is_help=True)
+cli.add_typer(calendar_cli, name="calendar")
+
+
+@calendar_cli.command("retime")
+def calendar_retime(year: Annotated[int, typer.Argument(help="the year the upgraded package now has a schedule for")]) -> None:
+    """After upgrading the chinese-calendar package to a release with YEAR's holidays: count again the running
+    clocks counted while it had none (idempotent)."""
+    from app.errors import DomainError
+    from app.referrals.service import retime_year
+
+    with _db().session(write=True) as session:
+        try:
+            moved = retime_year(session, year)
+        except DomainError as exc:
+            typer.echo(f"error: {exc.message}", err=True)
+            raise typer.Exit(2)
+        session.commit()
+    typer.echo(f"{len(moved)} hazards' clocks re-timed for {year}")
+
+
 audit_cli = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
 cli.add_typer(audit_cli, name="audit")
 

@@ -117,6 +117,31 @@ def save_overrides(session: Session, overrides: Iterable[tuple[date, bool, str]]
 _RETIME_CHUNK = 500
 
 
+def retime_year(session: Session, year: int, *, actor: Actor | None = None, now: datetime | None = None) -> list[str]:
+    """After an upgrade of the chinese-calendar package to a release with ``year``'s schedule: count again
+    the running clocks counted while it had none (Monday–Friday less the law's days off, or, before those
+    were known here, Monday–Friday alone). The days looked at are those of ``year`` without an override on
+    which the package now differs from either guess; a clock whose due does not move is left as it is, so
+    running it twice changes nothing. Under the calendar lock, as a save of overrides. Returns the ids of
+    the hazards whose clocks moved."""
+    if year > package_last_year():
+        raise Invalid(f"year: the chinese-calendar package has no schedule for {year} yet (it knows up to "
+                      f"{package_last_year()}); enter the year's days as overrides instead", code="unknown_year",
+                      field="year")
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(_CALENDAR_LOCK, {"cls": CALENDAR_LOCK_CLASS})
+    calendar = load_calendar(session)
+    statutory = statutory_days_off(year)
+    changed, day = [], date(year, 1, 1)
+    while day.year == year:
+        if day not in calendar.overrides:
+            weekday, known = day.weekday() < 5, calendar.is_workday(day)
+            if known != weekday or known != (weekday and day not in statutory):
+                changed.append(day)
+        day += timedelta(days=1)
+    return retime_clocks(session, calendar, changed, actor or Actor.system(), now or utcnow()) if changed else []
+
+
 def retime_clocks(session: Session, calendar: WorkCalendar, changed_days: list[date], actor: Actor,
                   now: datetime) -> list[str]:
     """Count again, with ``calendar``, the running clocks of open hazards that were counted in working days
