@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 log = logging.getLogger("firegrid")
 
@@ -113,6 +114,19 @@ def reject_nul(value: Any) -> Any:
     return value
 
 
+def bindable(value: Any) -> bool:
+    """Text the database can take as a parameter: no NUL (PostgreSQL refuses it, SQLite compares it) and no
+    lone surrogate (JSON's \\ud800 decodes to one, which neither driver can encode: a 500). For what comes
+    back from a client inside an opaque token (a cursor), where no pydantic field validates it."""
+    if not isinstance(value, str) or "\x00" in value:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def nul_in_text(exc: BaseException) -> bool:
     """PostgreSQL's driver refuses a NUL in any text it sends, a value or a lookup alike (SQLite stores it):
     the client's input, not the server's fault."""
@@ -134,6 +148,16 @@ def body_problem(cause: BaseException | None) -> str:
     return "the request body could not be read as JSON"
 
 
+def _methods_for(request: Request) -> list[str]:
+    """Every method some route takes at this path: Starlette's 405 names only the first route that matched
+    the path (GET of ``/places``, not the POST of another route on the same path)."""
+    methods: set[str] = set()
+    for route in getattr(request.app.state, "api_routes", ()):
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(DomainError)
     async def domain_error(_: Request, exc: DomainError):
@@ -147,14 +171,19 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("validation_error", summary or "invalid request", fields=fields), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException):
+    async def http_error(request: Request, exc: StarletteHTTPException):
         if exc.status_code == 400 and exc.detail == _FASTAPI_BODY_ERROR:
             return JSONResponse(error_body("bad_body", body_problem(exc.__cause__)), status_code=400)
         code = {401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             exc.status_code, "http_error"
         )
         body = exc.body() if isinstance(exc, BodyTooLarge) else error_body(code, str(exc.detail))
-        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:
+            allowed = _methods_for(request) or [m.strip() for m in (headers or {}).get("Allow", "").split(",") if m.strip()]
+            headers = {**(headers or {}), "Allow": ", ".join(allowed)}
+            body = error_body(code, f"{request.method} is not allowed here; allowed: {', '.join(allowed)}")
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(sa.exc.DBAPIError)
     async def database_error(request: Request, exc: sa.exc.DBAPIError):

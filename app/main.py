@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlmodel import select
 from starlette.datastructures import Headers
+from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
@@ -101,16 +102,30 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
 
     # Requests are matched against routers in this order (~170 µs to reach the eighth router on the
     # benchmark machine), so the phones' busiest calls come first. No two routers' paths overlap.
-    for router in (sync_router, sync_pull_router, photos_router, hazards_router, auth_router, org_router, places_router,
-                   referrals_router, devices_router):
+    routers = (sync_router, sync_pull_router, photos_router, hazards_router, auth_router, org_router, places_router,
+               referrals_router, devices_router)
+    for router in routers:
         app.include_router(router)
+    app.state.api_routes = [route for router in routers for route in router.routes]  # a 405's Allow header
     _document_bodies_read_by_hand(app, PushRequest)
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(NoNulInQuery)
 
     # Last: the PWA owns every path the API does not.
-    app.mount("/", StaticFiles(directory=PWA_DIR, html=True), name="pwa")
+    app.router.routes.append(PwaMount("/", app=StaticFiles(directory=PWA_DIR, html=True), name="pwa"))
     return app
+
+
+class PwaMount(Mount):
+    """The PWA's static files, on every path but the API's. Mounted on all of them, they answered an /api/ path
+    that no route takes (404 in plain text) and, since a full match beats a route's method mismatch, one that
+    a route takes by another method (405 naming the static files' methods): both now the API's, in JSON."""
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        path = scope.get("path", "")
+        if path == "/api" or path.startswith("/api/"):
+            return Match.NONE, {}
+        return super().matches(scope)
 
 
 def forget_login_failures(db: Database, settings: Settings, now: datetime) -> None:

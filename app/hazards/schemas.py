@@ -1,7 +1,9 @@
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, Field, field_validator
+
+from app.errors import reject_nul
 
 
 class PlaceBrief(BaseModel):
@@ -73,6 +75,10 @@ class ActionRequest(BaseModel):
     override_reason: str | None = Field(default=None, max_length=500)
     merge_into_id: str | None = Field(default=None, max_length=36)
     note: str | None = Field(default=None, max_length=2000)
+
+    # refused as it arrives, naming the field: SQLite stored a NUL in the timeline, PostgreSQL refused it
+    # with a 422 that named nothing, or (an id) looked it up first
+    _no_nul = field_validator("reason", "to_unit_id", "override_reason", "merge_into_id", "note")(reject_nul)
 
 
 class FiguresRow(BaseModel):

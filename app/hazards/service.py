@@ -13,7 +13,7 @@ from sqlmodel import Session, select
 from app.audit.service import timeline
 from app.auth.models import Role
 from app.auth.scope import Scope, hazard_clause, sees_hazard
-from app.errors import Forbidden, Invalid, NotFound
+from app.errors import Forbidden, Invalid, NotFound, bindable
 from app.hazards.models import NO_DEADLINE, Hazard, HazardCC, Referral, Reinspection
 from app.hazards.schemas import HazardDetail, HazardItem, PlaceBrief, Routing
 from app.org.models import OrgUnit, UnitKind
@@ -80,17 +80,24 @@ def _encode(values: list) -> str:
     return base64.urlsafe_b64encode(json.dumps(values).encode()).decode()
 
 
+MAX_CURSOR = 1000
+
+
 def _decode(cursor: str) -> tuple[datetime, datetime | None, str]:
     """(next_due, created_at, id); created_at is None in a cc cursor, which pages on the copies."""
     try:
+        if len(cursor) > MAX_CURSOR:  # one this server made is ~150 characters
+            raise ValueError("too long")
         due, created, hid = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not bindable(hid):  # bound into the keyset query as it is
+            raise ValueError("not an id")
         due, created = datetime.fromisoformat(due), datetime.fromisoformat(created) if created else None
         if due.tzinfo is None or (created is not None and created.tzinfo is None):
             raise ValueError("a cursor's times carry their offset")
         # in UTC here, as the columns hold them: a time at the calendar's edge cannot be bound
         due, created = due.astimezone(timezone.utc), created.astimezone(timezone.utc) if created else None
-        return due, created, str(hid)
-    except (ValueError, TypeError, OverflowError):
+        return due, created, hid
+    except (ValueError, TypeError, OverflowError, RecursionError, UnicodeEncodeError):
         raise Invalid("cursor: not a cursor this server issued (or one from before an upgrade): start from the "
                       "first page", code="bad_cursor", field="cursor") from None
 

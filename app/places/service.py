@@ -19,7 +19,7 @@ from app.audit.service import Actor
 from app.auth.models import Role
 from app.auth.scope import ROLE_TIER, Scope
 from app.db import utcnow
-from app.errors import Conflict, Forbidden, Invalid
+from app.errors import Conflict, Forbidden, Invalid, bindable
 from app.org.models import OrgUnit, UnitKind
 from app.places.models import Place, PlaceCreate, PlaceUpdate
 from app.referrals.routing import TIER_ORDER, supervising_tier
@@ -207,7 +207,7 @@ def _decode_cursor(cursor: str) -> list:
     try:
         values = json.loads(base64.urlsafe_b64decode(cursor.encode()))
         # (name, id): anything else would be bound into the keyset query as it is (a 500 there)
-        if not isinstance(values, list) or len(values) != 2 or not all(isinstance(v, str) for v in values):
+        if not isinstance(values, list) or len(values) != 2 or not all(bindable(v) for v in values):
             raise ValueError
         return values
     except (ValueError, RecursionError):

@@ -44,7 +44,7 @@ from pydantic import BaseModel
 from sqlmodel import Session, select
 
 from app.auth.scope import Scope, hazard_clause
-from app.errors import DomainError
+from app.errors import DomainError, bindable
 from app.hazards.models import Hazard
 from app.inspections.models import Inspection
 from app.places.models import PLACE_CLASS_NAMES, Place, key_unit_level
@@ -125,7 +125,7 @@ class Cursor:
                 raise ValueError("bad field")
             if c.m is not None and (c.u is None or c.p not in (SNAPSHOT_PHASES if c.m == "s" else INCREMENTAL_PHASES)):
                 raise ValueError("bad phase")
-            if c.k is not None and not (isinstance(c.k, str) if c.p in (PLACES, HAZARDS, INSPECTIONS) else _seq(c.k)):
+            if c.k is not None and not (bindable(c.k) if c.p in (PLACES, HAZARDS, INSPECTIONS) else _seq(c.k)):
                 raise ValueError("bad position")
             if not (_codes(c.c) and _codes(c.g)):
                 raise ValueError("bad codes")
@@ -141,7 +141,7 @@ MAX_CODES = 1000
 
 def _codes(value: Any) -> bool:
     return value is None or (isinstance(value, list) and len(value) <= MAX_CODES
-                             and all(isinstance(v, str) and len(v) <= 64 for v in value))
+                             and all(bindable(v) and len(v) <= 64 for v in value))
 
 
 def _seq(value: Any) -> bool:
