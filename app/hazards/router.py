@@ -64,7 +64,8 @@ def post_action(hazard_id: str, body: ActionRequest, p: CurrentPrincipal, sessio
     act(session, rules, h, action, params, Actor(p.user.id, p.user.org_unit_id, p.device.id), now,
         extra={"photos": body.photos} if body.photos else None)
     if body.photos:  # the action event's own number names the record the photos belong to
-        register_refs(session, h.id, "action", f"{h.id}:{h.event_seq}", body.photos)
+        register_refs(session, h.id, "action", f"{h.id}:{h.event_seq}", body.photos, added_by=p.user.id,
+                      scope=p.scope)
     return service.detail(session, p.scope, h, now)
 
 

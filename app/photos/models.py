@@ -7,6 +7,13 @@ for ordering).
 ``photo_refs``: which hazard record uses which photo. ``sha256`` is deliberately NOT a foreign
 key: a phone syncs the record first and the photo later (or the other way round), so a ref can
 exist before its blob. A ref whose blob is absent is a photo "still on the phone".
+
+Proof of possession: a name is easy to learn (a photo shown to someone, a hash forwarded in a chat), so
+naming a photo in a record proves nothing. A photo's first uploader (``blobs.uploaded_by_user_id``) holds
+it, and ``blob_holders`` lists the others who proved they hold the bytes, by uploading a body that hashed
+to the name or attaching it while they could see it. A ref *counts* (lets
+those who see its record see the photo; the photo has "arrived" for that record) only if whoever attached
+it (``photo_refs.added_by_user_id``) is a holder; refs from before this rule (NULL) count.
 """
 
 from datetime import datetime
@@ -41,6 +48,18 @@ class Blob(SQLModel, table=True):
     uploaded_by_device_id: str | None = Field(default=None, max_length=36)
 
 
+class BlobHolder(SQLModel, table=True):
+    """A user who proved they hold the photo's bytes: they uploaded a body that hashed to its name, or
+    attached it to a record while they could already see it (then they could have downloaded it). The
+    first uploader is not listed: ``blobs.uploaded_by_user_id`` says it (no second write per upload)."""
+
+    __tablename__ = "blob_holders"
+
+    sha256: str = Field(primary_key=True, foreign_key="blobs.sha256", max_length=64)
+    user_id: str = Field(primary_key=True, foreign_key="users.id", max_length=36)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+
+
 class PhotoRef(SQLModel, table=True):
     __tablename__ = "photo_refs"
     __table_args__ = (
@@ -56,3 +75,5 @@ class PhotoRef(SQLModel, table=True):
     record_kind: str = Field(max_length=16)
     record_id: str = Field(max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    # who attached the photo to the record; the ref counts only if they hold it (NULL: from before the rule)
+    added_by_user_id: str | None = Field(default=None, foreign_key="users.id", max_length=36)

@@ -51,14 +51,18 @@ def _authenticate(request: Request, session, creds: HTTPAuthorizationCredentials
 
 
 def viewable_blob(sha256: str, request: Request, creds: BearerDep) -> Blob:
-    """The photo's row, for a caller who may see a record that uses it (else 404, as for any unseen thing)."""
+    """The photo's row, for a caller who may see a record that uses it by a ref that counts (else 404: pending
+    if a record they see names it, not found as for any unseen thing otherwise)."""
     with request.app.state.db.session() as session:
         user, unit = _authenticate(request, session, creds)
         try:
             validate_sha256(sha256)
         except InvalidName:
             raise NotFound(f"photo {sha256[:80]} not found") from None
-        if not service.can_view(session, scope_for(session, user, unit), sha256):
+        scope = scope_for(session, user, unit)
+        if not service.can_view(session, scope, sha256):
+            if service.named_in_scope(session, scope, sha256):  # named by a record, not (yet) proven: pending
+                raise NotFound(f"photo {sha256} has not arrived from the phone yet", code="photo_pending")
             raise NotFound(f"photo {sha256} not found")
         blob = session.get(Blob, sha256)
     if blob is None:
@@ -74,12 +78,15 @@ ViewableBlob = Annotated[Blob, Depends(viewable_blob)]
 
 @router.post("/missing", response_model=MissingAnswer)
 def post_missing(body: MissingQuery, request: Request, creds: BearerDep, store: StoreDep) -> MissingAnswer:
-    """Which of these photos the server does not have yet (the phone then PUTs those). At most 500 names."""
+    """Which of these photos the server does not have yet (the phone then PUTs those). At most 500 names.
+    A stored photo the caller neither holds nor may see is missing for them: they prove they have it by
+    sending it."""
     with request.app.state.db.session() as session:  # a short read session: no write lock for a question
-        _authenticate(request, session, creds)
+        user, unit = _authenticate(request, session, creds)
         for i, sha in enumerate(body.sha256):
             service.valid_name(sha, field=f"sha256.{i}")
-        return MissingAnswer(missing=service.missing(session, body.sha256, store=store))
+        return MissingAnswer(missing=service.missing(session, body.sha256, store=store,
+                                                     scope=scope_for(session, user, unit)))
 
 
 _IMAGE_BODY = {"required": True, "content": {m: {"schema": {"type": "string", "format": "binary"}}
@@ -98,9 +105,10 @@ _IMAGE_BODY = {"required": True, "content": {m: {"schema": {"type": "string", "f
 async def put_blob(sha256: str, request: Request, creds: BearerDep, store: StoreDep) -> Response:
     """Upload one photo, named by the sha256 of its bytes; the raw image is the body.
 
-    Already stored: 200 at once, without reading the body (with `Expect: 100-continue` the phone
-    does not even send it). Otherwise the body is streamed to disk, checked and decoded off the
-    event loop: 201 once it is durably stored.
+    Already stored, and the caller holds it or may see it: 200 at once, without reading the body (with
+    `Expect: 100-continue` the phone does not even send it). Otherwise the body is streamed to disk,
+    checked and decoded off the event loop: 201 once it is durably stored, or 200 if it was stored
+    already (the caller, having sent bytes that hash to the name, now holds it; the file stays as it was).
     """
     max_bytes = request.app.state.settings.max_photo_bytes
     db = request.app.state.db

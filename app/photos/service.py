@@ -6,6 +6,12 @@ Refs (``photo_refs``) are written by the hazard services inside their own transa
 so ``ingest`` never holds a transaction (on SQLite the write lock, on PostgreSQL a pooled
 connection) while bytes arrive. It opens a short read transaction to check (``begin_upload``), and
 a short write transaction to insert the row once the file is safely published.
+
+Proof of possession (see models.py): a ref counts only if whoever attached it holds the photo, so
+knowing a photo's name lets no one see it, nor make it visible to their office by naming it in a record
+of their own. A user holds a photo once they uploaded a body that hashed to its name, or attached it to a
+record while they could already see it. A ref that does not count is, for everyone, a photo still on the
+phone: the phone that named it is told it is missing and must send the bytes.
 """
 
 from __future__ import annotations
@@ -26,12 +32,13 @@ from sqlmodel import Session, select
 from starlette.concurrency import run_in_threadpool
 
 from app.auth import service as auth_service
-from app.auth.scope import Scope, hazard_clause
+from app.auth.models import User
+from app.auth.scope import Scope, hazard_clause, scope_for
 from app.db import Database, utcnow
 from app.errors import DomainError, Invalid, NotFound
 from app.hazards.models import Hazard
 from app.photos.imaging import DISPLAY_SIDE, THUMB_SIDE, ImageInfo, ImageRejected, inspect_image, make_derivative
-from app.photos.models import Blob, PhotoRef, RecordKind
+from app.photos.models import Blob, BlobHolder, PhotoRef, RecordKind
 from app.photos.schemas import BlobPublic
 from app.photos.storage import BlobStore, HashMismatch, InvalidName, PutResult, TooLarge, validate_sha256
 
@@ -77,7 +84,18 @@ def valid_name(sha256: str, field: str = "sha256") -> str:
 
 
 _CHUNK = 900  # IN-list entries per statement (well under SQLite's bound-parameter limit)
-_STORED = sa.select(Blob.sha256).where(Blob.sha256.in_(sa.bindparam("shas", expanding=True)))  # built once
+# Built once. Which of these photos are stored, and (_STORED_HELD) whether the user holds each: one query,
+# the one a registration or a missing query ran before proof of possession.
+_STORED = sa.select(Blob.sha256).where(Blob.sha256.in_(sa.bindparam("shas", expanding=True)))
+# the first uploader holds the photo by the blobs row itself; others by a blob_holders row
+_HOLDS = (Blob.uploaded_by_user_id == sa.bindparam("user_id")) | sa.exists().where(
+    BlobHolder.sha256 == Blob.sha256, BlobHolder.user_id == sa.bindparam("user_id"))
+_STORED_HELD = sa.select(Blob.sha256, _HOLDS.label("held")).where(Blob.sha256.in_(sa.bindparam("shas", expanding=True)))
+# A ref counts if whoever attached it holds the photo; refs from before the rule (NULL) count.
+_UPLOADED = Blob.__table__.alias("uploaded")  # its own name: a query around COUNTS may join blobs itself
+COUNTS = PhotoRef.added_by_user_id.is_(None) | sa.exists().where(
+    _UPLOADED.c.sha256 == PhotoRef.sha256, _UPLOADED.c.uploaded_by_user_id == PhotoRef.added_by_user_id) | sa.exists(
+).where(BlobHolder.sha256 == PhotoRef.sha256, BlobHolder.user_id == PhotoRef.added_by_user_id)
 
 
 def _dedupe(shas: Iterable[str]) -> list[str]:
@@ -104,49 +122,100 @@ def _insert_refs(session: Session, rows: list[dict]) -> None:
 
 
 def register_refs(session: Session, hazard_id: str, record_kind: str | RecordKind, record_id: str,
-                  shas: Sequence[str]) -> list[str]:
-    """Record that ``record_kind``/``record_id`` (of hazard ``hazard_id``) uses these photos.
+                  shas: Sequence[str], *, added_by: str | None = None, scope: Scope | None = None) -> list[str]:
+    """Record that ``record_kind``/``record_id`` (of hazard ``hazard_id``) uses these photos, attached by
+    the user ``added_by`` (``scope``: theirs, if the caller has it at hand; None: built when needed).
 
     Idempotent (a re-sent op or a replayed batch adds nothing) and safe against a concurrent
-    registration of the same ref. Returns the photos not yet stored: still on the phone.
-    Runs inside the caller's transaction; never commits.
+    registration of the same ref. Returns the photos still on the phone: not stored yet, or stored but
+    not (yet) proven held by ``added_by``. Runs inside the caller's transaction; never commits.
+    ``added_by`` None: a ref the server vouches for, that counts as one from before the rule.
     """
-    return register_refs_bulk(session, [(hazard_id, record_kind, record_id, shas)])
+    return register_refs_bulk(session, [(hazard_id, record_kind, record_id, shas)], added_by=added_by, scope=scope)
 
 
-def register_refs_bulk(session: Session, refs: Iterable[tuple[str, str | RecordKind, str, Sequence[str]]]) -> list[str]:
-    """``register_refs`` for a whole sync batch: (hazard_id, record_kind, record_id, shas) tuples, one
-    multi-row INSERT … ON CONFLICT DO NOTHING and one query for what is missing."""
+def register_refs_bulk(session: Session, refs: Iterable[tuple[str, str | RecordKind, str, Sequence[str]]], *,
+                       added_by: str | None = None, scope: Scope | None = None) -> list[str]:
+    """``register_refs`` for a whole sync batch: (hazard_id, record_kind, record_id, shas) tuples, all
+    attached by ``added_by``; one multi-row INSERT … ON CONFLICT DO NOTHING and one query for what is
+    stored and held. Only a photo stored but not held by the adder costs more: whether they may see it
+    already (then they could have downloaded it: they become a holder, and the ref counts)."""
     now = utcnow()
     rows: list[dict] = []
     for hazard_id, record_kind, record_id, shas in refs:
         kind = RecordKind(record_kind).value
         for s in _dedupe(valid_name(x, "photos") for x in shas):
             rows.append({"sha256": s, "hazard_id": hazard_id, "record_kind": kind, "record_id": record_id,
-                         "created_at": now})
+                         "created_at": now, "added_by_user_id": added_by})
     _insert_refs(session, rows)
-    return missing(session, [r["sha256"] for r in rows])
+    shas = _dedupe(r["sha256"] for r in rows)
+    held = _stored_held(session, shas, added_by)
+    unproven = [s for s, h in held.items() if not h]
+    if unproven:  # attaching a photo one already sees: an office's action, a worker's reinspection
+        seen = _seen(session, scope if scope is not None else _scope_of(session, added_by), unproven)
+        if seen:
+            session.execute(_insert_ignoring_conflicts(session.get_bind().dialect.name, BlobHolder.__table__),
+                            [{"sha256": s, "user_id": added_by, "created_at": now} for s in unproven if s in seen])
+            held.update(dict.fromkeys(seen, True))
+    return [s for s in shas if not held.get(s)]
 
 
-def missing(session: Session, shas: Sequence[str], store: BlobStore | None = None) -> list[str]:
+def _stored_held(session: Session, shas: list[str], user_id: str | None) -> dict[str, bool]:
+    """The stored ones among ``shas`` -> whether ``user_id`` holds it (None: everyone does)."""
+    out: dict[str, bool] = {}
+    for i in range(0, len(shas), _CHUNK):
+        part = shas[i:i + _CHUNK]
+        if user_id is None:
+            out.update(dict.fromkeys(session.execute(_STORED, {"shas": part}).scalars(), True))
+        else:
+            out.update((s, bool(h)) for s, h in session.execute(_STORED_HELD, {"shas": part, "user_id": user_id}))
+    return out
+
+
+def _scope_of(session: Session, user_id: str) -> Scope:
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFound(f"user {user_id} not found")
+    return scope_for(session, user)
+
+
+def _seen(session: Session, scope: Scope, shas: Sequence[str], *, counting: bool = True) -> set[str]:
+    """Those of ``shas`` the scope sees through a record that uses them (``counting``: by refs that count)."""
+    out: set[str] = set()
+    for i in range(0, len(shas), _CHUNK):
+        where = [PhotoRef.sha256.in_(list(shas[i:i + _CHUNK])), hazard_clause(scope)]
+        out.update(session.execute(
+            select(PhotoRef.sha256).join(Hazard, Hazard.id == PhotoRef.hazard_id)
+            .where(*where, COUNTS if counting else sa.true()).distinct()
+        ).scalars())
+    return out
+
+
+def missing(session: Session, shas: Sequence[str], store: BlobStore | None = None, *,
+            scope: Scope | None = None) -> list[str]:
     """The names among ``shas`` that are not stored (input order, no duplicates).
 
     The ``blobs`` row is the truth; given the store, a row whose file is gone from disk counts
-    as missing too, so the phone sends it again and the upload heals it.
+    as missing too, so the phone sends it again and the upload heals it. Given the asker's scope, a
+    stored photo they neither hold nor may see counts as missing too: they prove they have it by
+    sending it (POST /blobs/missing).
     """
     shas = _dedupe(shas)
     if not shas:
         return []
-    stored: set[str] = set()
-    for i in range(0, len(shas), _CHUNK):
-        stored.update(session.execute(_STORED, {"shas": shas[i:i + _CHUNK]}).scalars())
+    held = _stored_held(session, shas, scope.user_id if scope is not None else None)
     if store is not None:
-        stored = {s for s in stored if store.has(s)}
-    return [s for s in shas if s not in stored]
+        held = {s: h for s, h in held.items() if store.has(s)}
+    unproven = [s for s, h in held.items() if not h]
+    if unproven:
+        seen = _seen(session, scope, unproven) | _uploaded_unused(session, scope, unproven)
+        held.update(dict.fromkeys(seen, True))
+    return [s for s in shas if not held.get(s)]
 
 
 def pending_for_hazard(session: Session, hazard_id: str) -> list[str]:
-    """Photos the hazard's records use that have not arrived yet (the office sees them as 'on the phone')."""
+    """Photos the hazard's records use that have not arrived yet (the office sees them as 'on the phone'):
+    not stored, or named by someone who has not proven they hold them (a ref that does not count)."""
     return pending_for_hazards(session, [hazard_id]).get(hazard_id, [])
 
 
@@ -157,7 +226,7 @@ def pending_for_hazards(session: Session, hazard_ids: Sequence[str]) -> dict[str
     rows = session.exec(
         select(PhotoRef.hazard_id, PhotoRef.sha256)
         .outerjoin(Blob, Blob.sha256 == PhotoRef.sha256)
-        .where(PhotoRef.hazard_id.in_(list(hazard_ids)), Blob.sha256.is_(None))
+        .where(PhotoRef.hazard_id.in_(list(hazard_ids)), Blob.sha256.is_(None) | ~COUNTS)
         .order_by(PhotoRef.id)
     ).all()
     out: dict[str, list[str]] = {}
@@ -174,19 +243,24 @@ def hazards_using(session: Session, sha256: str) -> list[str]:
 
 
 def can_view(session: Session, scope: Scope, sha256: str) -> bool:
-    """True if the scope sees a hazard that uses the photo, or the caller uploaded it and no record uses it
-    yet. Once a record uses it, its records' jurisdiction decides, for the uploader too: a hazard moved
-    or handed out of their grid takes its photos with it."""
-    used = session.exec(
-        select(PhotoRef.id).join(Hazard, Hazard.id == PhotoRef.hazard_id)
-        .where(PhotoRef.sha256 == sha256, hazard_clause(scope)).limit(1)
-    ).first()
-    if used is not None:
-        return True
-    unused = ~sa.exists().where(PhotoRef.sha256 == Blob.sha256)
-    return session.exec(
-        select(Blob.sha256).where(Blob.sha256 == sha256, Blob.uploaded_by_user_id == scope.user_id, unused)
-    ).first() is not None
+    """True if the scope sees a hazard that uses the photo by a ref that counts, or the caller uploaded it and
+    no record uses it yet (by a ref that counts: naming a photo proves nothing, and must not take it from
+    its uploader). Once a record uses it, its records' jurisdiction decides, for the uploader too: a
+    hazard moved or handed out of their grid takes its photos with it."""
+    return bool(_seen(session, scope, [sha256]) or _uploaded_unused(session, scope, [sha256]))
+
+
+def named_in_scope(session: Session, scope: Scope, sha256: str) -> bool:
+    """Does the scope see a record that names the photo, by any ref? For one who may not see the photo:
+    then it is pending for them (as the record shows it), not unknown."""
+    return bool(_seen(session, scope, [sha256], counting=False))
+
+
+def _uploaded_unused(session: Session, scope: Scope, shas: Sequence[str]) -> set[str]:
+    unused = ~sa.exists().where(PhotoRef.sha256 == Blob.sha256, COUNTS)
+    return set(session.execute(
+        select(Blob.sha256).where(Blob.sha256.in_(list(shas)), Blob.uploaded_by_user_id == scope.user_id, unused)
+    ).scalars())
 
 
 # -- ingest --------------------------------------------------------------------------------
@@ -220,7 +294,7 @@ _SELECT_BLOB = sa.select(*_PUBLIC_COLUMNS).where(_BLOBS.c.sha256 == sa.bindparam
 # needs no other before its body (bench/instructions.py); a stored one's row is read after it.
 _UPLOAD_CHECK = auth_service.token_ids_query(
     sa.exists().where(_BLOBS.c.sha256 == sa.bindparam("sha256")).label("stored"))
-_SELECT_STORED = sa.select(*_PUBLIC_COLUMNS, _BLOBS.c.uploaded_by_user_id).where(
+_SELECT_STORED = sa.select(*_PUBLIC_COLUMNS, _BLOBS.c.uploaded_by_user_id, _HOLDS.label("held")).where(
     _BLOBS.c.sha256 == sa.bindparam("sha256"))
 # Where and when the photo was taken: answered to a re-upload only by its own uploader. The answer to a
 # stored photo comes before the body is read, so all the caller has shown is that they know the name.
@@ -230,8 +304,9 @@ _EVIDENCE = {"exif_datetime": None, "gps_lat": None, "gps_lon": None}
 def begin_upload(db: Database, store: BlobStore, sha256: str, token_hash: str) -> tuple[Uploader, BlobPublic | None]:
     """Before any byte of the body, in one short read transaction: who is uploading (401 first,
     whatever the name), and the photo as the API shows it if it is already stored (row and file;
-    its EXIF evidence only to its uploader), so the body need not be read at all. ``token_hash``:
-    auth_service.token_digest of the bearer token."""
+    its EXIF evidence only to its uploader), so the body need not be read at all. Only to a caller who
+    holds the photo or may see it: anyone else proves they have it by sending it (the name alone is
+    easy to learn). ``token_hash``: auth_service.token_digest of the bearer token."""
     try:
         name = validate_sha256(sha256)
     except InvalidName:
@@ -240,17 +315,27 @@ def begin_upload(db: Database, store: BlobStore, sha256: str, token_hash: str) -
         row = conn.execute(_UPLOAD_CHECK, {"token_hash": token_hash, "sha256": name or ""}).first()
         who = Uploader(*auth_service.ids_of_token_row(row))
         valid_name(sha256)  # a bad name is a 422, said only to a caller with a valid token
-        stored = conn.execute(_SELECT_STORED, {"sha256": name}).mappings().first() if row.stored else None
+        stored = (conn.execute(_SELECT_STORED, {"sha256": name, "user_id": who.user_id}).mappings().first()
+                  if row.stored else None)
     if stored is None or not store.has(sha256):
         return who, None
+    if not stored["held"] and not _may_view(db, who.user_id, name):
+        return who, None  # the body decides: it is read and hashed as a new photo's
     answer = public(stored, False)
     if stored["uploaded_by_user_id"] != who.user_id:
         answer = answer.model_copy(update=_EVIDENCE)
     return who, answer
 
 
+def _may_view(db: Database, user_id: str, sha256: str) -> bool:
+    """may the user see the photo (an upload's rare case: stored, and they do not hold it)?"""
+    with db.session() as session:
+        return can_view(session, _scope_of(session, user_id), sha256)
+
+
 def _record_blob(db: Database, put: PutResult[ImageInfo], uploader: Uploader, now: datetime) -> IngestResult:
-    """The ``blobs`` row of a published photo, in its own short write transaction."""
+    """The ``blobs`` row of a published photo, in its own short write transaction; the uploader holds it
+    (the first one: by the row's uploaded_by_user_id; one who sent the bytes of a stored photo: a row here)."""
     info = put.info
     assert info is not None  # the validate hook always returns one
     values = {
@@ -262,6 +347,10 @@ def _record_blob(db: Database, put: PutResult[ImageInfo], uploader: Uploader, no
     with db.connect(write=True) as conn:
         insert = _insert_ignoring_conflicts(conn.dialect.name, _BLOBS, "sha256")
         inserted = conn.execute(insert, values).first() is not None
+        if not inserted and uploader.user_id is not None:
+            # the bytes of a stored photo, hashed to its name: a proof of possession
+            conn.execute(_insert_ignoring_conflicts(conn.dialect.name, BlobHolder.__table__),
+                         {"sha256": put.sha256, "user_id": uploader.user_id, "created_at": now})
         row = values if inserted else conn.execute(_SELECT_BLOB, {"sha256": put.sha256}).mappings().one()
     # created: this request made the photo available (a file left on disk by a crash between
     # publishing and the insert counts as not yet stored: the row is what the API goes by)

@@ -398,7 +398,8 @@ class PreparedHazards:
     referrals: PreparedInsert
     cc: PreparedInsert
     events: PreparedInsert
-    photo_refs: list[tuple[str, str, str, list[str]]]
+    # which photos each new hazard uses, by who attached them (its reporter: the one who must hold them)
+    photo_refs: dict[str | None, list[tuple[str, str, str, list[str]]]]
 
 
 def prepare_planned(dialect: sa.engine.Dialect, planned: list[PlannedHazard]) -> PreparedHazards:
@@ -410,8 +411,16 @@ def prepare_planned(dialect: sa.engine.Dialect, planned: list[PlannedHazard]) ->
         referrals=prepare_insert(dialect, Referral.__table__, [p.referral for p in planned]),
         cc=prepare_insert(dialect, HazardCC.__table__, [row for p in planned for row in p.cc]),
         events=prepare_insert(dialect, HazardEvent.__table__, [e for p in planned for e in p.events]),
-        photo_refs=[(p.hazard.id, "hazard", p.hazard.id, p.hazard.photos) for p in planned if p.hazard.photos],
+        photo_refs=_refs_by_reporter(planned),
     )
+
+
+def _refs_by_reporter(planned: list[PlannedHazard]) -> dict[str | None, list[tuple[str, str, str, list[str]]]]:
+    out: dict[str | None, list[tuple[str, str, str, list[str]]]] = {}
+    for p in planned:
+        if p.hazard.photos:
+            out.setdefault(p.hazard.reporter_user_id, []).append((p.hazard.id, "hazard", p.hazard.id, p.hazard.photos))
+    return out
 
 
 def write_planned(session: Session, planned: list[PlannedHazard] | PreparedHazards) -> None:
@@ -420,7 +429,8 @@ def write_planned(session: Session, planned: list[PlannedHazard] | PreparedHazar
         planned = prepare_planned(session.get_bind().dialect, planned)
     insert_prepared(session, planned.hazards)
     # which photos each record uses: the blob may still be on the phone ("waiting for media")
-    register_refs_bulk(session, planned.photo_refs)
+    for reporter, refs in planned.photo_refs.items():  # one reporter per sync batch
+        register_refs_bulk(session, refs, added_by=reporter)
     insert_prepared(session, planned.referrals)
     insert_prepared(session, planned.cc)
     insert_prepared(session, planned.events)
@@ -619,7 +629,8 @@ def _merge_into(session: Session, dup: Hazard, target_id: str, actor: Actor, now
     target = lock_hazard(session, target_id)
     target.photos = list(dict.fromkeys([*target.photos, *dup.photos]))  # the evidence travels with it
     _record(session, target, "merged_in", actor, now, {"from_hazard_id": dup.id, "photos": dup.photos})
-    register_refs(session, target.id, "hazard", target.id, dup.photos)
+    # attached by the duplicate's reporter: what they never proved they hold stays unproven on the original
+    register_refs(session, target.id, "hazard", target.id, dup.photos, added_by=dup.reporter_user_id)
 
 
 def follow_merges(session: Session, hazard_id: str) -> Hazard | None:
@@ -934,7 +945,7 @@ def record_field_reinspection(session: Session, rules: Rules, report: Reinspecti
         session.flush()
         insert_events(session, [ev])
     session.add(row)
-    register_refs(session, h.id, "reinspection", report.id, report.photos)
+    register_refs(session, h.id, "reinspection", report.id, report.photos, added_by=actor.user_id)
     return h, row.outcome
 
 

@@ -638,7 +638,7 @@ def _recorded_already(ctx: PushContext, data: HazardReportData, place: Place, in
     if photos:
         h.photos = [*(h.photos or []), *photos]
         change["photos"] = photos
-        register_refs(ctx.session, h.id, "hazard", h.id, photos)
+        register_refs(ctx.session, h.id, "hazard", h.id, photos, added_by=ctx.user.id, scope=ctx.scope)
     listed = {f: getattr(data, f) for f in _LISTED_FIELDS if getattr(data, f) != getattr(h, f)}
     if listed:
         change["as_listed"] = listed

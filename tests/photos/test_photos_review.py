@@ -106,15 +106,18 @@ def test_a_truncated_jpeg_followed_by_other_bytes_is_still_refused(tmp_path, pro
 
 
 def test_a_stored_photo_tells_another_uploader_nothing_of_its_evidence(client, session, units, exif_jpeg):
-    """An upload of a stored photo answers 200 without reading the body: knowing the name proves
-    nothing, so the answer must not hand out where and when the photo was taken."""
+    """An upload of a stored photo by one who may see it answers 200 without reading the body; one who may
+    not must send the bytes (tests/photos/test_possession.py). Neither answer hands out where and when the
+    photo was taken: only its uploader gets that back."""
     sha = sha256_hex(exif_jpeg)
     a1 = login(client, "worker-a1")
     assert put(client, a1, exif_jpeg).status_code == 201
     _hazard_with(client, session, units, a1, "grid-a-1-1", [sha])
     stranger = client.put(f"{URL}/{sha}", content=b"", headers=login(client, "worker-b1"))
-    assert stranger.status_code == 200, stranger.text
-    body = stranger.json()
+    assert (stranger.status_code, stranger.json()["error"]["code"]) == (422, "hash_mismatch"), stranger.text
+    seer = client.put(f"{URL}/{sha}", content=b"", headers=login(client, "office-a"))
+    assert seer.status_code == 200, seer.text
+    body = seer.json()
     assert body["sha256"] == sha and body["created"] is False
     assert (body["gps_lat"], body["gps_lon"], body["exif_datetime"]) == (None, None, None)
     # the phone that took it, re-sending after a lost answer, still gets its evidence back
