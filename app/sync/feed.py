@@ -41,7 +41,9 @@ call :func:`mark_changed` for the ids they touched.
 The origin device of a change is ``session.info["origin_device_id"]`` at commit, set by the sync push
 on the session that writes its ops; failing that, the device of the sync ops (``SyncOp``) the
 transaction recorded. So a device is not sent its own writes back as news; what the server decided
-about a hazard that existed before (re-routed by a move, clocks set by a re-inspection) is news to it.
+about a hazard that existed before (re-routed by a move, clocks set by a re-inspection) is news to it, and
+so is what it decided about one the same push created (:func:`mark_news`: a hazard unlinked from the
+inspection of another premises that came later in the push).
 
 A town office or police station of another town copied on a hazard (one that passed it across town
 lines, or had it passed back) sees it, so its changes are also written addressed to that unit alone
@@ -216,6 +218,7 @@ class _Touched:
     row: dict[str, Any] | None = None
     payload: dict[str, Any] | None = None  # its payload, built before the write lock was taken
     savepoint: Any = None  # the innermost savepoint the row was written in, if any
+    news: bool = False  # news to the origin device too (mark_news), though this transaction created it
 
     def forget_written(self) -> None:
         """Publish what the database holds at commit, not the row as written."""
@@ -376,6 +379,18 @@ def mark_changed(session: Session, kind: str, ids: Iterable[str]) -> None:
         touched.forget_written()
 
 
+def mark_news(session: Session, kind: str, ids: Iterable[str]) -> None:
+    """These records were changed by what the server decided, after the device whose push this transaction
+    applies wrote them in it (a hazard it reported, unlinked by the inspection that came later in the same
+    push): their change is news to that device as well. Without this its own write is not echoed, and it
+    keeps the record as it sent it."""
+    if kind not in BY_KIND:
+        raise ValueError(f"unknown entity kind {kind!r}")
+    pending = _pending(session)
+    for entity_id in ids:
+        pending.setdefault((kind, entity_id), _Touched(created=False)).news = True
+
+
 def _prepare_payloads(table: sa.Table, rows: list[dict[str, Any]], notes: dict[str, Any]) -> None:
     """prepare_insert() of watched rows: their payloads, built now, outside the write lock."""
     w = BY_KIND.get(_TABLE_KIND.get(table.name, ""))
@@ -514,7 +529,7 @@ def write_changes(session: Session, pending: dict[tuple[str, str], _Touched]) ->
         # answer), not what the server then decided about a record that was there before: the holder,
         # tier and clocks of a move's re-routing, a re-inspection's outcome, a merge followed, the grid of
         # an inspection whose premises it moved. Those are news to that device as well.
-        row_origin = origin if kind == "place" or touched.created else None
+        row_origin = origin if (kind == "place" or touched.created) and not touched.news else None
         if row is None:
             if not touched.created:  # it existed before this transaction and is gone now
                 for loc in sorted(touched.locations, key=str):

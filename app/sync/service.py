@@ -29,6 +29,7 @@ from app.referrals.service import (HazardReport, PlannedHazard, PreparedHazards,
                                    calendar_for_writing,
                                    earliest_open, lock_hazard, plan_hazard, prepare_planned, record_field_reinspection,
                                    report_hazard, town_facts, write_planned)
+from app.sync import feed
 from app.sync.models import SyncOp
 from app.sync.schemas import (MAX_OPS, OP_TYPES, HazardReinspectData, HazardReportData, InspectionSubmitData, Op,
                               OpError, OpResult, PlaceUpsertData)
@@ -86,6 +87,7 @@ def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer:
         # Planned again, op by op, with the calendar as it is now.
         wctx = replace(wctx, rules=replace(ctx.rules, calendar=calendar))
         plan = None
+    _lock_inspections(writer, ops, plan)
     if plan is not None:
         results = _write_run(wctx, plan)
         if results is not None:
@@ -99,6 +101,7 @@ def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer:
             while j < len(ops) and ops[j].type in BULK_TYPES:
                 j += 1
             run = _plan_run(wctx, ops[i:j], done)
+            run.fresh = True  # planned on the writer, under its inspection locks: nothing to check again
             bulk = _write_run(wctx, run)
             if bulk is not None:
                 wctx.open_by_place.update(run.open_by_place)
@@ -113,6 +116,44 @@ def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer:
 def push(ctx: PushContext, ops: list[Op]) -> list[OpResult]:
     """Both phases on one session (tests, scripts)."""
     return apply_push(ctx, ops, plan_push(ctx, ops), ctx.session)
+
+
+# A report may name an inspection the server does not hold yet, and that inspection may arrive at another
+# premises in a push running at the same time. On PostgreSQL (READ COMMITTED) neither sees the other's
+# uncommitted row: the inspection's "which reports of other premises name me?" finds nothing, the report's
+# "is that inspection stored, and of my premises?" finds nothing, and both commit a link across premises.
+# So a write transaction holds an advisory lock on each inspection id it inserts or names without its being
+# stored, taken before those checks are made (or made again: see _changed_since_planned), and held until it
+# commits: of two such pushes the second waits, then sees what the first committed. One statement per
+# batch, every id of it in key order (two batches never wait on each other crosswise), right after the
+# calendar lock and before any row lock. Class "FGIN"; the object is the id hashed with the schema
+# (advisory locks belong to the whole database: two installations sharing one never wait on each other).
+# A hash collision only makes two unrelated pushes take turns. SQLite's writers already take turns.
+INSPECTION_LOCK_CLASS = 0x4647494E
+# The lock calls are evaluated after the sort (PostgreSQL evaluates volatile output expressions above it).
+_LOCK_INSPECTIONS = sa.text(
+    "SELECT pg_advisory_xact_lock(:cls, k) FROM (SELECT DISTINCT hashtext(current_schema() || ':' || i) AS k "
+    "FROM unnest(CAST(:ids AS text[])) AS i) AS keys ORDER BY k")
+
+
+def _lock_inspections(session: Session, ops: list[Op], plan: "_RunPlan | None") -> None:
+    """PostgreSQL: lock the ids of the inspections the batch submits and of those its reports name, all
+    but those its plan found stored (``plan``: None, all of them). From the ops as sent, not as planned:
+    whatever path the batch then takes (the plan, or op by op when that is refused), every such id is
+    locked before it is checked on the writer. An id that does not validate is locked for nothing."""
+    if session.get_bind().dialect.name != "postgresql":
+        return
+    stored = plan.stored_inspections if plan is not None else frozenset()
+    ids: set[str] = set()
+    for op in ops:
+        key = "id" if op.type == "inspection.submit" else "inspection_id" if op.type == "hazard.report" else None
+        value = op.data.get(key) if key is not None and isinstance(op.data, dict) else None
+        if isinstance(value, str):
+            value = value.strip()  # as the op's model reads it
+            if 0 < len(value) <= 64 and "\x00" not in value and value not in stored:
+                ids.add(value)
+    if ids:
+        session.execute(_LOCK_INSPECTIONS, {"cls": INSPECTION_LOCK_CLASS, "ids": sorted(ids)})
 
 
 # stands for an op_id another user's op was applied under, in the maps of op_id -> first result
@@ -190,16 +231,17 @@ _DONE = select(SyncOp.op_id, SyncOp.result, SyncOp.user_id).where(SyncOp.op_id.i
 # bench/instructions.py). An empty list matches nothing.
 _KNOWN = sa.union_all(
     sa.select(sa.literal_column("'op'").label("kind"), SyncOp.op_id.label("id"), SyncOp.result.label("result"),
-              SyncOp.user_id.label("user_id"), sa.null().label("place_id"))
+              SyncOp.user_id.label("user_id"), sa.null().label("place_id"), sa.null().label("reporter"))
     .where(SyncOp.op_id.in_(sa.bindparam("op_ids", expanding=True))),
-    sa.select(sa.literal_column("'hazard'"), Hazard.id, sa.null(), sa.null(), sa.null())
+    sa.select(sa.literal_column("'hazard'"), Hazard.id, sa.null(), sa.null(), sa.null(), sa.null())
     .where(Hazard.id.in_(sa.bindparam("hazard_ids", expanding=True))),
     # and where each inspection is: a report may name only an inspection of its own premises
-    sa.select(sa.literal_column("'inspection'"), Inspection.id, sa.null(), Inspection.place_id, sa.null())
+    sa.select(sa.literal_column("'inspection'"), Inspection.id, sa.null(), Inspection.place_id, sa.null(), sa.null())
     .where(Inspection.id.in_(sa.bindparam("inspection_ids", expanding=True))),
-    # the hazards that named one of the run's inspections before it arrived, and of which premises: those
-    # of another lose the link when it is stored (ix_hazards_inspection_id)
-    sa.select(sa.literal_column("'named'"), Hazard.id, sa.null(), Hazard.inspection_id, Hazard.place_id)
+    # the hazards that named one of the run's inspections before it arrived, of which premises and whose: those
+    # of another premises lose the link when it is stored (ix_hazards_inspection_id)
+    sa.select(sa.literal_column("'named'"), Hazard.id, sa.null(), Hazard.inspection_id, Hazard.place_id,
+              Hazard.reporter_user_id)
     .where(Hazard.inspection_id.in_(sa.bindparam("submitted_ids", expanding=True))),
 )
 
@@ -212,18 +254,18 @@ class _RunState:
         place_ids = list({d.place_id for d in parsed if d is not None})
         self.places = {p.id: p for p in session.exec(_PLACES, params={"ids": place_ids})} if place_ids else {}
         known: dict[str, dict] = {"op": {}, "hazard": {}, "inspection": {}}
-        # inspection id -> the hazards on the server that name it, with their premises
-        self.naming: dict[str, list[tuple[str, str]]] = {}
+        # inspection id -> the hazards on the server that name it: (hazard id, premises, reporter)
+        self.naming: dict[str, list[tuple[str, str, str | None]]] = {}
         # the run's inspections (taken? named by which hazards?) and those its reports name (of which premises?)
         submitted = sorted({d.id for d in parsed if isinstance(d, InspectionSubmitData)})
         inspection_ids = set(submitted)
         inspection_ids |= {d.inspection_id for d in parsed if isinstance(d, HazardReportData) and d.inspection_id}
         # the fourth column: an op's user, an inspection's premises, the inspection a hazard names
-        for kind, id_, result, owner, place_id in session.execute(_KNOWN, {
+        for kind, id_, result, owner, place_id, reporter in session.execute(_KNOWN, {
                 "op_ids": op_ids, "hazard_ids": [h.id for d in parsed if d is not None for h in _hazards_of(d)],
                 "inspection_ids": sorted(inspection_ids), "submitted_ids": submitted}):
             if kind == "named":
-                self.naming.setdefault(owner, []).append((id_, place_id))
+                self.naming.setdefault(owner, []).append((id_, place_id, reporter))
             else:
                 known[kind][id_] = _prior(ctx, owner, result) if kind == "op" else owner
         self.done: dict[str, dict] = known["op"]
@@ -231,6 +273,9 @@ class _RunState:
         # inspection id -> its premises: those on the server and those this run has planned
         self.inspection_places: dict[str, str] = known["inspection"]
         self.taken_inspections = set(known["inspection"])
+        self.stored_inspections = frozenset(known["inspection"])  # on the server as planned
+        # inspection id -> the premises of the run's reports that name it while it is not on the server
+        self.named_unstored: dict[str, set[str]] = {}
         self.open_by_place = earliest_open(session, [(h.place_id, h.category) for d in parsed if d is not None
                                                      for h in _hazards_of(d) if h.place_id in self.places])
         for key, hazard_id in ctx.open_by_place.items():  # what this push wrote before the run
@@ -240,14 +285,15 @@ class _RunState:
                 self.open_by_place[key] = hazard_id
         self.towns: dict[tuple[str, str], TownFacts] = {}
         self.session = session
-        # inspection id -> the run's own reports that name it, with their premises
-        self.planned_naming: dict[str, list[tuple[str, str]]] = {}
+        # inspection id -> the run's own reports that name it: (hazard id, premises, reporter)
+        self.planned_naming: dict[str, list[tuple[str, str, str | None]]] = {}
 
-    def unlinked(self, inspection_id: str, place_id: str) -> list[tuple[str, str]]:
-        """(hazard id, inspection id) of the hazards, stored or planned before, that name this inspection
-        of this premises from another premises: they lose the link when it is stored."""
-        naming = self.naming.get(inspection_id, []) + self.planned_naming.get(inspection_id, [])
-        return [(hazard_id, inspection_id) for hazard_id, pid in naming if pid != place_id]
+    def unlinked(self, inspection_id: str, place_id: str) -> list[tuple[str, str | None, bool]]:
+        """(hazard id, reporter, stored before the run?) of the hazards, stored or planned before, that name
+        this inspection of this premises from another premises: they lose the link when it is stored."""
+        return [(hazard_id, reporter, stored)
+                for stored, naming in ((True, self.naming), (False, self.planned_naming))
+                for hazard_id, pid, reporter in naming.get(inspection_id, []) if pid != place_id]
 
     def town(self, place: Place) -> TownFacts:
         key = (place.town_id, place.community_id)
@@ -272,6 +318,13 @@ class _RunPlan:
     open_by_place: dict[tuple[str, str], str] = field(default_factory=dict)  # as the run leaves it
     # (hazard id, inspection id): links across premises the run's inspections undo (see _unlink_elsewhere)
     unlink: list[tuple[str, str]] = field(default_factory=list)
+    # What the plan's answers rest on that a push at the same time may change (see _changed_since_planned):
+    # the inspections it found stored, the hazards stored before the run among ``unlink``, and the
+    # inspections the run's reports name while not stored (-> the premises of those reports).
+    stored_inspections: frozenset[str] = frozenset()
+    unlink_stored: set[tuple[str, str]] = field(default_factory=set)
+    named_unstored: dict[str, set[str]] = field(default_factory=dict)
+    fresh: bool = False  # planned on the writer after _lock_inspections: all of it read under the locks
     # an inspection lists a hazard already recorded: the run is applied op by op (see _OneByOne)
     one_by_one: bool = False
 
@@ -324,13 +377,17 @@ def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPla
         plan.planned += planned
         if insp:
             plan.inspections.append(insp)
-            plan.unlink += state.unlinked(insp["id"], insp["place_id"])
+            links = state.unlinked(insp["id"], insp["place_id"])
+            plan.unlink += [(hazard_id, insp["id"]) for hazard_id, _, _ in links]
+            plan.unlink_stored |= {(hazard_id, insp["id"]) for hazard_id, _, stored in links if stored}
+            _say_unlinked(result, [hazard_id for hazard_id, reporter, _ in links if reporter == ctx.user.id])
         plan.sync_rows.append(dict(op_id=op.op_id, type=op.type, user_id=ctx.user.id, device_id=ctx.device.id,
                                    result=result, applied_at=ctx.now))
         applied[op.op_id] = result
         results.append(OpResult(op_id=op.op_id, status="applied", result=result))
     known = {**done, **applied}
     plan.results = [r if r is not None else _answer(op, known[op.op_id]) for r, op in zip(results, run)]
+    plan.stored_inspections, plan.named_unstored = state.stored_inspections, state.named_unstored
     # bound now, while planning: on SQLite the write transaction that follows holds the only write lock
     dialect = ctx.session.get_bind().dialect
     plan.prepared = (prepare_insert(dialect, Inspection.__table__, plan.inspections),
@@ -345,10 +402,14 @@ def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
         return None
     inspections, hazards, sync_rows = plan.prepared
     # SQLite: a run planned on the writer's own session was planned under the write lock. PostgreSQL
-    # has no such lock: a move may be under way whatever session planned the run (see _moved_since_planned)
+    # has no such lock: a move may be under way whatever session planned the run (see _WHERE_PLACES_LOCKED),
+    # and a push at the same time may have stored an inspection or report the plan did not see unless it
+    # was made under the inspection locks (see _lock_inspections)
     postgres = ctx.session.get_bind().dialect.name == "postgresql"
-    if (postgres or plan.planned_on is not ctx.session) and _moved_since_planned(ctx.session, plan, lock=postgres):
-        return None  # routed for where a premises was: re-planned op by op, under the write lock
+    stale = plan.planned_on is not ctx.session
+    if (postgres or stale) and _changed_since_planned(ctx.session, plan, lock=postgres,
+                                                      links=stale or (postgres and not plan.fresh)):
+        return None  # re-planned op by op, under the write lock (and the inspection locks)
     savepoint = ctx.session.begin_nested()
     try:
         insert_prepared(ctx.session, inspections)
@@ -372,16 +433,51 @@ _WHERE_PLACES = sa.select(Place.id, Place.grid_id, Place.town_id, Place.communit
 _WHERE_PLACES_LOCKED = _WHERE_PLACES.with_for_update(read=True)
 
 
-def _moved_since_planned(session: Session, plan: _RunPlan, *, lock: bool = False) -> bool:
-    """Whether a premises the run routed hazards for has moved since it was planned (on a read
-    transaction, before the write lock): a hazard must be held by the bodies of where its premises is.
-    ``lock`` (PostgreSQL): keep the premises from moving until the transaction ends."""
+def _where_now(lock: bool) -> sa.CompoundSelect:
+    """Where the planned premises are (locked FOR SHARE, see _WHERE_PLACES_LOCKED), and what the plan's
+    inspection links rest on, in one statement: the inspections its reports named while not stored (are
+    they now, and of which premises?) and the stored hazards that name the run's inspections (from which
+    premises?). An empty list matches nothing."""
+    places = (_WHERE_PLACES_LOCKED if lock else _WHERE_PLACES).cte("planned_places")
+    return sa.union_all(
+        sa.select(sa.literal_column("'place'").label("kind"), places.c.id, places.c.grid_id.label("a"),
+                  places.c.town_id.label("b"), places.c.community_id.label("c")),
+        sa.select(sa.literal_column("'inspection'"), Inspection.id, Inspection.place_id, sa.null(), sa.null())
+        .where(Inspection.id.in_(sa.bindparam("named_ids", expanding=True))),
+        sa.select(sa.literal_column("'named'"), Hazard.id, Hazard.inspection_id, Hazard.place_id, sa.null())
+        .where(Hazard.inspection_id.in_(sa.bindparam("submitted_ids", expanding=True))),
+    )
+
+
+_WHERE_NOW, _WHERE_NOW_LOCKED = _where_now(False), _where_now(True)
+
+
+def _changed_since_planned(session: Session, plan: _RunPlan, *, lock: bool, links: bool) -> bool:
+    """Whether what the run was planned on (on a read transaction, before the write lock) has changed
+    since: a premises it routed hazards for has moved (a hazard must be held by the bodies of where its
+    premises is); or, with ``links`` (a plan not made under the inspection locks), a push that committed
+    meanwhile stored an inspection the run's reports name, of another premises than theirs (they would be
+    refused), or a report of another premises naming one of the run's inspections (it would lose the
+    link, and the answer say so). ``lock`` (PostgreSQL): keep the premises from moving until the
+    transaction ends. One statement, as for the premises alone; none when there is nothing to check."""
     planned = {p.hazard.place_id: (p.hazard.grid_id, p.hazard.town_id, p.hazard.community_id) for p in plan.planned}
-    if not planned:
+    inserted = {i["id"]: i["place_id"] for i in plan.inspections} if links else {}
+    named = {i: pids for i, pids in plan.named_unstored.items() if i not in inserted} if links else {}
+    if not (planned or inserted or named):
         return False
-    now = {pid: (grid, town, community) for pid, grid, town, community
-           in session.execute(_WHERE_PLACES_LOCKED if lock else _WHERE_PLACES, {"ids": list(planned)})}
-    return any(now.get(pid) != where for pid, where in planned.items())
+    rows = session.execute(_WHERE_NOW_LOCKED if lock else _WHERE_NOW, {
+        "ids": sorted(planned), "named_ids": sorted(named), "submitted_ids": sorted(inserted)}).all()
+    where: dict[str, tuple] = {}
+    naming: set[tuple[str, str]] = set()
+    for kind, id_, a, b, c in rows:
+        if kind == "place":
+            where[id_] = (a, b, c)
+        elif kind == "inspection":
+            if named[id_] - {a}:
+                return True
+        elif b != inserted[a]:
+            naming.add((id_, a))
+    return any(where.get(pid) != loc for pid, loc in planned.items()) or naming != plan.unlink_stored
 
 
 def _plan_op(ctx: PushContext, state: _RunState, data) -> tuple[dict, list[PlannedHazard], dict | None]:
@@ -437,7 +533,9 @@ def _plan_hazard(ctx: PushContext, state: _RunState, data: HazardReportData, pla
         state.taken_hazards.add(data.id)
         state.open_by_place.setdefault(key, data.id)
         if data.inspection_id is not None:
-            state.planned_naming.setdefault(data.inspection_id, []).append((data.id, place.id))
+            state.planned_naming.setdefault(data.inspection_id, []).append((data.id, place.id, ctx.user.id))
+            if data.inspection_id not in state.inspection_places:
+                state.named_unstored.setdefault(data.inspection_id, set()).add(place.id)
     elif opened is not None:
         opened.setdefault(key, data.id)
     return planned
@@ -469,6 +567,15 @@ def _same_premises(data: HazardReportData, place: Place, inspection_place_id: st
                       f"{place.id}: a hazard may name only an inspection of its own premises (send it without "
                       "inspection_id, or with the id of the inspection it was found in)",
                       code="inspection_mismatch", field="data.inspection_id")
+
+
+def _say_unlinked(result: dict, hazard_ids: list[str]) -> None:
+    """An inspection's answer names the pusher's own hazards that lost the link to it (_unlink_elsewhere):
+    the phone holds them as it sent them, and one sent in the same push is not echoed back by pull unless
+    the feed marks the change as news (it does, feed.mark_news). Others' hazards are not named: their
+    premises may be outside the pusher's grids; their phones hear of it by pull."""
+    if hazard_ids:
+        result["unlinked"] = sorted(hazard_ids)
 
 
 def _hazard_result(h: Hazard) -> dict:
@@ -569,10 +676,11 @@ def _inspection_submit(ctx: PushContext, data: InspectionSubmitData) -> dict:
                            field=f"data.hazards.{i}.id")
         listed.add(hz.id)
         hazards.append(_new_hazard(ctx, hz, place, data.id, f"data.hazards.{i}."))
-    _unlink_elsewhere(ctx, [(hazard_id, data.id) for hazard_id in
-                            ctx.session.execute(_NAMING_ELSEWHERE, {"inspection_id": data.id, "place_id": place.id})
-                            .scalars()])
-    return {"inspection_id": data.id, "hazards": hazards}
+    unlinked = _unlink_elsewhere(ctx, [(hazard_id, data.id) for hazard_id in ctx.session.execute(
+        _NAMING_ELSEWHERE, {"inspection_id": data.id, "place_id": place.id}).scalars()])
+    result = {"inspection_id": data.id, "hazards": hazards}
+    _say_unlinked(result, unlinked)
+    return result
 
 
 # the hazards of other premises that named an inspection before it arrived (ix_hazards_inspection_id)
@@ -582,20 +690,24 @@ _LOCK_HAZARDS = (select(Hazard).where(Hazard.id.in_(sa.bindparam("ids", expandin
                  .execution_options(populate_existing=True))
 
 
-def _unlink_elsewhere(ctx: PushContext, links: list[tuple[str, str]]) -> None:
+def _unlink_elsewhere(ctx: PushContext, links: list[tuple[str, str]]) -> list[str]:
     """An inspection was stored: the hazards of other premises that named it before it arrived lose the
     link (the inspection is the record of a visit to its own premises; the hazard stays as reported).
     Each such change is a change of the hazard (version, updated_at; phones hear of it by the feed, as
     of any change the server made to a record that existed before) with an event in its audit trail,
     which said in its ``reported`` event that it named the inspection. ``links``: (hazard id, inspection
     id) pairs; a hazard that no longer names that inspection is left as it is. Nothing to do: no
-    statement."""
+    statement. Returns the ids of the pusher's own hazards among those unlinked (see _say_unlinked).
+
+    The change is news to every phone, the pushing one too when the hazard came in the same push: what it
+    holds is what it sent (feed.mark_news)."""
     if not links:
-        return
+        return []
     session = ctx.session
     named = dict(links)
     stmt = _LOCK_HAZARDS.with_for_update() if session.get_bind().dialect.name == "postgresql" else _LOCK_HAZARDS
     events = []
+    mine: list[str] = []
     for h in session.exec(stmt, params={"ids": sorted(named)}).all():
         inspection_id = named[h.id]
         if h.inspection_id != inspection_id:
@@ -606,9 +718,13 @@ def _unlink_elsewhere(ctx: PushContext, links: list[tuple[str, str]]) -> None:
         events.append(event_row(h, "inspection_unlinked", ctx.actor, ctx.now, data={
             "inspection_id": inspection_id, "reason": "the inspection named is of another premises"}))
         session.add(h)
+        if h.reporter_user_id == ctx.user.id:
+            mine.append(h.id)
     if events:
         session.flush()
         insert_events(session, events)
+        feed.mark_news(session, "hazard", [e["hazard_id"] for e in events])
+    return mine
 
 
 # what the same hazard listed again may bring that the stored one lacks, besides photos: kept in the event
