@@ -12,6 +12,7 @@ from app.auth.scope import Scope
 from app.hazards.models import Hazard, Reinspection
 from app.org.models import OrgUnit
 from app.photos.models import Blob, PhotoRef
+from app.photos.service import COUNTS
 from app.sync.schemas import DeviceHealthPublic
 
 # A phone clock further off than this is flagged: its times stay on the record as data, nothing
@@ -50,13 +51,15 @@ def _device_update(columns: tuple[str, ...]) -> sa.Update:
 
 
 def _pending_media_by_device(session: Session, device_ids: list[str]) -> dict[str, int]:
-    """Photos a device's records name that never arrived, each counted once per phone however many of
-    its records name it.
+    """Photos a device's records name that never arrived (or arrived only from someone else: it has not
+    proven it holds them), each counted once per phone however many of its records name it.
 
     A merged hazard's photos are named by the original too (the evidence travels with it), but they
     are still on the phone that took them: a photo on a hazard is its reporter's only if no hazard
     merged into it names that photo (which then counts for that hazard's own phone)."""
-    missing = ~sa.exists().where(Blob.sha256 == PhotoRef.sha256)
+    # not stored, or stored but not proven held by whoever named it (app.photos.service.COUNTS): the phone
+    # must still send it
+    missing = ~sa.exists().where(Blob.sha256 == PhotoRef.sha256) | ~COUNTS
     dup, dup_ref = aliased(Hazard), aliased(PhotoRef)
     merged_in = sa.exists().where(dup.merged_into_id == PhotoRef.record_id, dup_ref.record_kind == "hazard",
                                   dup_ref.record_id == dup.id, dup_ref.sha256 == PhotoRef.sha256)

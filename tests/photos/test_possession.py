@@ -359,3 +359,19 @@ def test_refs_from_before_the_rule_still_count(client, session, units, photo):
     assert session.exec(select(func.count()).select_from(PhotoRef)
                         .where(PhotoRef.hazard_id == hid, PhotoRef.added_by_user_id.is_(None))).one() == 1
     assert client.get(f"{URL}/{sha}", headers=login(client, "worker-a2")).status_code == 200
+
+
+def test_device_health_counts_an_unproven_photo_as_still_on_the_phone(client, session, stolen, photo):
+    """The office's list of phones with photos still on them counts a photo named but not proven held: that
+    phone must still send it."""
+    from tests.sync.test_health import _health
+
+    b1 = login(client, "worker-b1")
+    device = client.get("/api/v1/me", headers=b1).json()["device_id"]
+
+    def pending() -> int:
+        return next(h for h in _health(client, "office-b") if h["device_id"] == device)["pending_media"]
+
+    assert pending() == 1
+    assert put(client, b1, photo).status_code == 200
+    assert pending() == 0
