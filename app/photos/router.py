@@ -81,12 +81,16 @@ def post_missing(body: MissingQuery, request: Request, creds: BearerDep, store: 
     """Which of these photos the server does not have yet (the phone then PUTs those). At most 500 names.
     A stored photo the caller neither holds nor may see is missing for them: they prove they have it by
     sending it."""
+    seen: set[str] = set()
     with request.app.state.db.session() as session:  # a short read session: no write lock for a question
         user, unit = _authenticate(request, session, creds)
         for i, sha in enumerate(body.sha256):
             service.valid_name(sha, field=f"sha256.{i}")
-        return MissingAnswer(missing=service.missing(session, body.sha256, store=store,
-                                                     scope=scope_for(session, user, unit)))
+        answer = MissingAnswer(missing=service.missing(session, body.sha256, store=store,
+                                                       scope=scope_for(session, user, unit), seen_out=seen))
+    if seen:  # stored photos they may see but had not proven they hold: seeing is as good (a rare write)
+        service.hold_seen(request.app.state.db, user.id, seen)
+    return answer
 
 
 _IMAGE_BODY = {"required": True, "content": {m: {"schema": {"type": "string", "format": "binary"}}

@@ -192,13 +192,15 @@ def _seen(session: Session, scope: Scope, shas: Sequence[str], *, counting: bool
 
 
 def missing(session: Session, shas: Sequence[str], store: BlobStore | None = None, *,
-            scope: Scope | None = None) -> list[str]:
+            scope: Scope | None = None, seen_out: set[str] | None = None) -> list[str]:
     """The names among ``shas`` that are not stored (input order, no duplicates).
 
     The ``blobs`` row is the truth; given the store, a row whose file is gone from disk counts
     as missing too, so the phone sends it again and the upload heals it. Given the asker's scope, a
     stored photo they neither hold nor may see counts as missing too: they prove they have it by
-    sending it (POST /blobs/missing).
+    sending it (POST /blobs/missing). ``seen_out`` collects those they do not hold but may see: the caller
+    makes them holders (hold_seen), so a record of theirs that named the photo before they could see it
+    counts from now on.
     """
     shas = _dedupe(shas)
     if not shas:
@@ -210,7 +212,20 @@ def missing(session: Session, shas: Sequence[str], store: BlobStore | None = Non
     if unproven:
         seen = _seen(session, scope, unproven) | _uploaded_unused(session, scope, unproven)
         held.update(dict.fromkeys(seen, True))
+        if seen_out is not None:
+            seen_out |= seen
     return [s for s in shas if not held.get(s)]
+
+
+def hold_seen(db: Database, user_id: str, shas: Iterable[str]) -> None:
+    """Make the user a holder of photos they may see (they could download them: as good as sending them), in
+    a short write transaction of its own. Without it, a record of theirs that named such a photo before they
+    could see it would stay 'on the phone' for good: the phone is told nothing is missing, and its PUT is
+    answered without the body."""
+    rows = [{"sha256": s, "user_id": user_id, "created_at": utcnow()} for s in shas]
+    if rows:
+        with db.connect(write=True) as conn:
+            conn.execute(_insert_ignoring_conflicts(conn.dialect.name, BlobHolder.__table__), rows)
 
 
 def pending_for_hazard(session: Session, hazard_id: str) -> list[str]:
@@ -319,8 +334,10 @@ def begin_upload(db: Database, store: BlobStore, sha256: str, token_hash: str) -
                   if row.stored else None)
     if stored is None or not store.has(sha256):
         return who, None
-    if not stored["held"] and not _may_view(db, who.user_id, name):
-        return who, None  # the body decides: it is read and hashed as a new photo's
+    if not stored["held"]:
+        if not _may_view(db, who.user_id, name):
+            return who, None  # the body decides: it is read and hashed as a new photo's
+        hold_seen(db, who.user_id, [name])  # seeing it is as good as sending it: their records' refs count
     answer = public(stored, False)
     if stored["uploaded_by_user_id"] != who.user_id:
         answer = answer.model_copy(update=_EVIDENCE)

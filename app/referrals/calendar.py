@@ -240,6 +240,11 @@ class WorkCalendar:
         return count
 
 
+def package_first_year() -> int:
+    """The first year the chinese-calendar package has the State Council's holiday schedule for."""
+    return min(chinese_calendar.holidays).year
+
+
 def package_last_year() -> int:
     """The last year the chinese-calendar package has the State Council's holiday schedule for."""
     return max(chinese_calendar.holidays).year

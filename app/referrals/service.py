@@ -27,7 +27,7 @@ from app.org.models import OrgUnit, UnitKind
 from app.photos.service import register_refs, register_refs_bulk
 from app.places.models import PLACE_CLASS_NAMES, Place
 from app.referrals import lifecycle
-from app.referrals.calendar import WorkCalendar, package_last_year, statutory_days_off
+from app.referrals.calendar import WorkCalendar, package_first_year, package_last_year, statutory_days_off
 from app.referrals.lifecycle import Action, ActionParams, EffectKind, HazardState, Status
 from app.referrals.models import WorkdayOverride
 from app.referrals.policy import Policy
@@ -124,10 +124,10 @@ def retime_year(session: Session, year: int, *, actor: Actor | None = None, now:
     which the package now differs from either guess; a clock whose due does not move is left as it is, so
     running it twice changes nothing. Under the calendar lock, as a save of overrides. Returns the ids of
     the hazards whose clocks moved."""
-    if year > package_last_year():
-        raise Invalid(f"year: the chinese-calendar package has no schedule for {year} yet (it knows up to "
-                      f"{package_last_year()}); enter the year's days as overrides instead", code="unknown_year",
-                      field="year")
+    if not package_first_year() <= year <= package_last_year():
+        raise Invalid(f"year: the chinese-calendar package has no schedule for {year} (it knows "
+                      f"{package_first_year()} to {package_last_year()}); enter the year's days as overrides "
+                      "instead", code="unknown_year", field="year")
     if session.get_bind().dialect.name == "postgresql":
         session.execute(_CALENDAR_LOCK, {"cls": CALENDAR_LOCK_CLASS})
     calendar = load_calendar(session)

@@ -797,7 +797,10 @@ def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
     ctx.scope.require_place_editor()
     kept: dict[str, str] = {}
     why: dict[str, str] = {}
-    existing = ctx.session.get(Place, data.id)
+    # PostgreSQL: the row as it is now, locked, before its class and version are compared with the phone's
+    # copy: a reclass committing between this read and update_place's lock would be undone, or refuse the op
+    existing = ctx.session.get(Place, data.id, populate_existing=True,
+                               with_for_update=ctx.session.get_bind().dialect.name == "postgresql")
     if existing is None:
         place = places.create_place(ctx.session, ctx.scope,
                                     PlaceCreate(id=data.id, **data.model_dump(exclude={"id", "base_version"})))

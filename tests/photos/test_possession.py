@@ -230,7 +230,7 @@ def test_one_who_may_see_the_photo_gets_the_short_cut_too_without_its_evidence(c
                                                         "content-length": str(len(exif_jpeg))}, [must_not_read])
     assert status == 200 and b'"created":false' in answer
     assert b'"gps_lat":null' in answer and b'"exif_datetime":null' in answer  # where and when: the uploader's
-    assert _user_id(session, "office-a") not in _holders(session, sha)  # seeing is enough; no row for it
+    assert _user_id(session, "office-a") in _holders(session, sha)  # seeing it is as good as sending it
     status, answer = _asgi_put(client, f"{URL}/{sha}", {**a1, "content-length": str(len(exif_jpeg))}, [must_not_read])
     assert status == 200 and b'"gps_lat":null' not in answer
 
@@ -375,3 +375,25 @@ def test_device_health_counts_an_unproven_photo_as_still_on_the_phone(client, se
     assert pending() == 1
     assert put(client, b1, photo).status_code == 200
     assert pending() == 0
+
+
+def test_a_photo_named_before_its_namer_could_see_it_counts_once_they_may(client, session, units):
+    """Named while its namer could not see it (pending), then shown to them on another record: their next
+    /blobs/missing or PUT makes them a holder, so the first record's photo counts; else it stayed on the
+    phone for good while the phone was told there was nothing to send."""
+    photo = jpeg_bytes(two_tone(80, 40), quality=90)
+    sha = sha256_hex(photo)
+    office, a1 = login(client, "office-a", device="desk"), login(client, "worker-a1")
+    assert put(client, office, photo).status_code == 201          # the office holds it (first uploader)
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    at = datetime.now(timezone.utc) - timedelta(hours=1)
+    h1 = report(client, a1, place.id, at, photos=[sha], category="ebike_indoor")["hazard_id"]  # a1's own copy
+    h2 = report(client, a1, place.id, at, photos=[], category="lpg_misuse")["hazard_id"]
+    r = client.post(f"/api/v1/hazards/{h2}/actions", json={"action": "accept", "photos": [sha]}, headers=office)
+    assert r.status_code == 200, r.text                            # now a1 sees the photo through h2
+    missing = client.post(f"{URL}/missing", json={"sha256": [sha]}, headers=a1).json()["missing"]
+    r = put(client, a1, photo)                                     # the phone sends it anyway
+    assert r.status_code == 200, r.text
+    pending = client.get(f"/api/v1/hazards/{h1}", headers=office).json()["photos_pending"]
+    health = {d["username"]: d["pending_media"] for d in client.get("/api/v1/devices/health", headers=office).json()}
+    assert (missing, pending, health["worker-a1"]) == ([], [], 0)

@@ -53,10 +53,11 @@ def test_a_clock_counted_before_the_package_knew_the_year_is_counted_again(clock
     assert len(events(session, hid, "clocks_retimed")) == 1
 
 
-def test_a_year_the_package_does_not_know_is_refused(session):
+@pytest.mark.parametrize("year", [2099, 2003, 0, -1, 10000])
+def test_a_year_the_package_does_not_know_is_refused(session, year):
     with pytest.raises(Invalid) as exc:
-        retime_year(session, 2099)
-    assert exc.value.code == "unknown_year" and "2099" in exc.value.message
+        retime_year(session, year)
+    assert exc.value.code == "unknown_year" and f"for {year} " in exc.value.message
 
 
 @pytest.fixture
@@ -73,5 +74,6 @@ def test_the_command(env_db):
     done = runner.invoke(cli, ["calendar", "retime", "2026"])
     assert done.exit_code == 0, done.output
     assert "0 hazards' clocks re-timed for 2026" in done.output
-    refused = runner.invoke(cli, ["calendar", "retime", "2099"])
-    assert refused.exit_code == 2 and "no schedule for 2099" in refused.output
+    for year in ("2099", "0"):
+        refused = runner.invoke(cli, ["calendar", "retime", year])
+        assert refused.exit_code == 2 and f"no schedule for {year} " in refused.output, refused.output
