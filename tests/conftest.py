@@ -75,6 +75,21 @@ def fresh_database_url(backend: str, tmp_path: Path) -> tuple[str, object]:
     return schema.url, schema.drop
 
 
+@contextmanager
+def fresh_migrated_engine(backend: str, tmp_path: Path) -> Iterator[sa.Engine]:
+    """An empty database of the given backend, migrated to head; dropped afterwards (skips without PostgreSQL)."""
+    url, cleanup = fresh_database_url(backend, tmp_path)
+    engine = None
+    try:
+        migrate.upgrade(url)
+        engine = make_engine(url)
+        yield engine
+    finally:
+        if engine is not None:
+            engine.dispose()
+        cleanup()
+
+
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])
 def backend(request) -> str:
     return request.param

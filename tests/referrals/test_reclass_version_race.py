@@ -2,7 +2,6 @@
 on the row as locked, so it sees the class the reclass committed: the class is kept, the rest applied
 (before, it read the row unlocked: a worker's op was refused, an admin's undid the reclass)."""
 import pytest
-import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from app.auth.models import Device, User
@@ -12,7 +11,7 @@ from app.places.service import update_place
 from app.sync import service as sync
 from app.sync.schemas import Op
 from tests.helpers import op, uid
-from tests.referrals.test_relocation_races import NOW, Pg, pg  # noqa: F401 (fixture)
+from tests.referrals.test_relocation_races import NOW, pg  # noqa: F401 (fixture)
 
 
 def _ctx(pg, session, username):

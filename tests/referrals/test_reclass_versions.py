@@ -14,7 +14,7 @@ from app.sync.feed import place_data
 from tests.conftest import DEMO_PASSWORD, login
 from tests.helpers import hazard_data, op, place_of, push
 from tests.referrals.test_reclass import _class_of, _reclass
-from tests.referrals.test_relocation import NOW, _hazard, beat_station
+from tests.referrals.test_relocation import NOW, beat_station
 
 
 def _station_user(session, station):

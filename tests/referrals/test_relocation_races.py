@@ -19,11 +19,9 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from app import migrate
 from app.audit.service import Actor
 from app.auth.models import Device, User
 from app.auth.scope import scope_for
-from app.db import make_engine
 from app.demo import seed_demo
 from app.hazards.models import Hazard
 from app.org.models import OrgUnit
@@ -34,7 +32,7 @@ from app.referrals.policy import load_policy
 from app.referrals.service import HazardReport, Rules, act, load_calendar, lock_hazard, report_hazard
 from app.sync import service as sync
 from app.sync.schemas import Op
-from tests.conftest import fresh_database_url
+from tests.conftest import fresh_migrated_engine
 from tests.helpers import hazard_data, op, uid
 
 from tests.referrals.test_relocation import NOW
@@ -126,16 +124,8 @@ class Pg:
 
 @pytest.fixture
 def pg(tmp_path) -> Iterator[Pg]:
-    url, cleanup = fresh_database_url("postgresql", tmp_path)  # skips without PostgreSQL
-    engine = None
-    try:
-        migrate.upgrade(url)
-        engine = make_engine(url)
+    with fresh_migrated_engine("postgresql", tmp_path) as engine:  # skips without PostgreSQL
         yield Pg(engine)
-    finally:
-        if engine is not None:
-            engine.dispose()
-        cleanup()
 
 
 def _report_op(place_id: str) -> Op:

@@ -25,11 +25,10 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
-from app import migrate
 from app.audit.models import HazardEvent
 from app.auth.models import Device, User
 from app.auth.scope import scope_for
-from app.db import Database, make_engine
+from app.db import Database
 from app.demo import seed_demo
 from app.hazards.models import Hazard
 from app.inspections.models import Inspection
@@ -40,7 +39,7 @@ from app.sync import router as sync_router
 from app.sync import service as sync
 from app.sync.feed import ORIGIN_KEY
 from app.sync.schemas import Op
-from tests.conftest import fresh_database_url, login
+from tests.conftest import fresh_migrated_engine, login
 from tests.helpers import hazard_data, op, place_of, push, uid
 from tests.sync.test_pull import pull_all
 from tests.sync.test_push import NOW, place, worker  # noqa: F401  (place, worker: fixtures)
@@ -127,16 +126,8 @@ class Pg:
 
 @pytest.fixture(scope="module")
 def pg(tmp_path_factory) -> Iterator[Pg]:
-    url, cleanup = fresh_database_url("postgresql", tmp_path_factory.mktemp("link-race"))  # skips without it
-    engine = None
-    try:
-        migrate.upgrade(url)
-        engine = make_engine(url)
+    with fresh_migrated_engine("postgresql", tmp_path_factory.mktemp("link-race")) as engine:  # skips without it
         yield Pg(engine)
-    finally:
-        if engine is not None:
-            engine.dispose()
-        cleanup()
 
 
 # How a push reaches its ops: planned on a read transaction before the write one (a batch of creations,
