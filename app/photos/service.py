@@ -160,6 +160,19 @@ def register_refs_bulk(session: Session, refs: Iterable[tuple[str, str | RecordK
     return [s for s in shas if not held.get(s)]
 
 
+def claim_refs(session: Session, record_kind: str | RecordKind, record_id: str, shas: Sequence[str],
+               user_id: str | None) -> None:
+    """Let the record's refs to these photos that do not count be ``user_id``'s, where they hold the photo.
+    A record has one ref per photo (the unique key): a duplicate merged into an original that already named
+    the photo unproven adds no ref of its reporter's, who may hold it. Only the merge needs this; a push's
+    refs are its own records'."""
+    held = [s for s, h in _stored_held(session, _dedupe(shas), user_id).items() if h] if user_id else []
+    if held:
+        session.execute(sa.update(PhotoRef).where(
+            PhotoRef.record_kind == RecordKind(record_kind).value, PhotoRef.record_id == record_id,
+            PhotoRef.sha256.in_(held), ~COUNTS).values(added_by_user_id=user_id))
+
+
 def _stored_held(session: Session, shas: list[str], user_id: str | None) -> dict[str, bool]:
     """The stored ones among ``shas`` -> whether ``user_id`` holds it (None: everyone does)."""
     out: dict[str, bool] = {}

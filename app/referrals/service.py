@@ -24,7 +24,7 @@ from app.db import PreparedInsert, insert_prepared, prepare_insert, utcnow
 from app.errors import Conflict, DomainError, Invalid, NotFound
 from app.hazards.models import NO_DEADLINE, Hazard, HazardCC, Referral, Reinspection
 from app.org.models import OrgUnit, UnitKind
-from app.photos.service import register_refs, register_refs_bulk
+from app.photos.service import claim_refs, register_refs, register_refs_bulk
 from app.places.models import PLACE_CLASS_NAMES, Place
 from app.referrals import lifecycle
 from app.referrals.calendar import WorkCalendar, package_first_year, package_last_year, statutory_days_off
@@ -631,6 +631,7 @@ def _merge_into(session: Session, dup: Hazard, target_id: str, actor: Actor, now
     _record(session, target, "merged_in", actor, now, {"from_hazard_id": dup.id, "photos": dup.photos})
     # attached by the duplicate's reporter: what they never proved they hold stays unproven on the original
     register_refs(session, target.id, "hazard", target.id, dup.photos, added_by=dup.reporter_user_id)
+    claim_refs(session, "hazard", target.id, dup.photos, dup.reporter_user_id)  # one the original named unproven
 
 
 def follow_merges(session: Session, hazard_id: str) -> Hazard | None:

@@ -397,3 +397,31 @@ def test_a_photo_named_before_its_namer_could_see_it_counts_once_they_may(client
     pending = client.get(f"/api/v1/hazards/{h1}", headers=office).json()["photos_pending"]
     health = {d["username"]: d["pending_media"] for d in client.get("/api/v1/devices/health", headers=office).json()}
     assert (missing, pending, health["worker-a1"]) == ([], [], 0)
+
+
+def test_a_duplicate_whose_reporter_holds_the_photo_proves_it_on_the_original(client, session, units, photo):
+    """worker-a1 named a photo without ever sending it (the original: pending); a second worker of the same
+    grid, who took it and uploaded it, reported the same hazard. The office merges the duplicate into the
+    original: the original's one ref to the photo now counts (before, the unique key kept worker-a1's
+    unproven ref, and the photo stayed 'on the phone')."""
+    from app.auth.models import Role
+    from app.auth.service import create_user
+    from app.demo import DEMO_PASSWORD
+
+    create_user(session, username="worker-a1b", password=DEMO_PASSWORD, role=Role.grid_worker,
+                unit=units["grid-a-1-1"])
+    session.commit()
+    sha = sha256_hex(photo)
+    a1, a1b, office = login(client, "worker-a1"), login(client, "worker-a1b"), login(client, "office-a", device="desk")
+    assert put(client, a1b, photo).status_code == 201
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    at = datetime.now(timezone.utc) - timedelta(hours=2)
+    original = report(client, a1, place.id, at, photos=[sha], category="lpg_misuse")["hazard_id"]
+    dup = report(client, a1b, place.id, at, photos=[sha], category="window_bars")["hazard_id"]
+    assert _pending(client, original, office) == [sha]  # worker-a1 never sent it
+    r = client.post(f"/api/v1/hazards/{dup}/actions", json={"action": "merge", "merge_into_id": original},
+                    headers=office)
+    assert r.status_code == 200, r.text
+    assert _pending(client, original, office) == []
+    refs = session.exec(select(PhotoRef).where(PhotoRef.record_id == original, PhotoRef.sha256 == sha)).all()
+    assert [r.added_by_user_id for r in refs] == [_user_id(session, "worker-a1b")]
