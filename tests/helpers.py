@@ -1,7 +1,9 @@
 """Small builders shared by the DB-backed tests."""
 
+import threading
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
 
@@ -64,3 +66,37 @@ def statements_on(connection: sa.Connection) -> Iterator[list[str]]:
         yield seen
     finally:
         sa.event.remove(connection, "before_cursor_execute", listener)
+
+
+def race_behind_lock(engine: sa.Engine, held: Session, writer: Session, write: Callable[[], object]) -> object:
+    """PostgreSQL: run ``write`` on ``writer`` and commit it, in a thread; commit ``held`` (a transaction left
+    open, holding locks) once the writer waits for a lock or is done; fail if the writer failed. Returns what
+    ``write`` returned. The sessions stay open: the caller closes them."""
+    pid = writer.execute(sa.text("SELECT pg_backend_pid()")).scalar()
+    out: list = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            out.append(write())
+            writer.commit()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+            writer.rollback()
+
+    t = threading.Thread(target=run)
+    t.start()
+    try:
+        with engine.connect() as watch:
+            for _ in range(400):
+                waiting = watch.execute(sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :p"),
+                                        {"p": pid}).scalar()
+                if waiting == "Lock" or not t.is_alive():
+                    break
+                time.sleep(0.02)
+        held.commit()
+    finally:
+        t.join(30)
+    assert not t.is_alive(), "the writer never finished"
+    assert not errors, errors
+    return out[0]

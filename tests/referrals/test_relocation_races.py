@@ -10,8 +10,6 @@ done), commits the move and checks the outcome.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 
@@ -33,7 +31,7 @@ from app.referrals.service import HazardReport, Rules, act, load_calendar, lock_
 from app.sync import service as sync
 from app.sync.schemas import Op
 from tests.conftest import fresh_migrated_engine
-from tests.helpers import hazard_data, op, uid
+from tests.helpers import hazard_data, op, race_behind_lock, uid
 
 from tests.referrals.test_relocation import NOW
 
@@ -84,36 +82,10 @@ class Pg:
         """Run ``write`` (committing on ``writer``) in a thread; commit ``held`` (the move, say) once the
         writer waits for a lock or is done; fail if the writer failed. Both sessions are closed after."""
         try:
-            self._race(held, writer, write)
+            race_behind_lock(self.engine, held, writer, write)
         finally:
             held.close()
             writer.close()
-
-    def _race(self, held: Session, writer: Session, write: Callable[[], None]) -> None:
-        pid = writer.execute(sa.text("SELECT pg_backend_pid()")).scalar()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                write()
-                writer.commit()
-            except BaseException as exc:  # reported below
-                errors.append(exc)
-                writer.rollback()
-
-        t = threading.Thread(target=run)
-        t.start()
-        with self.engine.connect() as watch:
-            for _ in range(200):
-                waiting = watch.execute(sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :p"),
-                                        {"p": pid}).scalar()
-                if waiting == "Lock" or not t.is_alive():
-                    break
-                time.sleep(0.05)
-        held.commit()
-        t.join(30)
-        assert not t.is_alive(), "the writer never finished"
-        assert not errors, errors
 
     def where(self, hazard_id: str) -> tuple[str, str, str]:
         """(the hazard's town, its holder's town, the town its premises is in)."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -40,7 +39,7 @@ from app.sync import service as sync
 from app.sync.feed import ORIGIN_KEY
 from app.sync.schemas import Op
 from tests.conftest import fresh_migrated_engine, login
-from tests.helpers import hazard_data, op, place_of, push, uid
+from tests.helpers import hazard_data, op, place_of, push, race_behind_lock, uid
 from tests.sync.test_pull import pull_all
 from tests.sync.test_push import NOW, place, worker  # noqa: F401  (place, worker: fixtures)
 from tests.sync.test_push_inspection_link import PATHS, _codes, _inspection, _other_place, _push, _stored
@@ -154,37 +153,12 @@ ROUNDS = 5  # per way and order: each is forced, so one would do; more show it h
 
 def _race(pg: Pg, held: Session, writer: Session, write: Callable[[], list]) -> list:
     """Run ``write`` on ``writer`` and commit it, in a thread; commit ``held`` once the writer waits for a
-    lock or is done. Returns the writer's results."""
-    pid = writer.execute(sa.text("SELECT pg_backend_pid()")).scalar()
-    out: list = []
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            out.extend(write())
-            writer.commit()
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-            writer.rollback()
-
-    t = threading.Thread(target=run)
-    t.start()
+    lock or is done. Returns the writer's results; both sessions are closed after."""
     try:
-        with pg.engine.connect() as watch:
-            for _ in range(400):
-                waiting = watch.execute(sa.text("SELECT wait_event_type FROM pg_stat_activity WHERE pid = :p"),
-                                        {"p": pid}).scalar()
-                if waiting == "Lock" or not t.is_alive():
-                    break
-                time.sleep(0.02)
-        held.commit()
+        return race_behind_lock(pg.engine, held, writer, write)
     finally:
-        t.join(30)
         held.close()
         writer.close()
-    assert not t.is_alive(), "the writer never finished"
-    assert not errors, errors
-    return out
 
 
 @pytest.mark.parametrize("first", ["hazard", "inspection"])
