@@ -85,9 +85,11 @@ def _field_name(loc: tuple) -> str:
 
 
 # The database turned the request away for now: it waited its time for a lock (SQLite's busy_timeout,
-# PostgreSQL's lock_timeout, both 10 s: app/db.py) or was chosen to break a deadlock. The transaction
-# was rolled back whole, so the client may simply send the same request again.
-_PG_BUSY = {"55P03": "a lock wait timed out", "40P01": "a deadlock was broken", "40001": "a serialization conflict"}
+# PostgreSQL's lock_timeout, both 10 s: app/db.py), was chosen to break a deadlock, or had its shared
+# lock table full (pushes at once hold many advisory locks: docs/DEPLOY.md). The transaction was
+# rolled back whole, so the client may simply send the same request again.
+_PG_BUSY = {"55P03": "a lock wait timed out", "40P01": "a deadlock was broken", "40001": "a serialization conflict",
+            "53200": "the database's lock table was full"}
 _SQLITE_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (and their extended codes, in the low byte)
 RETRY_AFTER_SECONDS = 1
 

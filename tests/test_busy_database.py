@@ -66,3 +66,17 @@ def test_sqlites_busy_error_is_told_apart_from_other_database_errors(tmp_path):
     assert busy_reason(sa.exc.OperationalError("BEGIN IMMEDIATE", None, busy.value)) is not None
     assert busy_reason(sa.exc.OperationalError("SELECT", None, other.value)) is None
     assert busy_reason(ValueError("not a database error")) is None
+
+
+
+def test_a_full_lock_table_is_busy_not_a_failure():
+    """PostgreSQL's shared lock table holds max_locks_per_transaction x max_connections locks; pushes at
+    once each hold up to two advisory locks per op (docs/DEPLOY.md). When it is full the statement fails
+    with "out of shared memory" (SQLSTATE 53200) and the transaction is rolled back whole: the phone is told
+    to send it again. (Filling the real table would fail every other session of the cluster meanwhile, a
+    test run beside this one included: psycopg's class for that SQLSTATE stands in for it.)"""
+    psycopg = pytest.importorskip("psycopg")
+    full = psycopg.errors.OutOfMemory("out of shared memory")
+    assert full.sqlstate == "53200"
+    assert busy_reason(sa.exc.OperationalError("SELECT pg_advisory_xact_lock", None, full)) is not None
+    assert busy_reason(sa.exc.OperationalError("SELECT", None, psycopg.errors.UndefinedTable("no"))) is None

@@ -6,6 +6,8 @@ PostgreSQL; SQLite's BEGIN IMMEDIATE already serialises writers), so two writers
 advance one hazard or its audit chain.
 """
 
+import functools
+import json
 import logging
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
@@ -441,25 +443,43 @@ def open_duplicate(session: Session, place_id: str, category: str) -> str | None
 
 
 _OPEN_LITERAL = sa.bindparam("open_statuses", [s.value for s in OPEN_STATUSES], expanding=True, literal_execute=True)
-# the earliest open hazard of a category at a premises: one seek on ix_hazards_open_place
-_EARLIEST_OPEN = (
-    select(Hazard.id)
-    .where(Hazard.place_id == sa.bindparam("place_id"), Hazard.category == sa.bindparam("category"),
-           Hazard.status.in_(_OPEN_LITERAL))
-    .order_by(Hazard.created_at, Hazard.id).limit(1)
-)
+
+
+@functools.cache
+def earliest_open_select(dialect: str) -> sa.Select:
+    """(hazard id or NULL, place_id, category): the earliest open hazard of each (premises, category) pair
+    of the parameter ``open_pairs`` (open_pairs_param). One statement for a whole sync batch, one index
+    seek per pair on ix_hazards_open_place, however many open duplicates have piled up at a premises (the
+    statuses inlined so SQLite can use the partial index). The pairs come as one JSON parameter, read as
+    a table by each database's own function: the statement's text is the same for any number of pairs."""
+    if dialect == "postgresql":
+        pairs = sa.func.json_to_recordset(sa.cast(sa.bindparam("open_pairs", type_=sa.String), sa.JSON)).table_valued(
+            sa.column("place_id", sa.Text), sa.column("category", sa.Text), name="pairs").render_derived(with_types=True)
+        place_id, category = pairs.c.place_id, pairs.c.category
+    else:
+        pairs = sa.func.json_each(sa.bindparam("open_pairs", type_=sa.String)).table_valued("value", name="pairs")
+        place_id = sa.func.json_extract(pairs.c.value, "$.place_id")
+        category = sa.func.json_extract(pairs.c.value, "$.category")
+    first = (select(Hazard.id).where(Hazard.place_id == place_id, Hazard.category == category,
+                                     Hazard.status.in_(_OPEN_LITERAL))
+             .order_by(Hazard.created_at, Hazard.id).limit(1).scalar_subquery())
+    return select(first.label("id"), place_id.label("place_id"), category.label("category")).select_from(pairs)
+
+
+def open_pairs_param(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """earliest_open_select's parameter for these (place_id, category) pairs."""
+    return {"open_pairs": json.dumps([{"place_id": p, "category": c} for p, c in sorted(set(pairs))])}
 
 
 def earliest_open(session: Session, pairs: Iterable[tuple[str, str]]) -> dict[tuple[str, str], str]:
     """(place_id, category) -> the earliest open hazard there: what a new report of the same thing
-    duplicates. One index seek per pair, however many open duplicates have piled up at a premises;
-    the statuses are inlined so SQLite can use the partial index."""
-    found: dict[tuple[str, str], str] = {}
-    for place_id, category in sorted(set(pairs)):
-        hazard_id = session.execute(_EARLIEST_OPEN, {"place_id": place_id, "category": category}).scalar()
-        if hazard_id is not None:
-            found[(place_id, category)] = hazard_id
-    return found
+    duplicates. Pairs with nothing open are left out; no pairs, no statement."""
+    pairs = set(pairs)
+    if not pairs:
+        return {}
+    stmt = earliest_open_select(session.get_bind().dialect.name)
+    return {(place_id, category): hazard_id
+            for hazard_id, place_id, category in session.execute(stmt, open_pairs_param(pairs)) if hazard_id is not None}
 
 
 _LOOK_IT_UP: Any = object()

@@ -5,6 +5,7 @@ One bad op is rejected with a code and a message; the rest of the batch applies.
 response leaves, so an acknowledged op is durable and an unacknowledged one is simply re-sent.
 """
 
+import functools
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -26,8 +27,8 @@ from app.places import service as places
 from app.photos.service import register_refs
 from app.referrals.lifecycle import Action
 from app.referrals.service import (HazardReport, PlannedHazard, PreparedHazards, ReinspectionReport, Rules, TownFacts,
-                                   calendar_for_writing,
-                                   earliest_open, lock_hazard, plan_hazard, prepare_planned, record_field_reinspection,
+                                   calendar_for_writing, earliest_open, earliest_open_select, lock_hazard,
+                                   open_pairs_param, plan_hazard, prepare_planned, record_field_reinspection,
                                    report_hazard, town_facts, write_planned)
 from app.sync import feed
 from app.sync.models import SyncOp
@@ -87,7 +88,7 @@ def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer:
         # Planned again, op by op, with the calendar as it is now.
         wctx = replace(wctx, rules=replace(ctx.rules, calendar=calendar))
         plan = None
-    _lock_inspections(writer, ops, plan)
+    _take_push_locks(writer, ops, plan)
     if plan is not None:
         results = _write_run(wctx, plan)
         if results is not None:
@@ -101,7 +102,7 @@ def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer:
             while j < len(ops) and ops[j].type in BULK_TYPES:
                 j += 1
             run = _plan_run(wctx, ops[i:j], done)
-            run.fresh = True  # planned on the writer, under its inspection locks: nothing to check again
+            run.fresh = True  # planned on the writer, under its push locks: nothing to check again
             bulk = _write_run(wctx, run)
             if bulk is not None:
                 wctx.open_by_place.update(run.open_by_place)
@@ -118,42 +119,59 @@ def push(ctx: PushContext, ops: list[Op]) -> list[OpResult]:
     return apply_push(ctx, ops, plan_push(ctx, ops), ctx.session)
 
 
-# A report may name an inspection the server does not hold yet, and that inspection may arrive at another
-# premises in a push running at the same time. On PostgreSQL (READ COMMITTED) neither sees the other's
-# uncommitted row: the inspection's "which reports of other premises name me?" finds nothing, the report's
-# "is that inspection stored, and of my premises?" finds nothing, and both commit a link across premises.
+# Two things a push checks on a read must not change between the check and the commit, and on PostgreSQL
+# (READ COMMITTED) a push at the same time can change them unseen, neither seeing the other's rows until
+# it commits:
+# * a report may name an inspection the server does not hold yet, and that inspection may arrive at another
+#   premises: the inspection's "which reports of other premises name me?" finds nothing, the report's "is
+#   that inspection stored, and of my premises?" finds nothing, and both commit a link across premises;
+# * two reports of one category at one premises: each one's "is an open hazard of this already there?"
+#   finds nothing, and neither names the other as the duplicate it is (duplicate_of_id, the office's hint).
 # So a write transaction holds an advisory lock on each inspection id it inserts or names without its being
-# stored, taken before those checks are made (or made again: see _changed_since_planned), and held until it
-# commits: of two such pushes the second waits, then sees what the first committed. One statement per
-# batch, every id of it in key order (two batches never wait on each other crosswise), right after the
-# calendar lock and before any row lock. Class "FGIN"; the object is the id hashed with the schema
-# (advisory locks belong to the whole database: two installations sharing one never wait on each other).
-# A hash collision only makes two unrelated pushes take turns. SQLite's writers already take turns.
-INSPECTION_LOCK_CLASS = 0x4647494E
+# stored, and on each premises it reports hazards at, taken before those checks are made (or made again:
+# see _changed_since_planned) and held until it commits: of two such pushes the second waits, then sees
+# what the first committed. One statement per batch, every key of it in key order (two batches never wait
+# on each other crosswise), right after the calendar lock and before any row lock. Class "FGIN"; the
+# object is the key hashed with the schema (advisory locks belong to the whole database: two
+# installations sharing one never wait on each other). A hash collision only makes two unrelated pushes
+# take turns. SQLite's writers already take turns. Advisory locks take room in PostgreSQL's lock table:
+# at most two per op (docs/DEPLOY.md, max_locks_per_transaction).
+PUSH_LOCK_CLASS = 0x4647494E
 # The lock calls are evaluated after the sort (PostgreSQL evaluates volatile output expressions above it).
-_LOCK_INSPECTIONS = sa.text(
+_PUSH_LOCKS = sa.text(
     "SELECT pg_advisory_xact_lock(:cls, k) FROM (SELECT DISTINCT hashtext(current_schema() || ':' || i) AS k "
-    "FROM unnest(CAST(:ids AS text[])) AS i) AS keys ORDER BY k")
+    "FROM unnest(CAST(:keys AS text[])) AS i) AS keys ORDER BY k")
 
 
-def _lock_inspections(session: Session, ops: list[Op], plan: "_RunPlan | None") -> None:
+def _take_push_locks(session: Session, ops: list[Op], plan: "_RunPlan | None") -> None:
     """PostgreSQL: lock the ids of the inspections the batch submits and of those its reports name, all
-    but those its plan found stored (``plan``: None, all of them). From the ops as sent, not as planned:
-    whatever path the batch then takes (the plan, or op by op when that is refused), every such id is
-    locked before it is checked on the writer. An id that does not validate is locked for nothing."""
+    but those its plan found stored (``plan``: None, all of them), and the premises it reports hazards at.
+    From the ops as sent, not as planned: whatever path the batch then takes (the plan, or op by op when
+    that is refused), every such key is locked before it is checked on the writer. A key that does not
+    validate is locked for nothing."""
     if session.get_bind().dialect.name != "postgresql":
         return
     stored = plan.stored_inspections if plan is not None else frozenset()
-    ids: set[str] = set()
+    keys: set[str] = set()
     for op in ops:
-        key = "id" if op.type == "inspection.submit" else "inspection_id" if op.type == "hazard.report" else None
-        value = op.data.get(key) if key is not None and isinstance(op.data, dict) else None
-        if isinstance(value, str):
-            value = value.strip()  # as the op's model reads it
-            if 0 < len(value) <= 64 and "\x00" not in value and value not in stored:
-                ids.add(value)
-    if ids:
-        session.execute(_LOCK_INSPECTIONS, {"cls": INSPECTION_LOCK_CLASS, "ids": sorted(ids)})
+        if op.type not in BULK_TYPES or not isinstance(op.data, dict):
+            continue
+        inspection_id = _as_read(op.data.get("id" if op.type == "inspection.submit" else "inspection_id"))
+        if inspection_id is not None and inspection_id not in stored:
+            keys.add("inspection " + inspection_id)
+        place_id = _as_read(op.data.get("place_id"))  # an inspection's hazards must be of its premises
+        if place_id is not None:
+            keys.add("place " + place_id)
+    if keys:
+        session.execute(_PUSH_LOCKS, {"cls": PUSH_LOCK_CLASS, "keys": sorted(keys)})
+
+
+def _as_read(value: object) -> str | None:
+    """An id as the op's model reads it (stripped), or None if it would not validate."""
+    if not isinstance(value, str):
+        return None
+    value = value.strip()
+    return value if 0 < len(value) <= 64 and "\x00" not in value else None
 
 
 # stands for an op_id another user's op was applied under, in the maps of op_id -> first result
@@ -276,8 +294,10 @@ class _RunState:
         self.stored_inspections = frozenset(known["inspection"])  # on the server as planned
         # inspection id -> the premises of the run's reports that name it while it is not on the server
         self.named_unstored: dict[str, set[str]] = {}
-        self.open_by_place = earliest_open(session, [(h.place_id, h.category) for d in parsed if d is not None
-                                                     for h in _hazards_of(d) if h.place_id in self.places])
+        # the open hazards a report repeats, as the database has them (see _changed_since_planned)
+        self.open_seen = earliest_open(session, [(h.place_id, h.category) for d in parsed if d is not None
+                                                 for h in _hazards_of(d) if h.place_id in self.places])
+        self.open_by_place = dict(self.open_seen)
         for key, hazard_id in ctx.open_by_place.items():  # what this push wrote before the run
             if hazard_id is None:
                 self.open_by_place.pop(key, None)
@@ -319,12 +339,14 @@ class _RunPlan:
     # (hazard id, inspection id): links across premises the run's inspections undo (see _unlink_elsewhere)
     unlink: list[tuple[str, str]] = field(default_factory=list)
     # What the plan's answers rest on that a push at the same time may change (see _changed_since_planned):
-    # the inspections it found stored, the hazards stored before the run among ``unlink``, and the
-    # inspections the run's reports name while not stored (-> the premises of those reports).
+    # the inspections it found stored, the hazards stored before the run among ``unlink``, the
+    # inspections the run's reports name while not stored (-> the premises of those reports), and the
+    # earliest open hazard of each (premises, category) it reports, as it found them stored.
     stored_inspections: frozenset[str] = frozenset()
     unlink_stored: set[tuple[str, str]] = field(default_factory=set)
     named_unstored: dict[str, set[str]] = field(default_factory=dict)
-    fresh: bool = False  # planned on the writer after _lock_inspections: all of it read under the locks
+    open_seen: dict[tuple[str, str], str] = field(default_factory=dict)
+    fresh: bool = False  # planned on the writer after _take_push_locks: all of it read under the locks
     # an inspection lists a hazard already recorded: the run is applied op by op (see _OneByOne)
     one_by_one: bool = False
 
@@ -387,7 +409,8 @@ def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPla
         results.append(OpResult(op_id=op.op_id, status="applied", result=result))
     known = {**done, **applied}
     plan.results = [r if r is not None else _answer(op, known[op.op_id]) for r, op in zip(results, run)]
-    plan.stored_inspections, plan.named_unstored = state.stored_inspections, state.named_unstored
+    plan.stored_inspections, plan.named_unstored, plan.open_seen = (state.stored_inspections, state.named_unstored,
+                                                                    state.open_seen)
     # bound now, while planning: on SQLite the write transaction that follows holds the only write lock
     dialect = ctx.session.get_bind().dialect
     plan.prepared = (prepare_insert(dialect, Inspection.__table__, plan.inspections),
@@ -404,12 +427,12 @@ def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
     # SQLite: a run planned on the writer's own session was planned under the write lock. PostgreSQL
     # has no such lock: a move may be under way whatever session planned the run (see _WHERE_PLACES_LOCKED),
     # and a push at the same time may have stored an inspection or report the plan did not see unless it
-    # was made under the inspection locks (see _lock_inspections)
+    # was made under the push locks (see _take_push_locks)
     postgres = ctx.session.get_bind().dialect.name == "postgresql"
     stale = plan.planned_on is not ctx.session
     if (postgres or stale) and _changed_since_planned(ctx.session, plan, lock=postgres,
                                                       links=stale or (postgres and not plan.fresh)):
-        return None  # re-planned op by op, under the write lock (and the inspection locks)
+        return None  # re-planned op by op, under the write lock (and the push locks)
     savepoint = ctx.session.begin_nested()
     try:
         insert_prepared(ctx.session, inspections)
@@ -433,12 +456,15 @@ _WHERE_PLACES = sa.select(Place.id, Place.grid_id, Place.town_id, Place.communit
 _WHERE_PLACES_LOCKED = _WHERE_PLACES.with_for_update(read=True)
 
 
-def _where_now(lock: bool) -> sa.CompoundSelect:
+@functools.cache
+def _where_now(lock: bool, dialect: str) -> sa.CompoundSelect:
     """Where the planned premises are (locked FOR SHARE, see _WHERE_PLACES_LOCKED), and what the plan's
-    inspection links rest on, in one statement: the inspections its reports named while not stored (are
-    they now, and of which premises?) and the stored hazards that name the run's inspections (from which
-    premises?). An empty list matches nothing."""
+    inspection links and duplicates rest on, in one statement: the inspections its reports named while not
+    stored (are they now, and of which premises?), the stored hazards that name the run's inspections (from
+    which premises?), and the earliest open hazard of each premises and category the run reports (which is
+    it now?). An empty list matches nothing."""
     places = (_WHERE_PLACES_LOCKED if lock else _WHERE_PLACES).cte("planned_places")
+    earliest = earliest_open_select(dialect).subquery("earliest")
     return sa.union_all(
         sa.select(sa.literal_column("'place'").label("kind"), places.c.id, places.c.grid_id.label("a"),
                   places.c.town_id.label("b"), places.c.community_id.label("c")),
@@ -446,38 +472,44 @@ def _where_now(lock: bool) -> sa.CompoundSelect:
         .where(Inspection.id.in_(sa.bindparam("named_ids", expanding=True))),
         sa.select(sa.literal_column("'named'"), Hazard.id, Hazard.inspection_id, Hazard.place_id, sa.null())
         .where(Hazard.inspection_id.in_(sa.bindparam("submitted_ids", expanding=True))),
+        sa.select(sa.literal_column("'open'"), earliest.c.id, earliest.c.place_id, earliest.c.category, sa.null()),
     )
-
-
-_WHERE_NOW, _WHERE_NOW_LOCKED = _where_now(False), _where_now(True)
 
 
 def _changed_since_planned(session: Session, plan: _RunPlan, *, lock: bool, links: bool) -> bool:
     """Whether what the run was planned on (on a read transaction, before the write lock) has changed
     since: a premises it routed hazards for has moved (a hazard must be held by the bodies of where its
-    premises is); or, with ``links`` (a plan not made under the inspection locks), a push that committed
+    premises is); or, with ``links`` (a plan not made under the push locks), a push that committed
     meanwhile stored an inspection the run's reports name, of another premises than theirs (they would be
     refused), or a report of another premises naming one of the run's inspections (it would lose the
-    link, and the answer say so). ``lock`` (PostgreSQL): keep the premises from moving until the
+    link, and the answer say so), or changed which open hazard a report of the run repeats (it would
+    name another as its duplicate_of_id). ``lock`` (PostgreSQL): keep the premises from moving until the
     transaction ends. One statement, as for the premises alone; none when there is nothing to check."""
     planned = {p.hazard.place_id: (p.hazard.grid_id, p.hazard.town_id, p.hazard.community_id) for p in plan.planned}
     inserted = {i["id"]: i["place_id"] for i in plan.inspections} if links else {}
     named = {i: pids for i, pids in plan.named_unstored.items() if i not in inserted} if links else {}
+    pairs = {(p.hazard.place_id, p.hazard.category) for p in plan.planned} if links else set()
     if not (planned or inserted or named):
         return False
-    rows = session.execute(_WHERE_NOW_LOCKED if lock else _WHERE_NOW, {
-        "ids": sorted(planned), "named_ids": sorted(named), "submitted_ids": sorted(inserted)}).all()
+    rows = session.execute(_where_now(lock, session.get_bind().dialect.name), {
+        "ids": sorted(planned), "named_ids": sorted(named), "submitted_ids": sorted(inserted),
+        **open_pairs_param(pairs)}).all()
     where: dict[str, tuple] = {}
     naming: set[tuple[str, str]] = set()
+    open_now: dict[tuple[str, str], str] = {}
     for kind, id_, a, b, c in rows:
         if kind == "place":
             where[id_] = (a, b, c)
         elif kind == "inspection":
             if named[id_] - {a}:
                 return True
+        elif kind == "open":
+            if id_ is not None:
+                open_now[(a, b)] = id_
         elif b != inserted[a]:
             naming.add((id_, a))
-    return any(where.get(pid) != loc for pid, loc in planned.items()) or naming != plan.unlink_stored
+    return (any(where.get(pid) != loc for pid, loc in planned.items()) or naming != plan.unlink_stored
+            or open_now != {pair: id_ for pair, id_ in plan.open_seen.items() if pair in pairs})
 
 
 def _plan_op(ctx: PushContext, state: _RunState, data) -> tuple[dict, list[PlannedHazard], dict | None]:
