@@ -112,14 +112,16 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
             from_class=place.place_class)
         if relocation is not None and rules is None:
             raise TypeError("update_place: moving or reclassing a premises with hazards needs the rules")
+    changed = {versioned_as(key) for key, value in changes.items() if getattr(place, key) != value}
     if "grid_id" in changes:
         place.town_id, place.community_id = grid.town_id, grid.community_id
     for key, value in changes.items():
         setattr(place, key, value)
     place.updated_at = now or utcnow()
     place.version += 1
-    if reclassed:
-        place.class_version = place.version
+    if changed:  # a new dict: the JSON column sees no change made inside the old one
+        by = [place.version, actor.device_id if actor is not None else None]
+        place.field_versions = {**(place.field_versions or {}), **{key: by for key in changed}}
     if "grid_id" in changes or "place_class" in changes:
         with session.no_autoflush:  # the place's change is flushed once, with its hazards' and inspections'
             _hazards_follow(session, place)
@@ -130,6 +132,11 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     if relocation is not None:
         relocate(session, rules, relocation, actor or Actor.system(), now or utcnow())
     return place
+
+
+def versioned_as(field: str) -> str:
+    """The key of Place.field_versions a field's changes are counted under: a position is one thing."""
+    return "location" if field in ("lat", "lon") else field
 
 
 def may_reclass(session: Session, scope: Scope, place: Place, to_class: str, rules: Rules | None) -> bool:

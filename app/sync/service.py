@@ -824,13 +824,13 @@ def _hazard_reinspect(ctx: PushContext, data: HazardReinspectData) -> dict:
 
 def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
     """A premises made or edited on a phone. ``kept`` in the answer: what the server kept as it is instead
-    of what the phone sent, and ``kept_why`` why: ``stale_copy`` (the class changed after the copy the
+    of what the phone sent, and ``kept_why`` why: ``stale_copy`` (the field changed after the copy the
     edit was made on) or ``not_allowed`` (a class only the body supervising the premises may lower)."""
     ctx.scope.require_place_editor()
-    kept: dict[str, str] = {}
+    kept: dict[str, Any] = {}
     why: dict[str, str] = {}
-    # PostgreSQL: the row as it is now, locked, before its class and version are compared with the phone's
-    # copy: a reclass committing between this read and update_place's lock would be undone, or refuse the op
+    # PostgreSQL: the row as it is now, locked, before its fields and versions are compared with the phone's
+    # copy: a change committing between this read and update_place's lock would be undone, or refuse the op
     existing = ctx.session.get(Place, data.id, populate_existing=True,
                                with_for_update=ctx.session.get_bind().dialect.name == "postgresql")
     if existing is None:
@@ -842,22 +842,28 @@ def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
         # only what the op names: a field the phone does not send (an old app that knows no owner_phone)
         # keeps what the office entered rather than being blanked by the default
         changes = data.model_dump(exclude={"id", "base_version"}, exclude_unset=True)
+        # A phone sends the whole record with every edit. A field changed elsewhere since the copy the edit was
+        # made on (the office corrected the owner's phone or moved the premises to another grid, the
+        # supervising body made it a key unit) comes back with the value of that older copy: it is kept as
+        # it is, the rest of the edit applied, and the answer says so. A change this phone made itself is
+        # one its copy has seen: edits made offline one after another all name the version it last pulled.
+        # Without a base version (an older app) the phone's values are taken, as before versions were kept.
+        if data.base_version is not None and data.base_version < existing.version:
+            versions = existing.field_versions or {}
+            for key in [k for k, v in changes.items() if v != getattr(existing, k)]:
+                version, device_id = versions.get(places.versioned_as(key), (0, None))
+                if version > data.base_version and device_id != ctx.device.id:
+                    kept[key], why[key] = getattr(existing, key), "stale_copy"
+                    del changes[key]
         sent = changes.get("place_class", existing.place_class)
-        if sent != existing.place_class:
-            # A phone sends the class with every edit: one that has not yet heard that the supervising body
-            # made the premises a key unit, or no longer one, sends the class its copy had. Its other edits
-            # (an owner's new phone number) are applied; the class stays, and the answer says so. Without a
-            # base version (an older app), only a lowering the caller may not make is held back.
-            if data.base_version is not None and data.base_version < existing.class_version:
-                why["place_class"] = "stale_copy"
-            elif not places.may_reclass(ctx.session, ctx.scope, existing, sent, ctx.rules):
-                why["place_class"] = "not_allowed"
-            if why:
-                del changes["place_class"]
-                kept = {"place_class": existing.place_class}
+        if sent != existing.place_class and not places.may_reclass(ctx.session, ctx.scope, existing, sent, ctx.rules):
+            kept["place_class"], why["place_class"] = existing.place_class, "not_allowed"
+            del changes["place_class"]
         place = places.update_place(ctx.session, ctx.scope, existing, PlaceUpdate(**changes),
                                      rules=ctx.rules, actor=ctx.actor, now=ctx.now)
     result = {"place_id": place.id, "grid_id": place.grid_id, "version": place.version}
     if kept:
         result["kept"], result["kept_why"] = kept, why
+        # the premises as stored is not what the phone sent: its next pull brings it, though the phone wrote it
+        feed.mark_news(ctx.session, "place", [place.id])
     return result

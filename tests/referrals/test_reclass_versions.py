@@ -54,18 +54,18 @@ def _fresh(session, place_id: str) -> Place:
     return session.get(Place, place_id, populate_existing=True)
 
 
-def test_every_change_bumps_the_version_and_a_reclass_marks_it(client, session, units):
+def test_every_change_bumps_the_version_and_marks_the_fields_it_changed(client, session, units):
     place = place_of(session, units, "grid-a-1-1", "rental")
-    assert (place.version, place.class_version) == (1, 1)
+    assert (place.version, place.field_versions) == (1, {})
     desk = login(client, "office-a", device="desk")
     assert client.patch(f"/api/v1/places/{place.id}", json={"owner_phone": "13900000000"},
                         headers=desk).json()["version"] == 2
     p = _fresh(session, place.id)
-    assert (p.version, p.class_version) == (2, 1)
+    assert (p.version, p.field_versions["owner_phone"][0], "place_class" in p.field_versions) == (2, 2, False)
     assert place_data(p)["version"] == 2  # what pull sends, so the phone can name it
     assert _reclass(client, place.id, "key_unit_3", who="office-a").json()["version"] == 3
     p = _fresh(session, place.id)
-    assert (p.version, p.class_version) == (3, 3)
+    assert (p.version, p.field_versions["place_class"][0], p.field_versions["owner_phone"][0]) == (3, 3, 2)
 
 
 def test_a_stale_copys_class_is_kept_whichever_way_it_points(client, session, units):
@@ -104,7 +104,7 @@ def test_a_class_chosen_on_a_current_copy_is_applied(client, session, units):
     assert res["status"] == "applied" and "kept" not in res["result"], res
     assert _class_of(session, place.id) == "key_unit_3"
     p = _fresh(session, place.id)
-    assert p.class_version == p.version == 3
+    assert p.field_versions["place_class"][0] == p.version == 3
     # and on a copy that has the class as it is now, the same worker's lowering is still not theirs to make
     [res] = push(client, worker, op("place.upsert", _upsert(place, "rental", base_version=3)))
     assert res["result"]["kept_why"] == {"place_class": "not_allowed"}, res

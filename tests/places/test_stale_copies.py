@@ -1,0 +1,151 @@
+"""A phone's edit of a premises, made on a copy older than another's change, does not undo that change.
+
+A phone sends the whole record with every ``place.upsert``, and ``base_version``: the premises' ``version``
+its copy had (pull sends it). A field changed elsewhere after that version (an office's correction of the
+owner's phone, a move to another grid) comes back with the old copy's value: the server keeps the field as it
+is, applies the rest of the edit, says so in ``kept``/``kept_why`` (``stale_copy``), and the phone's next
+pull brings the premises as stored. Before, only the class was guarded; every other field was last writer
+wins, and a phone syncing after a day offline silently undid the office's corrections.
+
+Edits the phone made itself are ones its copy has seen: offline, every edit names the version it last pulled.
+"""
+
+import pytest
+import sqlalchemy as sa
+from sqlmodel import Session
+
+from app import migrate
+from app.auth.models import User
+from app.db import make_engine
+from app.places.models import Place
+from tests.conftest import fresh_database_url, login
+from tests.helpers import op, place_of, push
+from tests.sync.test_pull import pull_all
+
+
+def _copy(place: Place, base_version: int, **edits) -> dict:
+    """What a phone sends: the whole record as its copy has it, with the worker's edits."""
+    return {"id": place.id, "name": place.name, "address": place.address, "grid_id": place.grid_id,
+            "place_class": place.place_class, "lat": place.lat, "lon": place.lon, "owner_name": place.owner_name,
+            "owner_phone": place.owner_phone, "base_version": base_version, **edits}
+
+
+def _fresh(session, place_id: str) -> Place:
+    return session.get(Place, place_id, populate_existing=True)
+
+
+@pytest.fixture
+def place(session, units):
+    p = place_of(session, units, "grid-a-1-1", "rental")
+    session.expunge(p)  # the phone's copy: as it was pulled, whatever changes after
+    return p
+
+
+def test_an_office_correction_is_kept_and_the_rest_of_the_edit_applied(client, session, place):
+    worker = login(client, "worker-a1")
+    _, cursor, _ = pull_all(client, worker)
+    desk = login(client, "office-a", device="desk")
+    r = client.patch(f"/api/v1/places/{place.id}", json={"owner_phone": "13900000001", "lat": 29.5, "lon": 106.5},
+                     headers=desk)
+    assert r.status_code == 200 and r.json()["version"] == 2, r.text
+    # the phone, still on version 1, writes down the owner's name
+    [res] = push(client, worker, op("place.upsert", _copy(place, 1, owner_name="张老板")))
+    assert res["status"] == "applied", res
+    assert res["result"]["kept"] == {"owner_phone": "13900000001", "lat": 29.5, "lon": 106.5}, res
+    assert res["result"]["kept_why"] == dict.fromkeys(("owner_phone", "lat", "lon"), "stale_copy")
+    p = _fresh(session, place.id)
+    assert (p.owner_phone, p.lat, p.lon, p.owner_name, p.version) == ("13900000001", 29.5, 106.5, "张老板", 3)
+    assert res["result"]["version"] == 3
+    # the premises as stored is news to the phone that wrote it (after the office's change, which was too)
+    changes, _, _ = pull_all(client, worker, cursor)
+    *_, change = [c for c in changes if c["type"] == "place" and c["id"] == place.id]
+    assert (change["data"]["owner_phone"], change["data"]["owner_name"], change["data"]["version"]) == (
+        "13900000001", "张老板", 3)
+
+
+def test_a_field_changed_before_the_copy_is_the_phones_to_change(client, session, place):
+    """A copy that saw the office's change (base_version 2) may change the same field: the worker's word."""
+    desk = login(client, "office-a", device="desk")
+    assert client.patch(f"/api/v1/places/{place.id}", json={"owner_phone": "13900000001"},
+                        headers=desk).status_code == 200
+    worker = login(client, "worker-a1")
+    [res] = push(client, worker, op("place.upsert", _copy(place, 2, owner_phone="13900000002")))
+    assert res["status"] == "applied" and "kept" not in res["result"], res
+    assert _fresh(session, place.id).owner_phone == "13900000002"
+    # and a field nobody changed since the copy is the phone's too, however old the copy
+    [res] = push(client, worker, op("place.upsert", _copy(place, 1, owner_phone="13900000002", address="新地址8号")))
+    assert res["status"] == "applied" and "kept" not in res["result"], res
+    assert _fresh(session, place.id).address == "新地址8号"
+
+
+def test_a_phones_own_offline_edits_in_a_row_all_apply(client, session, place):
+    """Offline, a worker corrects the owner's phone twice: both edits name version 1, the one pulled. The
+    second is not a stale copy of the first: it is the same phone's later word. Another phone of the same
+    worker, on version 1, did not see them."""
+    worker = login(client, "worker-a1")
+    first = _copy(place, 1, owner_phone="13900000001")
+    second = _copy(place, 1, owner_phone="13900000002", owner_name="李老板")
+    res = push(client, worker, op("place.upsert", first), op("place.upsert", second))
+    assert [r["status"] for r in res] == ["applied"] * 2 and all("kept" not in r["result"] for r in res), res
+    assert (_fresh(session, place.id).owner_phone, _fresh(session, place.id).version) == ("13900000002", 3)
+    other = login(client, "worker-a1", device="second-phone")
+    [res] = push(client, other, op("place.upsert", _copy(place, 1, address="另一个地址")))
+    assert res["result"]["kept"] == {"owner_phone": "13900000002", "owner_name": "李老板"}, res
+    p = _fresh(session, place.id)
+    assert (p.owner_phone, p.owner_name, p.address) == ("13900000002", "李老板", "另一个地址")
+
+
+def test_a_move_to_another_grid_is_not_undone_by_a_stale_copy(client, session, units, place):
+    """A worker who holds the whole community sees the premises in either grid; their phone's copy from
+    before the office moved it names the old grid. Before, that edit moved it back (and its hazards with it)."""
+    worker_user = session.exec(sa.select(User).where(User.username == "worker-a1")).scalar_one()
+    worker_user.org_unit_id = units["community-a-1"].id
+    session.commit()
+    worker = login(client, "worker-a1")
+    desk = login(client, "office-a", device="desk")
+    to = units["grid-a-1-2"].id
+    assert client.patch(f"/api/v1/places/{place.id}", json={"grid_id": to}, headers=desk).status_code == 200
+    [res] = push(client, worker, op("place.upsert", _copy(place, 1, owner_name="赵老板")))
+    assert res["result"]["kept"] == {"grid_id": to} and res["result"]["grid_id"] == to, res
+    p = _fresh(session, place.id)
+    assert (p.grid_id, p.owner_name) == (to, "赵老板")
+
+
+def test_without_base_version_an_older_app_is_taken_at_its_word(client, session, place):
+    desk = login(client, "office-a", device="desk")
+    assert client.patch(f"/api/v1/places/{place.id}", json={"owner_phone": "13900000001"},
+                        headers=desk).status_code == 200
+    copy = _copy(place, 1)
+    del copy["base_version"]
+    [res] = push(client, login(client, "worker-a1"), op("place.upsert", copy))
+    assert res["status"] == "applied" and "kept" not in res["result"], res
+    assert _fresh(session, place.id).owner_phone == place.owner_phone
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_migration_carries_the_class_version_over_and_back(backend, tmp_path):
+    url, cleanup = fresh_database_url(backend, tmp_path)
+    engine = make_engine(url)
+    place = ("INSERT INTO places (id, name, address, grid_id, town_id, community_id, place_class, owner_name, "
+             "owner_phone, created_at, updated_at, version, class_version) VALUES (:id, 'p', '', 'g', 't', 'c', "
+             "'rental', '', '', CURRENT_TIMESTAMP, CURRENT_TIMESTAMP, :version, :class_version)")
+    try:
+        migrate.upgrade(url, revision="0015")
+        with engine.begin() as conn:
+            for id_, kind, parent in (("t", "town", None), ("c", "community", "t"), ("g", "grid", "c")):
+                conn.execute(sa.text("INSERT INTO org_units (id, code, name, kind, parent_id, enforcement_power) "
+                                     "VALUES (:id, :id, :id, :kind, :parent, false)"),
+                             {"id": id_, "kind": kind, "parent": parent})
+            conn.execute(sa.text(place), [{"id": "reclassed", "version": 4, "class_version": 3},
+                                          {"id": "never", "version": 2, "class_version": 1}])
+        migrate.upgrade(url)
+        with Session(engine) as s:
+            assert s.get(Place, "reclassed").field_versions == {"place_class": [3, None]}
+            assert s.get(Place, "never").field_versions == {}
+        migrate.downgrade(url, revision="0015")
+        with engine.connect() as conn:
+            assert dict(conn.execute(sa.text("SELECT id, class_version FROM places")).all()) == {
+                "reclassed": 3, "never": 1}
+    finally:
+        engine.dispose()
+        cleanup()
