@@ -12,14 +12,30 @@ if config.config_file_name is not None and not config.attributes.get("connection
 
 
 def _configure(connection) -> None:
+    sqlite = connection.dialect.name == "sqlite"
     context.configure(
         connection=connection,
         target_metadata=metadata,
-        render_as_batch=connection.dialect.name == "sqlite",  # SQLite alters tables by copy
+        render_as_batch=sqlite,  # SQLite alters tables by copy
         compare_type=True,
     )
-    with context.begin_transaction():
-        context.run_migrations()
+    # A copy ends by dropping the old table, and with foreign keys on (app.db turns them on for every
+    # connection) SQLite refuses to drop a table other rows refer to: a premises with inspections, say.
+    # Off while the migrations run (the pragma is ignored inside a transaction, so set before it begins,
+    # on the driver's connection, which runs it at once), and every reference checked before the commit.
+    raw = connection.connection.driver_connection if sqlite else None
+    if raw is not None and not raw.in_transaction:
+        raw.execute("PRAGMA foreign_keys=OFF")
+    try:
+        with context.begin_transaction():
+            context.run_migrations()
+            if sqlite:
+                broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                if broken:
+                    raise RuntimeError(f"the migration left rows referring to rows that are not there: {broken[:5]}")
+    finally:
+        if raw is not None and not raw.in_transaction:
+            raw.execute("PRAGMA foreign_keys=ON")
 
 
 def run() -> None:
