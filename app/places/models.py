@@ -83,7 +83,7 @@ class Place(PlaceBase, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     # bumped by every change (places.service.update_place); a phone's edit names the one it saw (base_version)
     version: int = Field(default=1, sa_column_kwargs={"server_default": "1"})
-    # field -> [the version that last changed it, the device it was changed on or None] (lat and lon as
+    # field -> [the version that last changed it, the phone whose synced edit it was, or None] (lat and lon as
     # "location", places.service.versioned_as): a phone's copy older than that version has not seen the
     # field as it is, unless the change was its own (sync.service._place_upsert). Absent: not since 0016.
     field_versions: dict[str, list] = Field(default_factory=dict, sa_type=sa.JSON,

@@ -61,14 +61,16 @@ def create_place(session: Session, scope: Scope | None, data: PlaceCreate) -> Pl
 
 
 def update_place(session: Session, scope: Scope | None, place: Place, data: PlaceUpdate, *,
-                 rules: Rules | None = None, actor: Actor | None = None, now: datetime | None = None) -> Place:
+                 rules: Rules | None = None, actor: Actor | None = None, now: datetime | None = None,
+                 offline_device_id: str | None = None) -> Place:
     """Change a premises. Moved to another town or community, its hazards go to the bodies
     whose jurisdiction it now lies in; reclassed, those below the tier the policy names for the new class
     go up to it (never down): both by referrals.service.relocate, planned before anything changes, which
     needs ``rules``. ``scope``: the caller's (None: the CSV import, the admin's), who may change only what
     it may (a police station or the brigade the class alone; a class a lower tier supervises only the body
     that supervises the premises now, one above it, or the admin). ``actor``: who changed it, the system
-    if None."""
+    if None. ``offline_device_id``: the phone whose synced edit this is (Place.field_versions: a later edit
+    it made offline has seen this one); an edit at a desk, online, names none."""
     from app.referrals.service import plan_relocation, relocate
 
     if session.get_bind().dialect.name == "postgresql":
@@ -120,7 +122,7 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     place.updated_at = now or utcnow()
     place.version += 1
     if changed:  # a new dict: the JSON column sees no change made inside the old one
-        by = [place.version, actor.device_id if actor is not None else None]
+        by = [place.version, offline_device_id]
         place.field_versions = {**(place.field_versions or {}), **{key: by for key in changed}}
     if "grid_id" in changes or "place_class" in changes:
         with session.no_autoflush:  # the place's change is flushed once, with its hazards' and inspections'

@@ -460,9 +460,11 @@ def earliest_open_select(dialect: str) -> sa.Select:
         pairs = sa.func.json_each(sa.bindparam("open_pairs", type_=sa.String)).table_valued("value", name="pairs")
         place_id = sa.func.json_extract(pairs.c.value, "$.place_id")
         category = sa.func.json_extract(pairs.c.value, "$.category")
+    # The hazards one push wrote share a created_at, and the later of two reports of the same names the first:
+    # among those, the one that names none came first (ids are the phones' and tell nothing of order).
     first = (select(Hazard.id).where(Hazard.place_id == place_id, Hazard.category == category,
                                      Hazard.status.in_(_OPEN_LITERAL))
-             .order_by(Hazard.created_at, Hazard.id).limit(1).scalar_subquery())
+             .order_by(Hazard.created_at, Hazard.duplicate_of_id.is_not(None), Hazard.id).limit(1).scalar_subquery())
     return select(first.label("id"), place_id.label("place_id"), category.label("category")).select_from(pairs)
 
 

@@ -244,24 +244,31 @@ def _validation_rejected(op: Op, exc: ValidationError) -> OpResult:
 
 _PLACES = select(Place).where(Place.id.in_(sa.bindparam("ids", expanding=True)))
 _DONE = select(SyncOp.op_id, SyncOp.result, SyncOp.user_id).where(SyncOp.op_id.in_(sa.bindparam("ids", expanding=True)))
-# Which of a run's op ids were applied before (with their results) and which of its record ids are
-# taken: one statement, not four (each statement is ~4 % of a one-op push's instructions,
-# bench/instructions.py). An empty list matches nothing.
-_KNOWN = sa.union_all(
-    sa.select(sa.literal_column("'op'").label("kind"), SyncOp.op_id.label("id"), SyncOp.result.label("result"),
-              SyncOp.user_id.label("user_id"), sa.null().label("place_id"), sa.null().label("reporter"))
-    .where(SyncOp.op_id.in_(sa.bindparam("op_ids", expanding=True))),
-    sa.select(sa.literal_column("'hazard'"), Hazard.id, sa.null(), sa.null(), sa.null(), sa.null())
-    .where(Hazard.id.in_(sa.bindparam("hazard_ids", expanding=True))),
-    # and where each inspection is: a report may name only an inspection of its own premises
-    sa.select(sa.literal_column("'inspection'"), Inspection.id, sa.null(), Inspection.place_id, sa.null(), sa.null())
-    .where(Inspection.id.in_(sa.bindparam("inspection_ids", expanding=True))),
-    # the hazards that named one of the run's inspections before it arrived, of which premises and whose: those
-    # of another premises lose the link when it is stored (ix_hazards_inspection_id)
-    sa.select(sa.literal_column("'named'"), Hazard.id, sa.null(), Hazard.inspection_id, Hazard.place_id,
-              Hazard.reporter_user_id)
-    .where(Hazard.inspection_id.in_(sa.bindparam("submitted_ids", expanding=True))),
-)
+# Which of a run's op ids were applied before (with their results), which of its record ids are taken,
+# and which open hazards its reports repeat: one statement, not five (each statement is ~3 % of a one-op
+# push's instructions, bench/instructions.py). An empty list matches nothing.
+@functools.cache
+def _known(dialect: str) -> sa.CompoundSelect:
+    earliest = earliest_open_select(dialect).subquery("earliest")
+    return sa.union_all(
+        sa.select(sa.literal_column("'op'").label("kind"), SyncOp.op_id.label("id"), SyncOp.result.label("result"),
+                  SyncOp.user_id.label("user_id"), sa.null().label("place_id"), sa.null().label("reporter"))
+        .where(SyncOp.op_id.in_(sa.bindparam("op_ids", expanding=True))),
+        sa.select(sa.literal_column("'hazard'"), Hazard.id, sa.null(), sa.null(), sa.null(), sa.null())
+        .where(Hazard.id.in_(sa.bindparam("hazard_ids", expanding=True))),
+        # and where each inspection is: a report may name only an inspection of its own premises
+        sa.select(sa.literal_column("'inspection'"), Inspection.id, sa.null(), Inspection.place_id, sa.null(), sa.null())
+        .where(Inspection.id.in_(sa.bindparam("inspection_ids", expanding=True))),
+        # the hazards that named one of the run's inspections before it arrived, of which premises and whose: those
+        # of another premises lose the link when it is stored (ix_hazards_inspection_id)
+        sa.select(sa.literal_column("'named'"), Hazard.id, sa.null(), Hazard.inspection_id, Hazard.place_id,
+                  Hazard.reporter_user_id)
+        .where(Hazard.inspection_id.in_(sa.bindparam("submitted_ids", expanding=True))),
+        # the earliest open hazard of each (premises, category) the run reports (None: nothing open there;
+        # the category in the last column)
+        sa.select(sa.literal_column("'open'"), earliest.c.id, sa.null(), sa.null(), earliest.c.place_id,
+                  earliest.c.category),
+    )
 
 
 class _RunState:
@@ -278,11 +285,18 @@ class _RunState:
         submitted = sorted({d.id for d in parsed if isinstance(d, InspectionSubmitData)})
         inspection_ids = set(submitted)
         inspection_ids |= {d.inspection_id for d in parsed if isinstance(d, HazardReportData) and d.inspection_id}
+        # the open hazards a report repeats, as the database has them (see _changed_since_planned)
+        self.open_seen: dict[tuple[str, str], str] = {}
+        reported = [h for d in parsed if d is not None for h in _hazards_of(d)]
         # the fourth column: an op's user, an inspection's premises, the inspection a hazard names
-        for kind, id_, result, owner, place_id, reporter in session.execute(_KNOWN, {
-                "op_ids": op_ids, "hazard_ids": [h.id for d in parsed if d is not None for h in _hazards_of(d)],
-                "inspection_ids": sorted(inspection_ids), "submitted_ids": submitted}):
-            if kind == "named":
+        for kind, id_, result, owner, place_id, reporter in session.execute(_known(session.get_bind().dialect.name), {
+                "op_ids": op_ids, "hazard_ids": [h.id for h in reported],
+                "inspection_ids": sorted(inspection_ids), "submitted_ids": submitted,
+                **open_pairs_param((h.place_id, h.category) for h in reported if h.place_id in self.places)}):
+            if kind == "open":
+                if id_ is not None:
+                    self.open_seen[(place_id, reporter)] = id_  # the category, in the last column
+            elif kind == "named":
                 self.naming.setdefault(owner, []).append((id_, place_id, reporter))
             else:
                 known[kind][id_] = _prior(ctx, owner, result) if kind == "op" else owner
@@ -294,9 +308,6 @@ class _RunState:
         self.stored_inspections = frozenset(known["inspection"])  # on the server as planned
         # inspection id -> the premises of the run's reports that name it while it is not on the server
         self.named_unstored: dict[str, set[str]] = {}
-        # the open hazards a report repeats, as the database has them (see _changed_since_planned)
-        self.open_seen = earliest_open(session, [(h.place_id, h.category) for d in parsed if d is not None
-                                                 for h in _hazards_of(d) if h.place_id in self.places])
         self.open_by_place = dict(self.open_seen)
         for key, hazard_id in ctx.open_by_place.items():  # what this push wrote before the run
             if hazard_id is None:
@@ -860,7 +871,7 @@ def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
             kept["place_class"], why["place_class"] = existing.place_class, "not_allowed"
             del changes["place_class"]
         place = places.update_place(ctx.session, ctx.scope, existing, PlaceUpdate(**changes),
-                                     rules=ctx.rules, actor=ctx.actor, now=ctx.now)
+                                     rules=ctx.rules, actor=ctx.actor, now=ctx.now, offline_device_id=ctx.device.id)
     result = {"place_id": place.id, "grid_id": place.grid_id, "version": place.version}
     if kept:
         result["kept"], result["kept_why"] = kept, why

@@ -129,3 +129,14 @@ def test_earliest_open_answers_only_the_pairs_asked(clocked_client, worker, plac
     assert earliest_open(session, asked) == {(place.id, "window_bars"): a["result"]["hazard_id"]}
     assert earliest_open(session, [(other.id, "lpg_misuse")]) == {(other.id, "lpg_misuse"): b["result"]["hazard_id"]}
     assert earliest_open(session, []) == {}
+
+
+def test_a_later_report_names_the_first_of_an_earlier_batch_not_its_duplicate(clocked_client, worker, place):
+    """The hazards of one push share a created_at, and of two reports of the same the later names the first.
+    The next report names the first, whichever id sorts first (ids are the phones', random)."""
+    first = hazard_data(place.id, NOW, category="window_bars", id="ffffffff-0000-4000-8000-000000000001")
+    second = hazard_data(place.id, NOW, category="window_bars", id="00000000-0000-4000-8000-000000000002")
+    r1, r2 = push(clocked_client, worker, op("hazard.report", first), op("hazard.report", second))
+    assert (r1["result"]["duplicate_of_id"], r2["result"]["duplicate_of_id"]) == (None, first["id"])
+    [r3] = push(clocked_client, worker, op("hazard.report", hazard_data(place.id, NOW, category="window_bars")))
+    assert r3["result"]["duplicate_of_id"] == first["id"], r3
