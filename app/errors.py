@@ -89,7 +89,7 @@ def _field_name(loc: tuple) -> str:
 # lock table full (pushes at once hold many advisory locks: docs/DEPLOY.md). The transaction was
 # rolled back whole, so the client may simply send the same request again.
 _PG_BUSY = {"55P03": "a lock wait timed out", "40P01": "a deadlock was broken", "40001": "a serialization conflict",
-            "53200": "the database's lock table was full"}
+            "53200": "the database ran short of memory, its lock table most likely"}
 _SQLITE_BUSY = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED (and their extended codes, in the low byte)
 RETRY_AFTER_SECONDS = 1
 
