@@ -18,23 +18,33 @@ def _configure(connection) -> None:
         target_metadata=metadata,
         render_as_batch=sqlite,  # SQLite alters tables by copy
         compare_type=True,
+        # SQLite's DDL is transactional, though Alembic does not assume it: one transaction for the whole
+        # run, so that the check below can still undo it
+        **({"transactional_ddl": True} if sqlite else {}),
     )
     # A copy ends by dropping the old table, and with foreign keys on (app.db turns them on for every
     # connection) SQLite refuses to drop a table other rows refer to: a premises with inspections, say.
-    # Off while the migrations run (the pragma is ignored inside a transaction, so set before it begins,
-    # on the driver's connection, which runs it at once), and every reference checked before the commit.
+    # Off while the migrations run (SQLite ignores the pragma inside a transaction: set on the driver's
+    # connection before the run's begins), every reference checked before the commit, on again after.
     raw = connection.connection.driver_connection if sqlite else None
-    if raw is not None and not raw.in_transaction:
+    if raw is not None:
+        if raw.in_transaction:
+            raise RuntimeError("migrate SQLite on a connection with no transaction open: its foreign keys, which "
+                               "copying a table needs off, cannot be turned off inside one")
         raw.execute("PRAGMA foreign_keys=OFF")
     try:
         with context.begin_transaction():
+            heads = context.get_context().get_current_heads()
             context.run_migrations()
-            if sqlite:
+            if sqlite and context.get_context().get_current_heads() != heads:
                 broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                 if broken:
-                    raise RuntimeError(f"the migration left rows referring to rows that are not there: {broken[:5]}")
+                    raise RuntimeError(f"the migration left rows referring to rows that are not there, so it was "
+                                       f"undone (table, rowid, referred table, key): {broken[:5]}")
     finally:
-        if raw is not None and not raw.in_transaction:
+        if raw is not None:
+            if raw.in_transaction:  # the run's, if it failed before it ended
+                connection.rollback()
             raw.execute("PRAGMA foreign_keys=ON")
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import aliased
 from pydantic_core import PydanticUndefined
 from sqlmodel import Session, select
 
@@ -460,11 +461,21 @@ def earliest_open_select(dialect: str) -> sa.Select:
         pairs = sa.func.json_each(sa.bindparam("open_pairs", type_=sa.String)).table_valued("value", name="pairs")
         place_id = sa.func.json_extract(pairs.c.value, "$.place_id")
         category = sa.func.json_extract(pairs.c.value, "$.category")
-    # The hazards one push wrote share a created_at, and the later of two reports of the same names the first:
-    # among those, the one that names none came first (ids are the phones' and tell nothing of order).
-    first = (select(Hazard.id).where(Hazard.place_id == place_id, Hazard.category == category,
-                                     Hazard.status.in_(_OPEN_LITERAL))
-             .order_by(Hazard.created_at, Hazard.duplicate_of_id.is_not(None), Hazard.id).limit(1).scalar_subquery())
+    # The hazards one push wrote share a created_at, and a later report of the same names the first one
+    # open when it came: among those, the first is the one that names no hazard of its own push (it names
+    # none, or one from before). The ids are the phones' and tell nothing of order.
+    # Only that first push's hazards are ranked so: its created_at is found first, by one index seek.
+    def open_there(h) -> tuple:
+        return h.place_id == place_id, h.category == category, h.status.in_(_OPEN_LITERAL)
+
+    named, earliest = aliased(Hazard), aliased(Hazard)
+    # both correlated to the pair and the ranked hazard they sit in (not to the enclosing select only)
+    names_its_own_push = (sa.exists().where(named.id == Hazard.duplicate_of_id, named.created_at == Hazard.created_at)
+                          .correlate_except(named))
+    since = select(sa.func.min(earliest.created_at)).where(*open_there(earliest)).correlate_except(earliest) \
+        .scalar_subquery()
+    first = (select(Hazard.id).where(*open_there(Hazard), Hazard.created_at == since)
+             .order_by(names_its_own_push, Hazard.id).limit(1).scalar_subquery())
     return select(first.label("id"), place_id.label("place_id"), category.label("category")).select_from(pairs)
 
 

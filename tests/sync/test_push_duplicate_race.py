@@ -140,3 +140,32 @@ def test_a_later_report_names_the_first_of_an_earlier_batch_not_its_duplicate(cl
     assert (r1["result"]["duplicate_of_id"], r2["result"]["duplicate_of_id"]) == (None, first["id"])
     [r3] = push(clocked_client, worker, op("hazard.report", hazard_data(place.id, NOW, category="window_bars")))
     assert r3["result"]["duplicate_of_id"] == first["id"], r3
+
+
+@pytest.mark.parametrize("way", ["bulk", "op by op"])
+def test_the_next_report_names_the_first_of_a_push_whose_first_named_a_hazard_it_closed(
+        clocked_client, clock, worker, place, session, way, monkeypatch):
+    """One push: report A (it names H0, open), a re-inspection that closes H0, report B (H0 is closed: it names
+    A). A came first, so the next report names A, whichever id sorts first. Both name a hazard, so "the one
+    that names none" would not tell them apart: the first is the one that names no hazard of its own push."""
+    if way == "op by op":
+        monkeypatch.setattr(sync, "_write_run", lambda ctx, plan: None)
+    [h0] = push(clocked_client, worker, op("hazard.report", hazard_data(place.id, NOW, category="window_bars")))
+    h0_id = h0["result"]["hazard_id"]
+    stored = session.get(Hazard, h0_id)
+    stored.status = "accepted"  # a re-inspection may close it (lifecycle.ALLOWED)
+    session.add(stored)
+    session.commit()
+    clock.now += timedelta(minutes=5)
+    a = hazard_data(place.id, NOW, category="window_bars", id="ffffffff-0000-4000-8000-00000000000a")
+    b = hazard_data(place.id, NOW, category="window_bars", id="00000000-0000-4000-8000-00000000000b")
+    ra, rr, rb = push(clocked_client, worker, op("hazard.report", a),
+                      op("hazard.reinspect", {"id": uid(), "hazard_id": h0_id, "rectified": True,
+                                              "at": NOW.isoformat(), "photos": ["b" * 64]}),
+                      op("hazard.report", b))
+    assert rr["status"] == "applied" and rr["result"]["status"] == "closed", rr
+    assert (ra["result"]["duplicate_of_id"], rb["result"]["duplicate_of_id"]) == (h0_id, a["id"]), (ra, rb)
+    clock.now += timedelta(minutes=5)
+    [rc] = push(clocked_client, worker, op("hazard.report", hazard_data(place.id, NOW, category="window_bars")))
+    assert rc["result"]["duplicate_of_id"] == a["id"], "named a duplicate of the first, not the first"
+
