@@ -14,6 +14,7 @@ from sqlmodel import Session
 
 from app import migrate
 from app.db import make_engine
+from app.demo import seed_demo
 from app.models import metadata
 from tests.conftest import fresh_database_url
 
@@ -44,6 +45,14 @@ def test_upgrade_matches_models_and_downgrade_round_trips(backend, tmp_path):
         cleanup()
 
 
+def _upgrade_and_seed(url: str, engine: sa.Engine) -> None:
+    """Head, and the demo's data: premises that inspections and hazards name."""
+    migrate.upgrade(url)
+    with Session(engine) as s:
+        seed_demo(s)
+        s.commit()
+
+
 # tables whose rows refer to premises and to one another: a migration that copies one of them must keep them all
 _KEPT = ("org_units", "users", "places", "inspections", "hazards", "referrals", "hazard_events", "changes")
 
@@ -53,15 +62,10 @@ def test_migrations_down_and_up_again_keep_a_database_with_data(backend, tmp_pat
     """SQLite alters a table by copying it and dropping the old one, which foreign keys refuse while other
     rows refer to it (a premises with inspections): the round trip above, on empty tables, never saw that.
     The demo's data, down past the last migrations that copy tables and up again: every row still there."""
-    from app.demo import seed_demo
-
     url, cleanup = fresh_database_url(backend, tmp_path)
     engine = make_engine(url)
     try:
-        migrate.upgrade(url)
-        with Session(engine) as s:
-            seed_demo(s)
-            s.commit()
+        _upgrade_and_seed(url, engine)
 
         def counts() -> dict[str, int]:
             with engine.connect() as conn:
@@ -130,15 +134,10 @@ def test_a_migration_leaving_dangling_references_is_rolled_back_not_committed(tm
     """Every reference is checked before the run commits, and the run is one transaction (Alembic commits
     each SQLite migration on its own unless told otherwise): a migration that leaves hazards naming premises
     that are gone is undone, version and all."""
-    from app.demo import seed_demo
-
     url = _sqlite_url(tmp_path)
     engine = make_engine(url)
     try:
-        migrate.upgrade(url)
-        with Session(engine) as s:
-            seed_demo(s)
-            s.commit()
+        _upgrade_and_seed(url, engine)
         with engine.connect() as conn:
             before = conn.exec_driver_sql("SELECT count(*) FROM places").scalar()
         cfg = migrate.alembic_config(url)
@@ -157,15 +156,10 @@ def test_a_migration_leaving_dangling_references_is_rolled_back_not_committed(tm
 def test_migrating_on_a_connection_already_in_a_transaction_is_refused_with_a_reason(tmp_path):
     """SQLite ignores the foreign-keys pragma inside a transaction, so on such a connection a table copy would
     fail on the first premises with an inspection: refused up front, nothing changed."""
-    from app.demo import seed_demo
-
     url = _sqlite_url(tmp_path)
     engine = make_engine(url)
     try:
-        migrate.upgrade(url)
-        with Session(engine) as s:
-            seed_demo(s)
-            s.commit()
+        _upgrade_and_seed(url, engine)
         migrate.downgrade(url, revision="0015")
         with pytest.raises(RuntimeError, match="no transaction open"):
             with engine.begin() as conn:
