@@ -19,6 +19,12 @@ _TEXT = ("name", "address", "grid_id", "owner_name", "owner_phone", "sector_regu
 _CLEARABLE = ("address", "owner_name", "owner_phone")
 
 
+def _stripped(value: str | None) -> str | None:
+    """Text stored as a phone's push stores it (its ops strip every text): else a blank the office typed after
+    a name would make the phone's copy differ from what is stored, and the phone's next edit rewrite it."""
+    return value.strip() if isinstance(value, str) else value
+
+
 class PlaceClass(StrEnum):
     key_unit_1 = "key_unit_1"  # 一级消防安全重点单位 → brigade
     key_unit_2 = "key_unit_2"  # 二级消防安全重点单位 → brigade
@@ -96,6 +102,7 @@ class PlaceCreate(PlaceBase):
     # PostgreSQL can neither store nor look up a NUL, SQLite would store it: a 422 naming the field on both
     # (on what comes in only: a row stored before this check is still shown)
     _no_nul = field_validator(*_TEXT)(reject_nul)
+    _text_stripped = field_validator(*_TEXT)(_stripped)
 
     @field_validator("id")
     @classmethod
@@ -117,11 +124,7 @@ class PlaceUpdate(SQLModel):
     sector_regulator_id: str | None = Field(default=None, max_length=36)
 
     _no_nul = field_validator(*_TEXT)(reject_nul)
-
-    @field_validator("name")
-    @classmethod
-    def _name_stripped(cls, v: str | None) -> str | None:
-        return v.strip() if v is not None else v  # stored as PlaceCreate stores it (blank: update_place's 422)
+    _text_stripped = field_validator(*_TEXT)(_stripped)  # a blank name: update_place's 422
 
     @field_validator(*_CLEARABLE)
     @classmethod

@@ -840,6 +840,7 @@ def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
     ctx.scope.require_place_editor()
     kept: dict[str, Any] = {}
     why: dict[str, str] = {}
+    stale = False  # the copy the edit was made on is older than the premises as stored
     # PostgreSQL: the row as it is now, locked, before its fields and versions are compared with the phone's
     # copy: a change committing between this read and update_place's lock would be undone, or refuse the op
     existing = ctx.session.get(Place, data.id, populate_existing=True,
@@ -853,13 +854,18 @@ def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
         # only what the op names: a field the phone does not send (an old app that knows no owner_phone)
         # keeps what the office entered rather than being blanked by the default
         changes = data.model_dump(exclude={"id", "base_version"}, exclude_unset=True)
+        # the push strips text, and the office's entries were not stripped before: the same text, not an edit
+        for key in [k for k, v in changes.items() if isinstance(v, str) and v != getattr(existing, k)]:
+            if isinstance(getattr(existing, key), str) and getattr(existing, key).strip() == changes[key]:
+                del changes[key]
         # A phone sends the whole record with every edit. A field changed elsewhere since the copy the edit was
         # made on (the office corrected the owner's phone or moved the premises to another grid, the
         # supervising body made it a key unit) comes back with the value of that older copy: it is kept as
         # it is, the rest of the edit applied, and the answer says so. A change this phone made itself is
         # one its copy has seen: edits made offline one after another all name the version it last pulled.
         # Without a base version (an older app) the phone's values are taken, as before versions were kept.
-        if data.base_version is not None and data.base_version < existing.version:
+        stale = data.base_version is not None and data.base_version < existing.version
+        if stale:
             versions = existing.field_versions or {}
             for key in [k for k, v in changes.items() if v != getattr(existing, k)]:
                 version, device_id = versions.get(places.versioned_as(key), (0, None))
@@ -875,6 +881,8 @@ def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
     result = {"place_id": place.id, "grid_id": place.grid_id, "version": place.version}
     if kept:
         result["kept"], result["kept_why"] = kept, why
-        # the premises as stored is not what the phone sent: its next pull brings it, though the phone wrote it
+    if kept or stale:
+        # the premises as stored is not the phone's copy with its edit (a field kept, or changes it had not
+        # seen, fields it does not send among them): its next pull brings it, though the phone wrote it
         feed.mark_news(ctx.session, "place", [place.id])
     return result

@@ -17,6 +17,7 @@ from sqlmodel import Session
 from app import migrate
 from app.auth.models import User
 from app.db import make_engine
+from app.org.models import OrgUnit
 from app.places.models import Place
 from app.places.service import import_places_csv
 from tests.conftest import fresh_database_url, login
@@ -198,3 +199,76 @@ def test_the_migration_carries_the_class_version_over_and_back(backend, tmp_path
     finally:
         engine.dispose()
         cleanup()
+
+
+def _place_rows(changes: list[dict], place_id: str) -> list[dict]:
+    return [c for c in changes if c["type"] == "place" and c["id"] == place_id and not c["deleted"]]
+
+
+def test_a_stale_copys_edit_that_keeps_nothing_still_brings_the_stored_premises_back(client, session, units, place):
+    """The office sets the premises' sector regulator (a field no phone sends) while the worker is offline; the
+    phone, on version 1, writes down the owner's name. Nothing is kept, but the premises as stored is not the
+    phone's copy with its edit: pull brings version 3, though the phone wrote it. (Once, only a kept field made
+    it news: the pull brought the office's version 2 without the owner's name, and never version 3.)"""
+    worker = login(client, "worker-a1")
+    _, cursor, _ = pull_all(client, worker)
+    regulator = session.execute(sa.select(OrgUnit).where(OrgUnit.code == "regulator-commerce")).scalar_one()
+    desk = login(client, "office-a", device="desk")
+    r = client.patch(f"/api/v1/places/{place.id}", json={"sector_regulator_id": regulator.id}, headers=desk)
+    assert r.status_code == 200 and r.json()["version"] == 2, r.text
+
+    [res] = push(client, worker, op("place.upsert", _copy(place, 1, owner_name="张老板")))
+    assert res["status"] == "applied" and "kept" not in res["result"] and res["result"]["version"] == 3, res
+    stored = _fresh(session, place.id)
+    assert (stored.owner_name, stored.sector_regulator_id, stored.version) == ("张老板", regulator.id, 3)
+
+    changes, _, _ = pull_all(client, worker, cursor)
+    rows = _place_rows(changes, place.id)
+    assert rows, "the office's change is not even delivered"
+    last = rows[-1]["data"]
+    # the phone must get the premises as stored (version 3: the regulator and its own owner's name)
+    assert (last["version"], last["owner_name"], last["sector_regulator_id"]) == (3, "张老板", regulator.id), [
+        (r["data"]["version"], r["data"]["owner_name"], r["data"]["sector_regulator_id"]) for r in rows]
+
+
+def test_the_news_of_a_kept_edit_is_not_the_last_word_after_the_phones_next_own_edit(client, session, place):
+    """Push 1 (a stale copy) keeps the office's owner phone and marks the premises as news (version 3). Before
+    pulling, the worker corrects the address (push 2, from the same copy: version 4). The pull's last word on
+    the premises is version 4, not the news of version 3: else the phone's copy would go back to the old
+    address, and its next edit, from that copy, would send the old address as its own."""
+    worker = login(client, "worker-a1")
+    _, cursor, _ = pull_all(client, worker)
+    desk = login(client, "office-a", device="desk")
+    assert client.patch(f"/api/v1/places/{place.id}", json={"owner_phone": "13900000001"},
+                        headers=desk).status_code == 200
+    [r1] = push(client, worker, op("place.upsert", _copy(place, 1, owner_name="张老板")))
+    assert r1["result"]["kept"] == {"owner_phone": "13900000001"}, r1
+    # the phone put the kept value in its copy (README) and edits on, still offline of any pull
+    [r2] = push(client, worker, op("place.upsert", _copy(place, 1, owner_name="张老板", owner_phone="13900000001",
+                                                       address="新地址8号")))
+    assert r2["status"] == "applied" and "kept" not in r2["result"] and r2["result"]["version"] == 4, r2
+
+    changes, _, _ = pull_all(client, worker, cursor)
+    rows = _place_rows(changes, place.id)
+    last = rows[-1]["data"]
+    assert (last["version"], last["address"]) == (4, "新地址8号"), [
+        (r["data"]["version"], r["data"]["address"]) for r in rows]
+
+
+def test_an_offices_blank_is_stripped_as_a_phones_and_is_not_the_phones_edit(client, session, place):
+    """The office types the owner's name with a trailing blank: stored stripped, as a phone's push stores text.
+    The phone, which has it so, corrects only the owner's phone: the name is not rewritten, nor counted as the
+    phone's change. A name stored with the blank before (an older version) is the same text too."""
+    desk = login(client, "office-a", device="desk")
+    r = client.patch(f"/api/v1/places/{place.id}", json={"owner_name": " 张三 "}, headers=desk)
+    assert r.status_code == 200 and r.json()["owner_name"] == "张三" and r.json()["version"] == 2, r.text
+    worker = login(client, "worker-a1")
+    [res] = push(client, worker, op("place.upsert", _copy(place, 2, owner_name="张三", owner_phone="13900000009")))
+    assert res["status"] == "applied" and "kept" not in res["result"], res
+    p = _fresh(session, place.id)
+    assert (p.owner_phone, p.owner_name, p.field_versions["owner_name"]) == ("13900000009", "张三", [2, None])
+    p.address = "老地址1号 "  # as stored before entries were stripped
+    session.commit()
+    [res] = push(client, worker, op("place.upsert", _copy(place, 3, address="老地址1号", owner_name="张三")))
+    p = _fresh(session, place.id)
+    assert (p.address, "address" in p.field_versions) == ("老地址1号 ", False), p.field_versions
