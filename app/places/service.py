@@ -115,6 +115,10 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
         if relocation is not None and rules is None:
             raise TypeError("update_place: moving or reclassing a premises with hazards needs the rules")
     changed = {versioned_as(key) for key, value in changes.items() if getattr(place, key) != value}
+    if not changed:
+        # nothing to write: a phone sends the whole record with every edit, and a record sent back as it is
+        # must not make a new version, nor a change every phone of the grid then pulls
+        return place
     if "grid_id" in changes:
         place.town_id, place.community_id = grid.town_id, grid.community_id
     for key, value in changes.items():

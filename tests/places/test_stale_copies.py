@@ -272,3 +272,34 @@ def test_an_offices_blank_is_stripped_as_a_phones_and_is_not_the_phones_edit(cli
     [res] = push(client, worker, op("place.upsert", _copy(place, 3, address="老地址1号", owner_name="张三")))
     p = _fresh(session, place.id)
     assert (p.address, "address" in p.field_versions) == ("老地址1号 ", False), p.field_versions
+
+
+def test_a_record_sent_back_as_it_is_writes_nothing(client, session, place):
+    """A phone sends the whole premises with every edit, and may send it unchanged (saved again, an app that
+    sends it with each inspection): no new version, and nothing new for any phone of the grid to pull. The
+    same for a desk's PATCH that changes nothing."""
+    other = login(client, "worker-a1", device="second-phone")
+    _, cursor, _ = pull_all(client, other)
+    worker = login(client, "worker-a1")
+    [res] = push(client, worker, op("place.upsert", _copy(place, 1)))
+    assert res["status"] == "applied" and res["result"]["version"] == 1 and "kept" not in res["result"], res
+    desk = login(client, "office-a", device="desk")
+    r = client.patch(f"/api/v1/places/{place.id}", json={"owner_name": place.owner_name}, headers=desk)
+    assert r.status_code == 200 and r.json()["version"] == 1, r.text
+    assert _fresh(session, place.id).version == 1
+    changes, _, _ = pull_all(client, other, cursor)
+    assert _place_rows(changes, place.id) == []
+
+
+def test_a_stale_edit_whose_every_change_is_kept_writes_nothing_and_brings_the_premises_back(client, session, place):
+    worker = login(client, "worker-a1")
+    _, cursor, _ = pull_all(client, worker)
+    desk = login(client, "office-a", device="desk")
+    assert client.patch(f"/api/v1/places/{place.id}", json={"owner_phone": "13900000001"},
+                        headers=desk).json()["version"] == 2
+    [res] = push(client, worker, op("place.upsert", _copy(place, 1)))  # its copy as it was: the old number
+    assert (res["result"]["kept"], res["result"]["version"]) == ({"owner_phone": "13900000001"}, 2), res
+    assert _fresh(session, place.id).version == 2
+    changes, _, _ = pull_all(client, worker, cursor)
+    *_, last = _place_rows(changes, place.id)
+    assert (last["data"]["version"], last["data"]["owner_phone"]) == (2, "13900000001")
