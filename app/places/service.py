@@ -125,9 +125,8 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
         setattr(place, key, value)
     place.updated_at = now or utcnow()
     place.version += 1
-    if changed:  # a new dict: the JSON column sees no change made inside the old one
-        by = [place.version, offline_device_id]
-        place.field_versions = {**(place.field_versions or {}), **{key: by for key in changed}}
+    by = [place.version, offline_device_id]  # a new dict: the JSON column sees no change made inside the old one
+    place.field_versions = {**(place.field_versions or {}), **{key: by for key in changed}}
     if "grid_id" in changes or "place_class" in changes:
         with session.no_autoflush:  # the place's change is flushed once, with its hazards' and inspections'
             _hazards_follow(session, place)

@@ -855,8 +855,9 @@ def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
         # keeps what the office entered rather than being blanked by the default
         changes = data.model_dump(exclude={"id", "base_version"}, exclude_unset=True)
         # the push strips text, and the office's entries were not stripped before: the same text, not an edit
-        for key in [k for k, v in changes.items() if isinstance(v, str) and v != getattr(existing, k)]:
-            if isinstance(getattr(existing, key), str) and getattr(existing, key).strip() == changes[key]:
+        for key, value in list(changes.items()):
+            stored = getattr(existing, key)
+            if isinstance(value, str) and isinstance(stored, str) and stored != value and stored.strip() == value:
                 del changes[key]
         # A phone sends the whole record with every edit. A field changed elsewhere since the copy the edit was
         # made on (the office corrected the owner's phone or moved the premises to another grid, the

@@ -14,7 +14,7 @@ from app.inspections.models import Inspection
 from tests.helpers import hazard_data, op, push
 from tests.sync.test_pull import pull_all
 from tests.sync.test_push import NOW, place, worker  # noqa: F401  (place, worker: fixtures)
-from tests.sync.test_push_inspection_link import PATHS, _codes, _inspection, _other_place, _push, _stored
+from tests.sync.test_push_inspection_link import PATHS, _codes, _inspection, _other_place, _push_in_turn, _stored
 
 
 def _kinds(session, hazard_id: str) -> list[str]:
@@ -30,11 +30,7 @@ def test_an_inspection_of_another_premises_takes_the_link_from_hazards_that_name
     elsewhere = hazard_data(_other_place(session, units).id, NOW, inspection_id=inspection["id"])
     here = hazard_data(place.id, NOW, category="lpg_misuse", inspection_id=inspection["id"])
     ops = [op("hazard.report", elsewhere), op("hazard.report", here), op("inspection.submit", inspection)]
-    if together:
-        results = _push(clocked_client, worker, path, monkeypatch, *ops)
-    else:
-        results = _push(clocked_client, worker, path, monkeypatch, *ops[:2]) + \
-            _push(clocked_client, worker, path, monkeypatch, ops[2])
+    results = _push_in_turn(clocked_client, worker, path, monkeypatch, together, *ops)
     assert _codes(results) == [("applied", None, None)] * 3, results
     assert session.get(Inspection, inspection["id"]) is not None
     moved = _stored(session, elsewhere["id"])

@@ -42,7 +42,8 @@ from tests.conftest import fresh_migrated_engine, login
 from tests.helpers import hazard_data, op, place_of, push, race_behind_lock, uid
 from tests.sync.test_pull import pull_all
 from tests.sync.test_push import NOW, place, worker  # noqa: F401  (place, worker: fixtures)
-from tests.sync.test_push_inspection_link import PATHS, _codes, _inspection, _other_place, _push, _stored
+from tests.sync.test_push_inspection_link import (PATHS, _codes, _inspection, _other_place, _push,
+                                                  _push_in_turn, _stored)
 
 # hazards whose inspection is of another premises: must never be any
 _CROSS_LINKED = (sa.select(Hazard.id).join(Inspection, Inspection.id == Hazard.inspection_id)
@@ -357,11 +358,7 @@ def test_the_inspection_first_then_a_report_naming_it_from_elsewhere_is_refused(
     inspection = _inspection(place.id)
     elsewhere = hazard_data(_other_place(session, units).id, NOW, inspection_id=inspection["id"])
     ops = [op("inspection.submit", inspection), op("hazard.report", elsewhere)]
-    if together:
-        results = _push(clocked_client, worker, path, monkeypatch, *ops)
-    else:
-        results = _push(clocked_client, worker, path, monkeypatch, ops[0]) + \
-            _push(clocked_client, worker, path, monkeypatch, ops[1])
+    results = _push_in_turn(clocked_client, worker, path, monkeypatch, together, *ops)
     assert _codes(results) == [("applied", None, None), ("rejected", "inspection_mismatch", "data.inspection_id")]
     assert "unlinked" not in results[0]["result"]
     assert _stored(session, elsewhere["id"]) is None
