@@ -51,6 +51,8 @@ def post_action(hazard_id: str, body: ActionRequest, p: CurrentPrincipal, sessio
                 rules: RulesDep):
     service.visible_hazard(session, p.scope, hazard_id)  # 404 outside the scope
     action = Action(body.action)
+    if action is Action.MERGE:
+        service.require_visible_merge_target(session, p.scope, body.merge_into_id)
     h = service.lock_for_action(session, hazard_id, body.merge_into_id if action is Action.MERGE else None)
     service.require_may_act(p.scope, h, action)
     service.require_may_set_deadline(p.scope, h, action, body.deadline)

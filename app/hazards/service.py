@@ -43,6 +43,17 @@ def lock_for_action(session: Session, hazard_id: str, merge_into_id: str | None 
     return locked[hazard_id]
 
 
+def require_visible_merge_target(session: Session, scope: Scope, merge_into_id: str | None) -> None:
+    """A merge changes the original too (the duplicate's photos, a ``merged_in`` on its timeline): the caller
+    must see it. One it cannot see is answered as one that is not there, naming nothing outside its scope."""
+    if not merge_into_id:
+        return  # the lifecycle names the missing parameter
+    target = session.get(Hazard, merge_into_id)
+    if target is None or not sees_hazard(session, scope, target):
+        raise Invalid("merge_into_id: must be another hazard on the same premises", code="bad_merge_target",
+                      field="merge_into_id")
+
+
 def may_act(scope: Scope, h: Hazard, action: Action) -> bool:
     """Seen is not enough: the holder acts; the town office signs off dismissals; the grid worker re-inspects."""
     if scope.role == Role.admin:

@@ -24,7 +24,7 @@ from sqlmodel import Session, select
 from app.audit.service import Actor, event_row, insert_events
 from app.audit.models import HazardEvent
 from app.db import PreparedInsert, insert_prepared, prepare_insert, utcnow
-from app.errors import Conflict, DomainError, Invalid, NotFound
+from app.errors import Conflict, DomainError, Invalid
 from app.hazards.models import NO_DEADLINE, Hazard, HazardCC, Referral, Reinspection
 from app.org.models import OrgUnit, UnitKind
 from app.photos.service import claim_refs, register_refs, register_refs_bulk
@@ -942,13 +942,11 @@ class ReinspectionReport:
     photos: tuple[str, ...] = ()
 
 
-def record_field_reinspection(session: Session, rules: Rules, report: ReinspectionReport, actor: Actor,
+def record_field_reinspection(session: Session, rules: Rules, report: ReinspectionReport, h: Hazard, actor: Actor,
                               now: datetime) -> tuple[Hazard, str]:
-    """Apply a re-inspection if the state allows it; otherwise keep it, flag it for the holder, and let
-    its photo evidence count. Never dropped. Returns (hazard, outcome)."""
-    h = follow_merges(session, report.hazard_id)
-    if h is None:
-        raise NotFound(f"hazard {report.hazard_id} not found")
+    """Apply a re-inspection to ``h`` (the hazard report.hazard_id names, or the one it was merged into:
+    follow_merges, which the caller checks it may act on) if the state allows it; otherwise keep it, flag it
+    for the holder, and let its photo evidence count. Never dropped. Returns (hazard, outcome)."""
     row = Reinspection(id=report.id, hazard_id=h.id, reported_hazard_id=report.hazard_id, rectified=report.rectified,
                        note=report.note, at=report.at, photos=list(report.photos), user_id=actor.user_id,
                        device_id=actor.device_id, created_at=now, outcome="applied")

@@ -27,7 +27,7 @@ from app.places import service as places
 from app.photos.service import register_refs
 from app.referrals.lifecycle import Action
 from app.referrals.service import (HazardReport, PlannedHazard, PreparedHazards, ReinspectionReport, Rules, TownFacts,
-                                   calendar_for_writing, earliest_open, earliest_open_select, lock_hazard,
+                                   calendar_for_writing, earliest_open, earliest_open_select, follow_merges, lock_hazard,
                                    open_pairs_param, plan_hazard, prepare_planned, record_field_reinspection,
                                    report_hazard, town_facts, write_planned)
 from app.sync import feed
@@ -814,12 +814,17 @@ def _recorded_already(ctx: PushContext, data: HazardReportData, place: Place, in
 
 def _hazard_reinspect(ctx: PushContext, data: HazardReinspectData) -> dict:
     try:
-        h = visible_hazard(ctx.session, ctx.scope, data.hazard_id)
+        visible_hazard(ctx.session, ctx.scope, data.hazard_id)
     except NotFound:
         raise NotFound(f"data.hazard_id: no hazard {data.hazard_id} in your grids", code="unknown_hazard",
                        field="data.hazard_id") from None
-    if not may_act(ctx.scope, h, Action.RECORD_REINSPECTION):
-        raise Forbidden("only the grid worker of the premises or the holder re-inspects", code="not_allowed")
+    # A re-inspection of a merged duplicate is recorded on the hazard it was merged into, which may have
+    # another holder: that is the one the pusher must be allowed to re-inspect.
+    h = follow_merges(ctx.session, data.hazard_id)
+    if h is None or not may_act(ctx.scope, h, Action.RECORD_REINSPECTION):
+        raise Forbidden("only the grid worker of the premises or the holder re-inspects"
+                        + (f" (this hazard was merged into {h.id})" if h is not None and h.id != data.hazard_id else ""),
+                        code="not_allowed")
     _not_future(ctx, data.at, "at")
     if ctx.session.get(Reinspection, data.id) is not None:
         raise Conflict(f"data.id: re-inspection {data.id} already exists", code="reinspection_exists", field="data.id")
@@ -828,7 +833,7 @@ def _hazard_reinspect(ctx: PushContext, data: HazardReinspectData) -> dict:
         ctx.session, ctx.rules,
         ReinspectionReport(id=data.id, hazard_id=data.hazard_id, rectified=data.rectified, note=data.note,
                            at=data.at, photos=tuple(data.photos)),
-        ctx.actor, ctx.now,
+        h, ctx.actor, ctx.now,
     )
     return {"reinspection_id": data.id, "hazard_id": h.id, "outcome": outcome, "status": h.status}
 
