@@ -109,20 +109,28 @@ def _push(db: Database, who: Pusher, raw: bytes, now: datetime) -> bytes:
         raise Invalid("device_id: does not match the device this token was issued to", code="device_mismatch",
                       field="device_id")
     offset = health.clock_offset(body.sent_at, now)
-    with _ONE_PUSH_PER_PROCESS, db.session() as session:
-        # the read transaction begins inside the gate: waiting for the gate with it open would pin the
-        # WAL (no checkpoint can pass its snapshot), and the plan should see what committed meanwhile
-        ctx = service.PushContext(session=session, rules=who.rules, scope=who.scope, user=who.user,
-                                  device=who.device, now=now)
-        plan = service.plan_push(ctx, body.ops)
-        session.commit()  # end the read transaction (nothing to commit) before the write one begins
+    service.check_batch_size(body.ops)
+    with _ONE_PUSH_PER_PROCESS:
+        plan = _plan_ahead(db, who, body.ops, now) if service.plans_ahead(body.ops) else None
         with db.session(write=True) as writer:
             writer.info["origin_device_id"] = who.device.id  # the change feed does not echo a phone's own writes
+            ctx = service.PushContext(session=writer, rules=who.rules, scope=who.scope, user=who.user,
+                                      device=who.device, now=now)
             results = service.apply_push(ctx, body.ops, plan, writer)
             health.record_push(writer, who.device.id, now, offset, body.app_version)
             writer.commit()
     return PushResponse(results=results, server_time=now, clock_offset_s=offset,
                         clock_flagged=health.clock_flagged(offset)).model_dump_json().encode()
+
+
+def _plan_ahead(db: Database, who: Pusher, ops: list, now: datetime) -> "service._RunPlan | None":
+    # The read transaction begins inside the gate: waiting for the gate with it open would pin the WAL (no
+    # checkpoint can pass its snapshot), and the plan should see what committed meanwhile. It ends before
+    # the write transaction begins.
+    with db.session() as session:
+        ctx = service.PushContext(session=session, rules=who.rules, scope=who.scope, user=who.user,
+                                  device=who.device, now=now)
+        return service.plan_push(ctx, ops)
 
 
 devices_router = APIRouter(prefix="/api/v1/devices", tags=["sync"])

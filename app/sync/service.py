@@ -66,15 +66,33 @@ class PushContext:
 BULK_TYPES = frozenset({"hazard.report", "inspection.submit"})
 
 
+def check_batch_size(ops: list[Op]) -> None:
+    if len(ops) > MAX_OPS:
+        raise BatchTooLarge(f"a batch holds at most {MAX_OPS} ops; this one has {len(ops)}: split it", max_ops=MAX_OPS)
+
+
 def plan_push(ctx: PushContext, ops: list[Op]) -> "_RunPlan | None":
     """Phase 1, on ctx.session (may be a read transaction): a batch made only of creations is validated
     and routed here, so SQLite's single write lock is later held for the inserts alone. None for
     other batches: they are applied op by op in phase 2."""
-    if len(ops) > MAX_OPS:
-        raise BatchTooLarge(f"a batch holds at most {MAX_OPS} ops; this one has {len(ops)}: split it", max_ops=MAX_OPS)
+    check_batch_size(ops)
     if ops and all(op.type in BULK_TYPES for op in ops):
         return _plan_run(ctx, ops, {})
     return None
+
+
+# A batch of fewer ops than this is better planned on the writer, under the write lock and the push locks
+# (apply_push without a plan), than ahead of it on a read transaction: for so few ops the read transaction
+# and the check made again on the writer (_changed_since_planned) cost more than the planning they keep
+# out of the lock: a one-op push -11 % of its instructions (docs/PERFORMANCE.md). A phone syncing each
+# inspection as it is made sends such batches.
+PLAN_AHEAD_MIN_OPS = 4
+
+
+def plans_ahead(ops: list[Op]) -> bool:
+    """Whether the endpoint plans this batch ahead of the write transaction (plan_push would plan it, and
+    it is not a small one)."""
+    return len(ops) >= PLAN_AHEAD_MIN_OPS and all(op.type in BULK_TYPES for op in ops)
 
 
 def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer: Session) -> list[OpResult]:
@@ -93,7 +111,9 @@ def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer:
         results = _write_run(wctx, plan)
         if results is not None:
             return results
-    done = _done(wctx, writer, ops)
+    # a run of creations finds its ops applied before as it plans (_RunState): only ops applied one by one
+    # need them looked up first
+    done = {} if all(op.type in BULK_TYPES for op in ops) else _done(wctx, writer, ops)
     results: list[OpResult] = []
     i = 0
     while i < len(ops):

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 
 import app.sync.router as sync_router
+import app.sync.service as sync_service
 from app.referrals.service import load_calendar
 from tests.conftest import login
 from tests.helpers import hazard_data, op, place_of, push, uid
@@ -27,8 +28,11 @@ def stale_push_calendar(clocked_client, clock, session, monkeypatch):
     return stale
 
 
+@pytest.mark.parametrize("ahead", [True, False], ids=["planned ahead", "planned on the writer"])
 def test_a_bulk_push_planned_before_a_holiday_was_saved_counts_the_holiday(
-        clocked_client, session, units, stale_push_calendar):
+        clocked_client, session, units, stale_push_calendar, ahead, monkeypatch):
+    if ahead:  # a batch this small is planned on the writer unless told otherwise
+        monkeypatch.setattr(sync_service, "PLAN_AHEAD_MIN_OPS", 1)
     c = clocked_client
     place = place_of(session, units, "grid-a-1-1", "rental")
     found = at("2099-01-01T08:55")

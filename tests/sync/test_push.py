@@ -208,15 +208,16 @@ def test_a_worker_process_runs_one_push_at_a_time(tmp_path, monkeypatch):
             monkeypatch.setattr(service, "plan_push", counting_plan)
             results: list = []
 
-            def one():
-                results.extend(push(c, worker, op("hazard.report", hazard_data(place_id, NOW))))
+            def one():  # a batch large enough to be planned ahead of the write transaction
+                results.extend(push(c, worker, *(op("hazard.report", hazard_data(place_id, NOW))
+                                                 for _ in range(service.PLAN_AHEAD_MIN_OPS))))
 
             threads = [threading.Thread(target=one) for _ in range(4)]
             for t in threads:
                 t.start()
             for t in threads:
                 t.join()
-        assert [r["status"] for r in results] == ["applied"] * 4
+        assert [r["status"] for r in results] == ["applied"] * 4 * service.PLAN_AHEAD_MIN_OPS
         assert most[0] == 1
     finally:
         db.engine.dispose()
@@ -239,6 +240,27 @@ def test_a_push_takes_two_worker_thread_hops(clocked_client, worker, place, monk
     [result] = push(clocked_client, worker, op("hazard.report", hazard_data(place.id, NOW)))
     assert result["status"] == "applied"
     assert len(hops) == 2, hops
+
+
+@pytest.mark.parametrize("kinds", [["hazard.report"] * 3, ["hazard.report"] * 4, ["hazard.report"] * 3 + ["bad"]],
+                         ids=["3 creations", "4 creations", "4 ops, one not a creation"])
+def test_only_a_batch_of_creations_large_enough_is_planned_ahead_of_the_write(clocked_client, worker, place, kinds,
+                                                                             monkeypatch):
+    """A read transaction for the plan, and the check made again on the writer, cost more than planning a
+    few ops under the write lock (a one-op push -11 % of its instructions): a batch of fewer than
+    PLAN_AHEAD_MIN_OPS creations, or one that is not all creations, is planned on the writer. Either way
+    every op gets its answer."""
+    from app.sync import service
+
+    assert service.PLAN_AHEAD_MIN_OPS == 4  # the ids below
+    planned_ahead = []
+    real = service.plan_push
+    monkeypatch.setattr(service, "plan_push", lambda ctx, ops: planned_ahead.append(len(ops)) or real(ctx, ops))
+    ops = [op("hazard.report", hazard_data(place.id, NOW, category=c)) if kind == "hazard.report"
+           else op("hazard.explode", {}) for kind, c in zip(kinds, ("blocked_exit", "window_bars", "lpg_misuse", "ebike_indoor"))]
+    results = push(clocked_client, worker, *ops)
+    assert [r["status"] for r in results] == ["applied" if k == "hazard.report" else "rejected" for k in kinds]
+    assert planned_ahead == ([4] if kinds == ["hazard.report"] * 4 else [])
 
 
 def test_push_without_a_valid_token_is_401_before_its_body_is_looked_at(client):

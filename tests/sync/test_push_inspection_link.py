@@ -20,7 +20,9 @@ from tests.conftest import login
 from tests.helpers import hazard_data, op, place_of, push, uid
 from tests.sync.test_push import NOW, place, worker  # noqa: F401  (place, worker: fixtures)
 
-PATHS = ("bulk", "mixed", "op by op")
+# bulk: planned as the endpoint plans a batch of this size (a small one on the writer); planned ahead: on a
+# read transaction before the write one, as a batch of PLAN_AHEAD_MIN_OPS or more
+PATHS = ("bulk", "planned ahead", "mixed", "op by op")
 
 
 def _push(client, headers, path, monkeypatch, *ops) -> list[dict]:
@@ -30,6 +32,8 @@ def _push(client, headers, path, monkeypatch, *ops) -> list[dict]:
     with monkeypatch.context() as m:
         if path == "op by op":
             m.setattr(service, "_write_run", lambda ctx, plan: None)
+        if path == "planned ahead":
+            m.setattr(service, "PLAN_AHEAD_MIN_OPS", 1)
         return push(client, headers, *ops)
 
 

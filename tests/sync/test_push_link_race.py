@@ -189,19 +189,28 @@ def test_a_push_held_open_and_another_at_once_end_as_one_after_the_other(pg, way
 STRESS_ROUNDS = 40
 
 
-def test_two_phones_pushing_at_once_through_the_endpoint(pg, monkeypatch):
-    """The endpoint's own code (plan on a read transaction, then write), one thread per phone, many
-    times; both plans are made before either writes (a barrier), so each plan misses the other's record."""
+@pytest.mark.parametrize("ahead", [True, False], ids=["planned ahead", "planned on the writer"])
+def test_two_phones_pushing_at_once_through_the_endpoint(pg, ahead, monkeypatch):
+    """The endpoint's own code, one thread per phone, many times. Planned ahead (on a read transaction, then
+    written), both plans are made before either writes (a barrier), so each plan misses the other's record;
+    planned on the writer (a batch this small, as the endpoint sends it), both write transactions begin
+    together."""
     monkeypatch.setattr(sync_router, "_ONE_PUSH_PER_PROCESS", contextlib.nullcontext())  # one per thread here
     barrier = threading.Barrier(2)
-    real_plan = sync.plan_push
+    phase = "plan_push" if ahead else "apply_push"
+    real = getattr(sync, phase)
 
-    def plan_then_wait(ctx, ops):
-        plan = real_plan(ctx, ops)
-        barrier.wait(30)
-        return plan
+    def then_wait(ctx, ops, *rest):
+        if not ahead:
+            barrier.wait(30)
+        done = real(ctx, ops, *rest)
+        if ahead:
+            barrier.wait(30)
+        return done
 
-    monkeypatch.setattr(sync, "plan_push", plan_then_wait)
+    monkeypatch.setattr(sync, phase, then_wait)
+    if ahead:
+        monkeypatch.setattr(sync, "PLAN_AHEAD_MIN_OPS", 1)
     pushers = {name: sync_router.Pusher(user=p.user, device=p.device, scope=p.scope, rules=pg.rules)
                for name, p in pg.phones.items()}
     seen = Counter()
