@@ -18,7 +18,8 @@ from app.auth.scope import Scope, scope_for
 from app.db import Database, SessionDep
 from app.errors import Invalid, error_body
 from app.referrals.deps import NowDep
-from app.referrals.service import Rules, load_calendar
+from app.referrals.policy import Policy
+from app.referrals.service import Rules, calendar_for_writing, load_calendar
 from app.sync import health, service
 from app.auth.models import Role
 from app.sync.schemas import DeviceHealthPublic, PushRequest, PushResponse
@@ -39,12 +40,13 @@ class Pusher:
     user: User
     device: Device
     scope: Scope
-    rules: Rules
+    policy: Policy
 
 
 def pusher(request: Request, settings: SettingsDep,
            creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Pusher:
-    """The token, the scope and the rules in force, in one short read session and one worker-thread hop.
+    """The token and the scope, in one short read session and one worker-thread hop (the calendar is read where
+    the push is planned: on the writer, or on the read transaction that plans a larger batch ahead of it).
 
     One dependency rather than the session, the principal and the rules as three: each was a thread hop
     (a session dependency two). Six hops in all were ~9 % of a one-op push's instructions
@@ -54,8 +56,7 @@ def pusher(request: Request, settings: SettingsDep,
     token = require_bearer(creds)
     with request.app.state.db.session() as session:
         user, device, _, unit = auth_service.authenticate(session, settings, token)
-        return Pusher(user=user, device=device, scope=scope_for(session, user, unit),
-                      rules=Rules(policy=request.app.state.policy, calendar=load_calendar(session)))
+        return Pusher(user=user, device=device, scope=scope_for(session, user, unit), policy=request.app.state.policy)
 
 
 def _is_json(content_type: str) -> bool:
@@ -111,26 +112,28 @@ def _push(db: Database, who: Pusher, raw: bytes, now: datetime) -> bytes:
     offset = health.clock_offset(body.sent_at, now)
     service.check_batch_size(body.ops)
     with _ONE_PUSH_PER_PROCESS:
-        plan = _plan_ahead(db, who, body.ops, now) if service.plans_ahead(body.ops) else None
+        rules, plan = _plan_ahead(db, who, body.ops, now) if service.plans_ahead(body.ops) else (None, None)
         with db.session(write=True) as writer:
             writer.info["origin_device_id"] = who.device.id  # the change feed does not echo a phone's own writes
-            ctx = service.PushContext(session=writer, rules=who.rules, scope=who.scope, user=who.user,
-                                      device=who.device, now=now)
-            results = service.apply_push(ctx, body.ops, plan, writer)
+            calendar = None if rules is not None else calendar_for_writing(writer)
+            ctx = service.PushContext(session=writer, rules=rules or Rules(policy=who.policy, calendar=calendar),
+                                      scope=who.scope, user=who.user, device=who.device, now=now)
+            results = service.apply_push(ctx, body.ops, plan, writer, calendar=calendar)
             health.record_push(writer, who.device.id, now, offset, body.app_version)
             writer.commit()
     return PushResponse(results=results, server_time=now, clock_offset_s=offset,
                         clock_flagged=health.clock_flagged(offset)).model_dump_json().encode()
 
 
-def _plan_ahead(db: Database, who: Pusher, ops: list, now: datetime) -> "service._RunPlan | None":
-    # The read transaction begins inside the gate: waiting for the gate with it open would pin the WAL (no
-    # checkpoint can pass its snapshot), and the plan should see what committed meanwhile. It ends before
-    # the write transaction begins.
+def _plan_ahead(db: Database, who: Pusher, ops: list, now: datetime) -> tuple[Rules, "service._RunPlan | None"]:
+    """The rules a batch is planned with, and its plan, on a read transaction. It begins inside the gate
+    (waiting for the gate with it open would pin the WAL, no checkpoint passing its snapshot, and the plan
+    should see what committed meanwhile) and ends before the write transaction begins."""
     with db.session() as session:
-        ctx = service.PushContext(session=session, rules=who.rules, scope=who.scope, user=who.user,
-                                  device=who.device, now=now)
-        return service.plan_push(ctx, ops)
+        rules = Rules(policy=who.policy, calendar=load_calendar(session))
+        ctx = service.PushContext(session=session, rules=rules, scope=who.scope, user=who.user, device=who.device,
+                                  now=now)
+        return rules, service.plan_push(ctx, ops)
 
 
 devices_router = APIRouter(prefix="/api/v1/devices", tags=["sync"])

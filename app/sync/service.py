@@ -25,6 +25,7 @@ from app.inspections.models import Inspection
 from app.places.models import Place, PlaceCreate, PlaceUpdate
 from app.places import service as places
 from app.photos.service import register_refs
+from app.referrals.calendar import WorkCalendar
 from app.referrals.lifecycle import Action
 from app.referrals.service import (HazardReport, PlannedHazard, PreparedHazards, ReinspectionReport, Rules, TownFacts,
                                    calendar_for_writing, earliest_open, earliest_open_select, follow_merges, lock_hazard,
@@ -95,11 +96,13 @@ def plans_ahead(ops: list[Op]) -> bool:
     return len(ops) >= PLAN_AHEAD_MIN_OPS and all(op.type in BULK_TYPES for op in ops)
 
 
-def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer: Session) -> list[OpResult]:
+def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer: Session, *,
+               calendar: WorkCalendar | None = None) -> list[OpResult]:
     """Phase 2, on the writer session: write the plan, or apply the batch in order, each op
-    all-or-nothing. The caller commits."""
+    all-or-nothing. The caller commits. ``calendar``: the writer's, if the caller has read it already
+    (calendar_for_writing)."""
     wctx = replace(ctx, session=writer)
-    calendar = calendar_for_writing(writer)
+    calendar = calendar if calendar is not None else calendar_for_writing(writer)
     if calendar.overrides != ctx.rules.calendar.overrides:
         # an admin saved working-day overrides since the push read the rules: its clocks were counted
         # without them, and the re-timing that ran with the save could not see hazards not yet written.

@@ -200,10 +200,10 @@ def test_two_phones_pushing_at_once_through_the_endpoint(pg, ahead, monkeypatch)
     phase = "plan_push" if ahead else "apply_push"
     real = getattr(sync, phase)
 
-    def then_wait(ctx, ops, *rest):
+    def then_wait(ctx, ops, *rest, **kw):
         if not ahead:
             barrier.wait(30)
-        done = real(ctx, ops, *rest)
+        done = real(ctx, ops, *rest, **kw)
         if ahead:
             barrier.wait(30)
         return done
@@ -211,7 +211,7 @@ def test_two_phones_pushing_at_once_through_the_endpoint(pg, ahead, monkeypatch)
     monkeypatch.setattr(sync, phase, then_wait)
     if ahead:
         monkeypatch.setattr(sync, "PLAN_AHEAD_MIN_OPS", 1)
-    pushers = {name: sync_router.Pusher(user=p.user, device=p.device, scope=p.scope, rules=pg.rules)
+    pushers = {name: sync_router.Pusher(user=p.user, device=p.device, scope=p.scope, policy=pg.rules.policy)
                for name, p in pg.phones.items()}
     seen = Counter()
     for _ in range(STRESS_ROUNDS):
