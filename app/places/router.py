@@ -34,9 +34,9 @@ def list_places(
 
 
 @router.post("/places", response_model=PlacePublic, status_code=201)
-def create_place(body: PlaceCreate, p: CurrentPrincipal, session: SessionDep):
+def create_place(body: PlaceCreate, p: CurrentPrincipal, session: SessionDep, now: NowDep):
     p.scope.require_place_editor()
-    return PlacePublic.of(service.create_place(session, p.scope, body))
+    return PlacePublic.of(service.create_place(session, p.scope, body, now=now))
 
 
 @router.get("/places/{place_id}", response_model=PlacePublic)

@@ -48,12 +48,15 @@ def _resolve_regulator(session: Session, regulator_id: str | None, grid: OrgUnit
                       code="unknown_regulator", field="sector_regulator_id")
 
 
-def create_place(session: Session, scope: Scope | None, data: PlaceCreate) -> Place:
+def create_place(session: Session, scope: Scope | None, data: PlaceCreate, *, now: datetime | None = None) -> Place:
+    """``now``: the app's clock, as every other row of the request is stamped (None: the wall clock)."""
     grid = _resolve_grid(session, scope, data.grid_id)
     _resolve_regulator(session, data.sector_regulator_id, grid)
     values = data.model_dump(exclude_none=True)
     if data.id and session.get(Place, data.id) is not None:
         raise Conflict(f"place {data.id} already exists", code="place_exists")
+    if now is not None:
+        values.update(created_at=now, updated_at=now)
     place = Place(**values, town_id=grid.town_id, community_id=grid.community_id)
     session.add(place)
     session.flush()

@@ -1,7 +1,9 @@
+import json
+import re
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -69,9 +71,38 @@ def parse_push(raw: bytes) -> PushRequest:
     try:
         return PushRequest.model_validate_json(raw)
     except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        if errors[0]["type"] == "json_invalid":
+            try:
+                return PushRequest.model_validate(_with_lone_surrogates_replaced(raw))
+            except (ValueError, RecursionError):  # not JSON after all (or not a push): the first answer stands
+                pass
         # the same error as for a body FastAPI parses itself ("body" first in each location)
-        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]) \
-            from None
+        raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _with_lone_surrogates_replaced(raw: bytes) -> Any:
+    """A body pydantic's parser refused, read again by the standard library's, with every lone UTF-16
+    surrogate in its text replaced by U+FFFD. A phone that cuts a text in the middle of an emoji sends one
+    (JSON.stringify writes it as "\\ud83d"), which pydantic refuses: the whole batch was a 422, on every
+    re-send, for ever, for half a character of one description. The record is kept, with the mark every
+    UTF-8 encoder puts there; a lone surrogate in an id then fails that op's own check, as any bad id does."""
+    def clean(value: Any) -> Any:
+        if isinstance(value, str):
+            return _LONE_SURROGATE.sub("\ufffd", value)
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        return value
+    return clean(json.loads(raw, parse_constant=_refuse_constant))
 
 
 # The body is read by hand, after `pusher`: a declared body parameter is read and parsed by FastAPI

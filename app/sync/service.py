@@ -129,6 +129,8 @@ def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer:
             bulk = _write_run(wctx, run)
             if bulk is not None:
                 wctx.open_by_place.update(run.open_by_place)
+                # a later op of the batch with one of these op_ids is their duplicate, as in a later push
+                done.update((r.op_id, r.result) for r in bulk if r.status == "applied")
             results += bulk if bulk is not None else [_apply_one(wctx, op, done) for op in ops[i:j]]
             i = j
         else:
@@ -243,6 +245,13 @@ def _apply_one(ctx: PushContext, op: Op, done: dict[str, dict]) -> OpResult:
         savepoint.rollback()
         ctx.open_by_place = opened
         return _validation_rejected(op, exc)
+    except sa.exc.DataError as exc:
+        # a value the op's model let through that the column cannot hold (PostgreSQL checks widths and
+        # ranges; the models are meant to refuse all such values first): this op refused, not the batch
+        savepoint.rollback()
+        ctx.open_by_place = opened
+        reason = str(getattr(exc, "orig", exc)).splitlines()[0][:200]
+        return _rejected(op, "validation_error", f"data: a value does not fit where it is stored ({reason})")
     except sa.exc.IntegrityError:
         savepoint.rollback()
         ctx.open_by_place = opened
@@ -474,7 +483,7 @@ def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
         insert_prepared(ctx.session, sync_rows)
         _unlink_elsewhere(ctx, plan.unlink)
         savepoint.commit()
-    except sa.exc.IntegrityError:
+    except (sa.exc.IntegrityError, sa.exc.DataError):  # op by op, each refused or written on its own
         savepoint.rollback()
         return None
     return plan.results
@@ -875,7 +884,8 @@ def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
                                with_for_update=ctx.session.get_bind().dialect.name == "postgresql")
     if existing is None:
         place = places.create_place(ctx.session, ctx.scope,
-                                    PlaceCreate(id=data.id, **data.model_dump(exclude={"id", "base_version"})))
+                                    PlaceCreate(id=data.id, **data.model_dump(exclude={"id", "base_version"})),
+                                    now=ctx.now)
     else:
         if not ctx.scope.sees_place(existing):
             raise NotFound(f"data.id: no premises {data.id} in your grids", code="unknown_place", field="data.id")
