@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import random
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -29,14 +29,13 @@ from app.places.models import Place
 from tests.conftest import login
 from tests.helpers import hazard_data, op, place_of, uid
 from tests.photos.conftest import jpeg_bytes, noisy_rgb
+from tests.sync.test_push import NOW, place, worker  # noqa: F401  the fixtures: worker-a1 at NOW, a premises of their grid
 
 PUSH = "/api/v1/sync/push"
 # FUZZ_SEEDS=1,2,3 runs other seeds; FUZZ_REUSE=0 stops reusing op_ids (the in-batch op_id finding below
 # then no longer fails the randomized tests)
 REUSE = float(os.environ.get("FUZZ_REUSE", "0.08"))
 SEEDS = [int(x) for x in os.environ.get("FUZZ_SEEDS", "11,12").split(",")]
-CN = timezone(timedelta(hours=8))
-NOW = datetime(2026, 3, 2, 9, 0, tzinfo=CN)
 TIERS = {"town_office", "police_station", "brigade"}
 OPEN = {"referred", "accepted", "rectifying", "reinspection_due"}
 
@@ -418,17 +417,6 @@ def test_the_same_ops_split_any_way_or_applied_op_by_op_end_alike(clocked_client
 
 
 # -- findings, minimised --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def worker(clocked_client, clock):
-    clock.now = NOW
-    return login(clocked_client, "worker-a1")
-
-
-@pytest.fixture
-def place(session, units):
-    return place_of(session, units, "grid-a-1-1", "rental")
 
 
 def _long_id_op(kind: str, place_id: str, hazard_id: str | None, long_id: str) -> dict:
