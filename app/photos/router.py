@@ -148,6 +148,9 @@ def _not_modified(request: Request, etag: str) -> bool:
     return any(t.strip() == "*" or t.strip().removeprefix("W/") == etag for t in header.split(","))
 
 
+# HEAD as GET (HTTP requires it wherever GET is; a cache or a phone checks a photo without fetching it):
+# the same checks, FileResponse sends no body. Left out of the schema, as FastAPI would document it twice.
+@router.head("/{sha256}", include_in_schema=False)
 @router.get("/{sha256}", response_class=FileResponse,
             responses={200: {"content": {m: {} for m in sorted(ACCEPTED_MIME)}}, 304: {"description": "not modified"}})
 def get_blob(request: Request, blob: ViewableBlob, store: StoreDep) -> Response:
@@ -172,12 +175,14 @@ def _derivative(request: Request, blob: Blob, store: FilesystemBlobStore, kind: 
 _JPEG = {200: {"content": {"image/jpeg": {}}}, 304: {"description": "not modified"}}
 
 
+@router.head("/{sha256}/thumb", include_in_schema=False)
 @router.get("/{sha256}/thumb", response_class=FileResponse, responses=_JPEG)
 def get_thumb(request: Request, blob: ViewableBlob, store: StoreDep) -> Response:
     """A JPEG of at most 320 px, orientation applied, no metadata (made on first request, then cached)."""
     return _derivative(request, blob, store, "thumb")
 
 
+@router.head("/{sha256}/display", include_in_schema=False)
 @router.get("/{sha256}/display", response_class=FileResponse, responses=_JPEG)
 def get_display(request: Request, blob: ViewableBlob, store: StoreDep) -> Response:
     """A JPEG of at most 1600 px, orientation applied, no metadata (made on first request, then cached)."""

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
+from app.audit.models import HazardEvent
 from app.auth.models import Device, User
 from app.auth.scope import Scope
 from app.hazards.models import Hazard, Reinspection
@@ -70,6 +71,12 @@ def _pending_media_by_device(session: Session, device_ids: list[str]) -> dict[st
         select(Reinspection.device_id.label("device_id"), PhotoRef.sha256).select_from(PhotoRef)
         .join(Reinspection, (Reinspection.id == PhotoRef.record_id) & (PhotoRef.record_kind == "reinspection"))
         .where(missing, Reinspection.device_id.in_(device_ids)),
+        # photos attached to an action (a re-inspection recorded at /actions, a close with its evidence): the
+        # action's event names the device, the ref names the event as "<hazard id>:<seq>"
+        select(HazardEvent.device_id.label("device_id"), PhotoRef.sha256).select_from(PhotoRef)
+        .join(HazardEvent, (HazardEvent.hazard_id == PhotoRef.hazard_id) & (PhotoRef.record_kind == "action")
+              & (PhotoRef.record_id == HazardEvent.hazard_id.concat(":").concat(sa.cast(HazardEvent.seq, sa.String))))
+        .where(missing, HazardEvent.device_id.in_(device_ids)),
     ).subquery()
     rows = session.execute(select(held.c.device_id, sa.func.count()).group_by(held.c.device_id)).all()
     return {dev: n for dev, n in rows}
