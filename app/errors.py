@@ -4,6 +4,7 @@ Every error response has the shape {"error": {"code", "message", ...}}; no stack
 """
 
 import logging
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -84,6 +85,17 @@ def _field_name(loc: tuple) -> str:
     return ".".join(parts) or "body"
 
 
+def _field_error(e: dict) -> dict[str, str]:
+    if e.get("type") == "json_invalid":
+        # FastAPI's loc is ("body", <the character offset where its parser gave up>), its msg "JSON decode error":
+        # the body named, with the parser's reason and where
+        loc = tuple(e.get("loc", ()))
+        at = f" at character {loc[1]}" if len(loc) > 1 and isinstance(loc[1], int) else ""
+        reason = str((e.get("ctx") or {}).get("error", "")).strip() or e.get("msg", "invalid")
+        return {"field": "body", "message": f"not valid JSON ({reason}{at})"}
+    return {"field": _field_name(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")}
+
+
 # The database turned the request away for now: it waited its time for a lock (SQLite's busy_timeout,
 # PostgreSQL's lock_timeout, both 10 s: app/db.py), was chosen to break a deadlock, or had its shared
 # lock table full (pushes at once hold many advisory locks: docs/DEPLOY.md). The transaction was
@@ -113,6 +125,30 @@ def reject_nul(value: Any) -> Any:
     would store it; refused where it arrives, as a 422 that names the field, on both backends alike."""
     if isinstance(value, str) and "\x00" in value:
         raise ValueError("must not contain the NUL character (U+0000)")
+    return value
+
+
+def reject_unencodable(value: Any) -> Any:
+    """A validator for text pydantic passes unchecked (a plain ``str``, no constraint): a lone UTF-16
+    surrogate (JSON's "\\ud800") decodes to a character that no encoder takes: hashing a password with one
+    was a 500. Refused as it arrives, naming the field."""
+    if isinstance(value, str) and not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("must not contain a lone UTF-16 surrogate (half of a character)") from None
+    return value
+
+
+_NUMBER = re.compile(r"\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*")
+
+
+def reject_number_as_time(value: Any) -> Any:
+    """A BeforeValidator for times: ISO-8601 text only (API.md). pydantic's lax parsing takes a number, or text
+    that is one, as Unix seconds, or milliseconds if it is large: a phone's unset time (0) became 1970-01-01,
+    and a figures period "to=0.5" a year before that."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("must be an ISO-8601 time with its offset, e.g. 2026-03-02T09:00:00+08:00, not a number")
     return value
 
 
@@ -168,7 +204,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError):
-        fields = [{"field": _field_name(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")} for e in exc.errors()]
+        fields = [_field_error(e) for e in exc.errors()]
         summary = "; ".join(f"{f['field']}: {f['message']}" for f in fields[:5])
         return JSONResponse(error_body("validation_error", summary or "invalid request", fields=fields), status_code=422)
 

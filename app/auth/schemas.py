@@ -1,11 +1,11 @@
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, field_validator
 from sqlmodel import Field, SQLModel
 
 from app.auth.models import Role
-from app.errors import reject_nul
+from app.errors import reject_nul, reject_unencodable
 
 
 NoNul = AfterValidator(reject_nul)
@@ -66,6 +66,10 @@ class PasswordChange(SQLModel):
     current_password: str = Field(max_length=200)
     new_password: str
 
+    _encodable = field_validator("new_password")(reject_unencodable)
+
 
 class PasswordReset(SQLModel):
     new_password: str
+
+    _encodable = field_validator("new_password")(reject_unencodable)

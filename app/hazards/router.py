@@ -2,10 +2,12 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from pydantic import BeforeValidator
 
 from app.audit.service import Actor
 from app.auth.deps import CurrentPrincipal
 from app.db import SessionDep
+from app.errors import reject_number_as_time
 from app.hazards import service
 from app.hazards.schemas import ActionRequest, Figures, FiguresRow, HazardDetail, HazardItem, QueuePage
 from app.photos.service import register_refs
@@ -89,8 +91,8 @@ def get_major_hazards(p: CurrentPrincipal, session: SessionDep, now: NowDep,
 def get_figures(p: CurrentPrincipal, session: SessionDep, now: NowDep,
                 unit_id: str | None = None,
                 group_by: Annotated[str, Query(pattern="^(tier|town|community|grid|holder)$")] = "tier",
-                period_from: Annotated[datetime | None, Query(alias="from")] = None,
-                period_to: Annotated[datetime | None, Query(alias="to")] = None):
+                period_from: Annotated[datetime | None, Query(alias="from"), BeforeValidator(reject_number_as_time)] = None,
+                period_to: Annotated[datetime | None, Query(alias="to"), BeforeValidator(reject_number_as_time)] = None):
     start, end = service.parse_period(period_from, period_to, now)
     area, rows, total = service.figures(session, p.scope, now, start, end, unit_id, group_by)
     return Figures(unit_id=area, period_from=start, period_to=end, group_by=group_by,

@@ -4,6 +4,7 @@ from typing import Any, Literal
 from pydantic import AwareDatetime, BaseModel, Field, field_validator
 
 from app.errors import reject_nul
+from app.photos.schemas import Photos
 
 
 class PlaceBrief(BaseModel):
@@ -71,7 +72,8 @@ class ActionRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=500)
     to_unit_id: str | None = Field(default=None, max_length=36)
     rectified: bool | None = None
-    photos: list[str] = Field(default_factory=list, max_length=20)
+    # checked here, before the action changes anything (a lone surrogate reached the flush: a 500)
+    photos: Photos = Field(default_factory=list, max_length=20)
     override_reason: str | None = Field(default=None, max_length=500)
     merge_into_id: str | None = Field(default=None, max_length=36)
     note: str | None = Field(default=None, max_length=2000)

@@ -304,7 +304,7 @@ def parse_period(start: datetime | None, end: datetime | None, now: datetime) ->
             raise Invalid(f"{name}: must lie between {PERIOD_BOUNDS[0].year} and {PERIOD_BOUNDS[1].year}",
                           code="validation_error", field=name)
     end = (end or now).astimezone(timezone.utc)
-    start = (start or (end - timedelta(days=365))).astimezone(timezone.utc)
+    start = (start or max(end - timedelta(days=365), PERIOD_BOUNDS[0])).astimezone(timezone.utc)
     if start >= end:
         raise Invalid("from: must be before to", code="validation_error", field="from")
     return start, end

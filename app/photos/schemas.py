@@ -1,10 +1,27 @@
 """Request and response bodies of /api/v1/blobs."""
 
+import re
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, Field
 
 MAX_MISSING_QUERY = 500
+SHA256 = r"^[0-9a-f]{64}$"
+
+
+def _check_shas(v: list[str]) -> list[str]:
+    out = []
+    for s in v:
+        s = s.lower()
+        if not re.fullmatch(SHA256, s):
+            raise ValueError(f"{s[:70]!r} is not a sha256 (64 hex characters)")
+        out.append(s)
+    return list(dict.fromkeys(out))
+
+
+# photo names as a record lists them (an op's, an action's): lower-cased sha256 hex, each once, in the order given
+Photos = Annotated[list[str], AfterValidator(_check_shas)]
 
 
 class MissingQuery(BaseModel):

@@ -1,32 +1,17 @@
 """What the phone sends: a batch of ops, each with a client-made op_id and typed data."""
 
-import re
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from app.errors import reject_nul
+from app.errors import reject_nul, reject_number_as_time
+from app.photos.schemas import Photos
 
-SHA256 = r"^[0-9a-f]{64}$"
 # client-made record ids: UUIDs, tolerant of ULIDs and dashes; at most 36, the width of the columns they go
 # in (a longer one failed the INSERT on PostgreSQL, a 500 that took the whole batch down, on every re-send)
 UUIDISH = r"^[0-9A-Za-z][0-9A-Za-z\-]{7,35}$"
 MAX_OPS = 500
-
-
-def _check_shas(v: list[str]) -> list[str]:
-    out = []
-    for s in v:
-        s = s.lower()
-        if not re.fullmatch(SHA256, s):
-            raise ValueError(f"{s[:70]!r} is not a sha256 (64 hex characters)")
-        out.append(s)
-    return list(dict.fromkeys(out))
-
-
-# photo names: lower-cased sha256 hex, each once, in the order given
-Photos = Annotated[list[str], AfterValidator(_check_shas)]
 
 
 def _in_utc_range(v: datetime) -> datetime:
@@ -40,7 +25,7 @@ def _in_utc_range(v: datetime) -> datetime:
 
 
 # a time as the device saw it, with its offset: kept as data, never used to order anything
-DeviceTime = Annotated[AwareDatetime, AfterValidator(_in_utc_range)]
+DeviceTime = Annotated[AwareDatetime, BeforeValidator(reject_number_as_time), AfterValidator(_in_utc_range)]
 
 
 class _Data(BaseModel):
@@ -123,7 +108,7 @@ class PushRequest(BaseModel):
     device_id: str | None = Field(default=None, max_length=128)
     ops: list[Op]
     # the phone's clock when it sent the batch: how far off it is is recorded, never trusted
-    sent_at: AwareDatetime | None = None
+    sent_at: Annotated[AwareDatetime, BeforeValidator(reject_number_as_time)] | None = None
     app_version: str | None = Field(default=None, max_length=40)
 
     _text = field_validator("device_id", "app_version")(reject_nul)
