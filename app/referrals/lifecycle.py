@@ -563,6 +563,10 @@ def apply(
         else:
             new = _hand_over(state, params, action, target, now, calendar, policy)
             to_unit = new.holder_unit_id
+            # a holder may escalate without giving a reason; the hop still says why it went up
+            reason = params.reason or ("持有单位提请上级处理，超期：" + ", ".join(overdue) + " (escalated by its holder, overdue: "
+                                       + ", ".join(overdue) + ")" if overdue
+                                       else "持有单位提请上级处理 (escalated by its holder)")
             effects.append(
                 Effect(
                     EffectKind.ESCALATED,
@@ -572,11 +576,11 @@ def apply(
                         "from_unit_id": state.holder_unit_id,
                         "to_unit_id": to_unit,
                         "overdue_clocks": overdue,
-                        "reason": params.reason,
+                        "reason": reason,
                     },
                 )
             )
-            effects.append(_hop(state, new, "escalate", params.reason))
+            effects.append(_hop(state, new, "escalate", reason))
 
     elif action is Action.TRANSFER:
         reason = _text(params.reason, "reason", action)

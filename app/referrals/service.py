@@ -590,12 +590,15 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
             session.add(Referral(hazard_id=h.id, seq=(hop.seq if hop else 0) + 1, from_unit_id=e.data["from_unit_id"],
                                  to_unit_id=e.data["to_unit_id"], tier=e.data["to_tier"], via=e.data["via"],
                                  reason=e.data.get("reason") or "", sent_at=now, ack_due=after.ack_due))
-            # whoever passed it on keeps seeing it (police "what is referred to it", the town its own hazards)
+            # whoever passed it on keeps seeing it (police "what is referred to it", the town its own hazards);
+            # whoever takes it holds it, and is copied on it no more (a return to a unit that passed it on)
             if copy_sender:
                 _add_cc(session, h, e.data["from_unit_id"], f"{e.data['via']}_from", now)
+            session.execute(sa.delete(HazardCC).where(HazardCC.hazard_id == h.id,
+                                                      HazardCC.unit_id == e.data["to_unit_id"]))
         elif e.kind is EffectKind.CLOSED:
             h.closed_at = now
-            h.deadline_met = before.rectify_due is None or now <= before.rectify_due
+            h.deadline_met = _deadline_met(session, h.id, before, now)
             if hop is not None:
                 hop.ended_at, hop.outcome = now, "closed"
         elif e.kind in (EffectKind.DISMISSED, EffectKind.MERGED) and hop is not None:
@@ -607,6 +610,10 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
                 hop.ack_due, hop.acknowledged_at = after.ack_due, None
     if hop is not None and after.holder_unit_id == hop.to_unit_id:
         hop.order_due = after.order_due
+        if hop.ended_at is None:
+            # the running hop shows the clocks running now: an owner's report of the fix restarts 复查, a
+            # reopening leaves the closed order's deadlines behind
+            hop.rectify_due, hop.reinspect_due = after.rectify_due, after.reinspect_due
         session.add(hop)
     if action is Action.MERGE:
         h.merged_into_id = params.merge_into_id
@@ -620,6 +627,17 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
     sync_cc(session, h)
     insert_events(session, events)
     return effects
+
+
+def _deadline_met(session: Session, hazard_id: str, before: HazardState, now: datetime) -> bool:
+    """Closed with no rectification deadline passed: the one running now, nor one that ran out before the
+    hazard was handed on (an escalation, transfer or return starts the new holder's clocks afresh: a deadline
+    the owner missed must still count as missed in the figures, 隐患按期整改率)."""
+    if before.rectify_due is not None and now > before.rectify_due:
+        return False
+    missed = sa.exists().where(Referral.hazard_id == hazard_id, Referral.rectify_due.is_not(None),
+                               Referral.ended_at.is_not(None), Referral.ended_at > Referral.rectify_due)
+    return not session.execute(sa.select(missed)).scalar()
 
 
 def _add_cc(session: Session, h: Hazard, unit_id: str | None, reason: str, now: datetime) -> None:
