@@ -14,7 +14,7 @@ from app.audit.service import verify_all
 from app.hazards.models import NO_DEADLINE, Hazard, HazardCC, Referral
 from app.org.models import OrgUnit, UnitKind
 from app.org.service import create_unit
-from app.referrals.lifecycle import ALLOWED, Status
+from app.referrals.lifecycle import Status
 from app.referrals.policy import load_policy
 from app.referrals.service import OPEN_STATUSES, TIER_KIND
 from app.referrals.sweeper import run_sweep
