@@ -564,9 +564,9 @@ def apply(
             new = _hand_over(state, params, action, target, now, calendar, policy)
             to_unit = new.holder_unit_id
             # a holder may escalate without giving a reason; the hop still says why it went up
-            reason = params.reason or ("持有单位提请上级处理，超期：" + ", ".join(overdue) + " (escalated by its holder, overdue: "
-                                       + ", ".join(overdue) + ")" if overdue
-                                       else "持有单位提请上级处理 (escalated by its holder)")
+            late = ", ".join(overdue)
+            reason = params.reason or (f"持有单位提请上级处理，超期：{late} (escalated by its holder, overdue: {late})"
+                                       if late else "持有单位提请上级处理 (escalated by its holder)")
             effects.append(
                 Effect(
                     EffectKind.ESCALATED,
