@@ -16,4 +16,7 @@ class SyncOp(SQLModel, table=True):
     user_id: str = Field(max_length=36)
     device_id: str = Field(max_length=36, index=True)
     result: dict = Field(default_factory=dict, sa_type=sa.JSON)  # what the first answer said, re-sent on duplicates
+    # the record the op carried (its data.id): an op for another record under this op_id is refused, not answered
+    # as this one's duplicate; None for ops applied before migration 0017
+    record_id: str | None = Field(default=None, max_length=36)
     applied_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

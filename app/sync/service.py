@@ -8,7 +8,7 @@ response leaves, so an acknowledged op is durable and an unacknowledged one is s
 import functools
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -130,7 +130,8 @@ def apply_push(ctx: PushContext, ops: list[Op], plan: "_RunPlan | None", writer:
             if bulk is not None:
                 wctx.open_by_place.update(run.open_by_place)
                 # a later op of the batch with one of these op_ids is their duplicate, as in a later push
-                done.update((r.op_id, r.result) for r in bulk if r.status == "applied")
+                done.update((row["op_id"], _Prior(row["result"], row["type"], row["record_id"]))
+                            for row in run.sync_rows)
             results += bulk if bulk is not None else [_apply_one(wctx, op, done) for op in ops[i:j]]
             i = j
         else:
@@ -199,32 +200,51 @@ def _as_read(value: object) -> str | None:
     return value if 0 < len(value) <= 64 and "\x00" not in value else None
 
 
-# stands for an op_id another user's op was applied under, in the maps of op_id -> first result
-_TAKEN: dict = {}
+class _Prior(NamedTuple):
+    """What an op_id applied before answers: the result its op got, and which record that op carried: its
+    type and data.id (record None: applied before migration 0017)."""
+    result: dict
+    type: str
+    record: str | None
 
 
-def _prior(ctx: PushContext, user_id: str, result: dict) -> dict:
+# stands for an op_id another user's op was applied under, in the maps of op_id -> _Prior
+_TAKEN = _Prior({}, "", None)
+
+
+def record_of(op: Op) -> str | None:
+    """The id of the record an op carries (``data.id``; every op type has one), as stored, or None."""
+    record = op.data.get("id") if isinstance(op.data, dict) else None
+    return record.strip() if isinstance(record, str) and 0 < len(record.strip()) <= 36 else None
+
+
+def _prior(ctx: PushContext, user_id: str, result: dict, type_: str, record: str | None) -> _Prior:
     """What an op_id applied before answers this pusher: its result if the op was theirs. Another user's
     result is not theirs to read, and their op is not that one."""
-    return result if user_id == ctx.user.id else _TAKEN
+    return _Prior(result, type_, record) if user_id == ctx.user.id else _TAKEN
 
 
-def _done(ctx: PushContext, session: Session, ops: list[Op]) -> dict[str, dict]:
-    """op_id -> the result it got when it was applied (_TAKEN: applied for another user)."""
+def _done(ctx: PushContext, session: Session, ops: list[Op]) -> dict[str, _Prior]:
+    """op_id -> what it answers, applied before (_TAKEN: applied for another user)."""
     ids = list({op.op_id for op in ops})
-    return {op_id: _prior(ctx, user_id, result)
-            for op_id, result, user_id in session.execute(_DONE, {"ids": ids})} if ids else {}
+    return {op_id: _prior(ctx, user_id, result, type_, record)
+            for op_id, result, user_id, type_, record in session.execute(_DONE, {"ids": ids})} if ids else {}
 
 
-def _answer(op: Op, prior: dict) -> OpResult:
-    """A re-sent op's answer: the result it got the first time."""
+def _answer(op: Op, prior: _Prior) -> OpResult:
+    """A re-sent op's answer: the result it got the first time, whatever else of its data changed (an app
+    update may serialise it otherwise: the op_id decides). An op for another record under the same op_id is
+    refused: answered as the first one's duplicate, the phone would drop it, and that record would be lost."""
     if prior is _TAKEN:
         return _rejected(op, "op_id_taken", f"op_id {op.op_id!r} is another user's op: give this op an id of its own",
                          "op_id")
-    return OpResult(op_id=op.op_id, status="duplicate", result=prior)
+    if prior.record is not None and (prior.type, prior.record) != (op.type, record_of(op)):
+        return _rejected(op, "op_id_reused", f"op_id {op.op_id!r} was applied before to {prior.type} "
+                         f"{prior.record}: give each op an id of its own (this one was not applied)", "op_id")
+    return OpResult(op_id=op.op_id, status="duplicate", result=prior.result)
 
 
-def _apply_one(ctx: PushContext, op: Op, done: dict[str, dict]) -> OpResult:
+def _apply_one(ctx: PushContext, op: Op, done: dict[str, _Prior]) -> OpResult:
     """One op in its own savepoint: all of it or none of it."""
     session = ctx.session
     if op.op_id in done:
@@ -234,7 +254,7 @@ def _apply_one(ctx: PushContext, op: Op, done: dict[str, dict]) -> OpResult:
     try:
         result = apply_op(ctx, op)
         session.add(SyncOp(op_id=op.op_id, type=op.type, user_id=ctx.user.id, device_id=ctx.device.id,
-                           result=result, applied_at=ctx.now))
+                           result=result, applied_at=ctx.now, record_id=record_of(op)))
         session.flush()
         savepoint.commit()
     except DomainError as exc:
@@ -256,12 +276,13 @@ def _apply_one(ctx: PushContext, op: Op, done: dict[str, dict]) -> OpResult:
         savepoint.rollback()
         ctx.open_by_place = opened
         # another phone (or this one, retrying in parallel) applied the same op_id meanwhile
-        prior = session.execute(select(SyncOp.result, SyncOp.user_id).where(SyncOp.op_id == op.op_id)).first()
+        prior = session.execute(select(SyncOp.result, SyncOp.user_id, SyncOp.type, SyncOp.record_id)
+                                .where(SyncOp.op_id == op.op_id)).first()
         if prior is not None:
-            done[op.op_id] = _prior(ctx, prior.user_id, prior.result)
+            done[op.op_id] = _prior(ctx, prior.user_id, prior.result, prior.type, prior.record_id)
             return _answer(op, done[op.op_id])
         return _rejected(op, "conflict", "a record with one of these ids already exists")
-    done[op.op_id] = result
+    done[op.op_id] = _Prior(result, op.type, record_of(op))
     return OpResult(op_id=op.op_id, status="applied", result=result)
 
 
@@ -275,7 +296,8 @@ def _validation_rejected(op: Op, exc: ValidationError) -> OpResult:
 # and keying its statements as running them.
 
 _PLACES = select(Place).where(Place.id.in_(sa.bindparam("ids", expanding=True)))
-_DONE = select(SyncOp.op_id, SyncOp.result, SyncOp.user_id).where(SyncOp.op_id.in_(sa.bindparam("ids", expanding=True)))
+_DONE = select(SyncOp.op_id, SyncOp.result, SyncOp.user_id, SyncOp.type, SyncOp.record_id).where(
+    SyncOp.op_id.in_(sa.bindparam("ids", expanding=True)))
 # Which of a run's op ids were applied before (with their results), which of its record ids are taken,
 # and which open hazards its reports repeat: one statement, not five (each statement is ~3 % of a one-op
 # push's instructions, bench/instructions.py). An empty list matches nothing.
@@ -284,7 +306,7 @@ def _known(dialect: str) -> sa.CompoundSelect:
     earliest = earliest_open_select(dialect).subquery("earliest")
     return sa.union_all(
         sa.select(sa.literal_column("'op'").label("kind"), SyncOp.op_id.label("id"), SyncOp.result.label("result"),
-                  SyncOp.user_id.label("user_id"), sa.null().label("place_id"), sa.null().label("reporter"))
+                  SyncOp.user_id.label("user_id"), SyncOp.record_id.label("place_id"), SyncOp.type.label("reporter"))
         .where(SyncOp.op_id.in_(sa.bindparam("op_ids", expanding=True))),
         sa.select(sa.literal_column("'hazard'"), Hazard.id, sa.null(), sa.null(), sa.null(), sa.null())
         .where(Hazard.id.in_(sa.bindparam("hazard_ids", expanding=True))),
@@ -320,7 +342,8 @@ class _RunState:
         # the open hazards a report repeats, as the database has them (see _changed_since_planned)
         self.open_seen: dict[tuple[str, str], str] = {}
         reported = [h for d in parsed if d is not None for h in _hazards_of(d)]
-        # the fourth column: an op's user, an inspection's premises, the inspection a hazard names
+        # the fourth column: an op's user, an inspection's premises, the inspection a hazard names; the fifth and
+        # sixth an op's record and type
         for kind, id_, result, owner, place_id, reporter in session.execute(_known(session.get_bind().dialect.name), {
                 "op_ids": op_ids, "hazard_ids": [h.id for h in reported],
                 "inspection_ids": sorted(inspection_ids), "submitted_ids": submitted,
@@ -331,8 +354,8 @@ class _RunState:
             elif kind == "named":
                 self.naming.setdefault(owner, []).append((id_, place_id, reporter))
             else:
-                known[kind][id_] = _prior(ctx, owner, result) if kind == "op" else owner
-        self.done: dict[str, dict] = known["op"]
+                known[kind][id_] = _prior(ctx, owner, result, reporter, place_id) if kind == "op" else owner
+        self.done: dict[str, _Prior] = known["op"]
         self.taken_hazards = set(known["hazard"])
         # inspection id -> its premises: those on the server and those this run has planned
         self.inspection_places: dict[str, str] = known["inspection"]
@@ -401,7 +424,7 @@ class _OneByOne(Exception):
     again in the inspection it was found in."""
 
 
-def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPlan:
+def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, _Prior]) -> _RunPlan:
     """Validate and route every op of the run in Python; nothing is written yet. ``done`` (op_id ->
     first result) gains the run's ops found applied before."""
     parsed: list = []
@@ -419,7 +442,7 @@ def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPla
     done.update(state.done)
     plan = _RunPlan(run, [], [], [], [], planned_on=ctx.session, open_by_place=state.open_by_place)
     results: list[OpResult | None] = []
-    applied: dict[str, dict] = {}
+    applied: dict[str, _Prior] = {}
     for k, (op, data) in enumerate(zip(run, parsed)):
         if op.op_id in done:  # before any check of its data: a re-sent op gets its first answer
             results.append(None)  # filled in below
@@ -446,9 +469,10 @@ def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, dict]) -> _RunPla
             plan.unlink += [(hazard_id, insp["id"]) for hazard_id, _, _ in links]
             plan.unlink_stored |= {(hazard_id, insp["id"]) for hazard_id, _, stored in links if stored}
             _say_unlinked(result, [hazard_id for hazard_id, reporter, _ in links if reporter == ctx.user.id])
+        record = record_of(op)
         plan.sync_rows.append(dict(op_id=op.op_id, type=op.type, user_id=ctx.user.id, device_id=ctx.device.id,
-                                   result=result, applied_at=ctx.now))
-        applied[op.op_id] = result
+                                   result=result, applied_at=ctx.now, record_id=record))
+        applied[op.op_id] = _Prior(result, op.type, record)
         results.append(OpResult(op_id=op.op_id, status="applied", result=result))
     known = {**done, **applied}
     plan.results = [r if r is not None else _answer(op, known[op.op_id]) for r, op in zip(results, run)]

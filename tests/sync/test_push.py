@@ -52,6 +52,40 @@ def test_resent_op_gets_its_first_answer_even_if_its_data_no_longer_validates(cl
     assert other["status"] == "rejected" and other["error"]["code"] == "validation_error"
 
 
+@pytest.mark.parametrize("how", ["bulk", "op by op"])
+def test_an_op_id_used_again_for_another_record_is_refused_not_lost(clocked_client, worker, place, session, how):
+    """A phone that gives a second hazard the op_id of a first (its own bug) was answered ``duplicate`` and
+    dropped the second from its outbox: lost without a word. Refused now, naming what the op_id was used for;
+    the same record again is still the first one's duplicate."""
+    first = op("hazard.report", hazard_data(place.id, NOW))
+    other = {**op("hazard.report", hazard_data(place.id, NOW, category="blocked_exit")), "op_id": first["op_id"]}
+    upsert = [op("place.upsert", {"id": place.id, "name": place.name, "grid_id": place.grid_id,
+                                  "place_class": place.place_class})] if how == "op by op" else []
+    [applied] = push(clocked_client, worker, first)
+    *_, refused = push(clocked_client, worker, *upsert, other)
+    assert (refused["status"], refused["error"]["code"], refused["error"]["field"]) == ("rejected", "op_id_reused",
+                                                                                        "op_id"), refused
+    assert first["data"]["id"] in refused["error"]["message"]
+    assert session.get(Hazard, other["data"]["id"]) is None
+    *_, again = push(clocked_client, worker, *upsert, first)
+    assert again == {**applied, "status": "duplicate"}
+
+
+def test_an_op_applied_before_its_record_was_kept_is_answered_as_before(clocked_client, worker, place, session):
+    """Ops applied before migration 0017 have no record_id: a re-send under their op_id is their duplicate."""
+    from app.sync.models import SyncOp
+
+    first = op("hazard.report", hazard_data(place.id, NOW))
+    [applied] = push(clocked_client, worker, first)
+    row = session.get(SyncOp, first["op_id"])
+    row.record_id = None
+    session.add(row)
+    session.commit()
+    other = {**op("hazard.report", hazard_data(place.id, NOW, category="blocked_exit")), "op_id": first["op_id"]}
+    [again] = push(clocked_client, worker, other)
+    assert again == {**applied, "status": "duplicate"}
+
+
 def test_same_op_twice_in_one_batch_applies_once(clocked_client, worker, place, session):
     o = op("hazard.report", hazard_data(place.id, NOW))
     a, b = push(clocked_client, worker, o, o)

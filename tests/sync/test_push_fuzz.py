@@ -32,8 +32,8 @@ from tests.photos.conftest import jpeg_bytes, noisy_rgb
 from tests.sync.test_push import NOW, place, worker  # noqa: F401  the fixtures: worker-a1 at NOW, a premises of their grid
 
 PUSH = "/api/v1/sync/push"
-# FUZZ_SEEDS=1,2,3 runs other seeds; FUZZ_REUSE=0 stops reusing op_ids (the in-batch op_id finding below
-# then no longer fails the randomized tests)
+# FUZZ_SEEDS=1,2,3 runs other seeds; FUZZ_REUSE is the share of ops that re-use an earlier op's id (for the
+# same record or another)
 REUSE = float(os.environ.get("FUZZ_REUSE", "0.08"))
 SEEDS = [int(x) for x in os.environ.get("FUZZ_SEEDS", "11,12").split(",")]
 TIERS = {"town_office", "police_station", "brigade"}
@@ -296,6 +296,22 @@ def check_pull(w: World, early_cursor: str) -> None:
 # -- the randomized test --------------------------------------------------------------------------
 
 
+def _record(o: dict) -> tuple:
+    data = o.get("data")
+    record = data.get("id") if isinstance(data, dict) else None
+    return o.get("type"), record.strip() if isinstance(record, str) else record
+
+
+def check_resent(o: dict, r: dict, first: dict[str, tuple[dict, tuple]]) -> None:
+    """An op_id applied before: the same record again is its duplicate, with its first result, whatever
+    else of the data differs; an op for another record under it is refused (op_id_reused), not lost."""
+    result, record = first[o["op_id"]]
+    if _record(o) == record:
+        assert r["status"] == "duplicate" and r["result"] == result, (o, r, result)
+    else:
+        assert r["status"] == "rejected" and r["error"]["code"] == "op_id_reused", (o, r, record)
+
+
 def _resend(w: World, rnd: random.Random, all_ops: list[dict], first: dict) -> int:
     """Every op again, reordered and split at random, some twice; returns how many were newly applied."""
     ops = list(all_ops) + rnd.sample(all_ops, len(all_ops) // 4)
@@ -309,11 +325,10 @@ def _resend(w: World, rnd: random.Random, all_ops: list[dict], first: dict) -> i
         res = w.push(batch)
         check_answers(batch, res)
         for o, r in zip(batch, res):
-            prior = first.get(o["op_id"])
-            if prior is not None:
-                assert r["status"] == "duplicate" and r["result"] == prior, (o, r, prior)
+            if o["op_id"] in first:
+                check_resent(o, r, first)
             elif r["status"] in ("applied", "duplicate"):
-                first[o["op_id"]] = r["result"]
+                first[o["op_id"]] = (r["result"], _record(o))
                 newly += 1
     return newly
 
@@ -325,7 +340,7 @@ def test_random_batches_replayed_any_way_change_nothing(clocked_client, session,
     g = Gen(w, rnd)
     _, early = pull_all(w.c, login(w.c, "worker-a1", device="fuzz-phone-2"))
     batches = [[g.op(bad=rnd.choice([0.0, 0.15, 0.4])) for _ in range(rnd.randint(1, 14))] for _ in range(8)]
-    first: dict[str, dict] = {}
+    first: dict[str, tuple[dict, tuple]] = {}  # op_id -> (its first result, the record its op carried)
     uploads = list(range(len(w.pics)))
     for k, batch in enumerate(batches):
         if uploads and rnd.random() < 0.4:
@@ -335,9 +350,9 @@ def test_random_batches_replayed_any_way_change_nothing(clocked_client, session,
         for o, r in zip(batch, res):
             if r["status"] == "applied":
                 assert o["op_id"] not in first, ("applied twice", o["op_id"])
-                first[o["op_id"]] = r["result"]
-            elif r["status"] == "duplicate":
-                assert r["result"] == first[o["op_id"]], (o, r)
+                first[o["op_id"]] = (r["result"], _record(o))
+            elif o["op_id"] in first:
+                check_resent(o, r, first)
         if k == 3:  # a desk acts meanwhile: some hazards dismissed, some escalated away
             for h in session.exec(select(Hazard).order_by(Hazard.id)).all()[:4]:
                 action = rnd.choice([{"action": "dismiss", "reason": "不属实"}, {"action": "escalate", "reason": "升级"},
@@ -377,9 +392,9 @@ def _splits(rnd: random.Random, n: int) -> dict[str, list[int]]:
 def test_the_same_ops_split_any_way_or_applied_op_by_op_end_alike(clocked_client, db, session, units, clock, seed,
                                                                    monkeypatch):
     """The same ops in the same order, sent as one batch, one op a push, in random batches, or with the bulk
-    writer declining every run: the same answers and the same rows. Fails on the current code for the
-    in-batch op_id finding only (test_an_op_id_applied_earlier_in_the_batch_is_duplicate_after_an_op_by_op_op):
-    with FUZZ_REUSE=0, seeds 1-8 and 20-50 pass on both backends."""
+    writer declining every run: the same answers and the same rows. (It failed on the in-batch op_id finding,
+    test_an_op_id_applied_earlier_in_the_batch_is_duplicate_after_an_op_by_op_op; with FUZZ_REUSE=0, seeds 1-8
+    and 20-50 passed on both backends then.)"""
     from app.sync import service
 
     w = World(clocked_client, session, units, clock)
@@ -451,24 +466,34 @@ def test_a_client_id_longer_than_its_column_is_rejected_for_that_op_alone(clocke
 
 
 @pytest.mark.parametrize("second", [
-    {"type": "hazard.explode", "data": {}},
-    {"type": "hazard.reinspect", "data": {"hazard_id": "x"}},
-    {"type": "place.upsert", "data": {"name": "新店"}},
-])
-def test_an_op_id_applied_earlier_in_the_batch_is_duplicate_after_an_op_by_op_op(clocked_client, worker, place,
-                                                                                 second):
-    """[report X, place.upsert Y, <anything> X]: the report is applied by a bulk run, and the third op is its
-    duplicate, as it is when sent in a push of its own. It was checked as new and answered ``rejected`` for
-    its data (or its type): one op_id, two answers, and a phone may drop as refused an op the server holds."""
-    report_op = op("hazard.report", hazard_data(place.id, NOW))
-    upsert = op("place.upsert", {"id": uid(), "name": "新店", "grid_id": place.grid_id, "place_class": "rental"})
-    again = {"op_id": report_op["op_id"], **second}
-    for batch in ([report_op, again], [report_op, upsert, again]):
-        res = _results(_post(clocked_client, worker, {"ops": batch}))
-        assert res[0]["status"] in ("applied", "duplicate")
-        assert res[-1]["status"] == "duplicate" and res[-1]["result"] == res[0]["result"], res[-1]
-        report_op = op("hazard.report", hazard_data(place.id, NOW))
-        again = {"op_id": report_op["op_id"], **second}
+    lambda data: {"type": "hazard.report", "data": {**data, "place_id": 42}},  # the same record, data broken
+    lambda data: {"type": "hazard.explode", "data": {}},
+    lambda data: {"type": "hazard.reinspect", "data": {"hazard_id": "x"}},
+    lambda data: {"type": "place.upsert", "data": {"name": "新店"}},
+    lambda data: {"type": "hazard.report", "data": {**data, "id": uid()}},  # another record
+], ids=["same record", "unknown type", "another type", "another type, no id", "another record"])
+def test_an_op_id_applied_earlier_in_the_batch_answers_as_in_a_push_of_its_own(clocked_client, worker, place,
+                                                                               second):
+    """[report X, place.upsert Y, <anything> X]: the report is applied by a bulk run, and the third op answers
+    as it does when sent in a push of its own: the report's duplicate if it carries the same record (whatever
+    else of its data changed), refused as ``op_id_reused`` if it carries another. It was checked as new and
+    answered ``rejected`` for its data (or its type): one op_id, two answers, and a phone may drop as
+    refused an op the server holds."""
+    for with_upsert in (False, True):
+        data = hazard_data(place.id, NOW)
+        report_op = op("hazard.report", data)
+        again = {"op_id": report_op["op_id"], **second(data)}
+        upsert = op("place.upsert", {"id": uid(), "name": "新店", "grid_id": place.grid_id, "place_class": "rental"})
+        res = _results(_post(clocked_client, worker, {"ops": [report_op, *([upsert] if with_upsert else []), again]}))
+        assert res[0]["status"] == "applied", res[0]
+        [alone] = _results(_post(clocked_client, worker, {"ops": [again]}))
+        assert res[-1] == alone, (res[-1], alone)
+        if _record(again) == _record(report_op):
+            assert alone["status"] == "duplicate" and alone["result"] == res[0]["result"], alone
+        else:
+            assert (alone["status"], alone["error"]["code"], alone["error"]["field"]) == (
+                "rejected", "op_id_reused", "op_id"), alone
+            assert "hazard.report " + data["id"] in alone["error"]["message"]
 
 
 def test_one_op_with_a_lone_surrogate_does_not_refuse_the_whole_batch(clocked_client, worker, place, session):
