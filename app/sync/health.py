@@ -8,8 +8,9 @@ from sqlalchemy.orm import aliased
 from sqlmodel import Session, select
 
 from app.audit.models import HazardEvent
-from app.auth.models import Device, User
+from app.auth.models import AuthToken, Device, User
 from app.auth.scope import Scope
+from app.errors import Unauthorized
 from app.hazards.models import Hazard, Reinspection
 from app.org.models import OrgUnit
 from app.photos.models import Blob, PhotoRef
@@ -29,25 +30,37 @@ def clock_flagged(offset_s: float | None) -> bool:
     return offset_s is not None and abs(offset_s) > CLOCK_TOLERANCE.total_seconds()
 
 
-def record_push(session: Session, device_id: str, now: datetime, offset_s: float | None, app_version: str | None) -> None:
+def record_push(session: Session, device_id: str, now: datetime, offset_s: float | None, app_version: str | None,
+                token_id: str | None = None) -> None:
+    """The push on the device's record, in the push's write transaction. With ``token_id``, only while the
+    token, its device and its user still stand: a device revoked (or a user deactivated, a token revoked)
+    while its push was under way, checked before it, gets 401 and nothing of the push is written. The row
+    lock this UPDATE takes orders it with the revocation's on PostgreSQL; SQLite's writers take turns."""
     values: dict = {"last_push_at": now, "last_seen_at": now}
     if offset_s is not None:
         values["clock_offset_s"] = offset_s
     if app_version:
         values["app_version"] = app_version
-    session.execute(_device_update(tuple(values)), {**values, "device": device_id})
+    params = {**values, "device": device_id, **({"token": token_id} if token_id is not None else {})}
+    if session.execute(_device_update(tuple(values), token_id is not None), params).rowcount == 0 and token_id:
+        raise Unauthorized("token expired or revoked", headers={"WWW-Authenticate": "Bearer"})
 
 
-_DEVICE_UPDATES: dict[tuple[str, ...], sa.Update] = {}
+_DEVICE_UPDATES: dict[tuple[tuple[str, ...], bool], sa.Update] = {}
 
 
-def _device_update(columns: tuple[str, ...]) -> sa.Update:
-    """UPDATE devices SET <columns> for one device, built once per set of columns (every push runs one)."""
-    stmt = _DEVICE_UPDATES.get(columns)
+def _device_update(columns: tuple[str, ...], guarded: bool) -> sa.Update:
+    """UPDATE devices SET <columns> for one device (``guarded``: only while its token, it and its user stand),
+    built once per set of columns (every push runs one)."""
+    stmt = _DEVICE_UPDATES.get((columns, guarded))
     if stmt is None:
         table = Device.__table__
-        stmt = _DEVICE_UPDATES[columns] = (sa.update(table).where(table.c.id == sa.bindparam("device"))
-                                           .values({c: sa.bindparam(c) for c in columns}))
+        stmt = sa.update(table).where(table.c.id == sa.bindparam("device"))
+        if guarded:
+            stmt = stmt.where(table.c.revoked_at.is_(None),
+                              sa.exists().where(User.id == table.c.user_id, User.is_active.is_(True)),
+                              sa.exists().where(AuthToken.id == sa.bindparam("token"), AuthToken.revoked_at.is_(None)))
+        stmt = _DEVICE_UPDATES[(columns, guarded)] = stmt.values({c: sa.bindparam(c) for c in columns})
     return stmt
 
 

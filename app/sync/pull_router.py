@@ -35,7 +35,9 @@ def pull(
     (≤ 1000) changes a page; follow `cursor` while `more`. `410`: start over without a cursor."""
     page = service.pull(session, p.scope, request.app.state.policy, device_id=p.device.id, cursor=cursor,
                         limit=limit)
-    last = p.device.last_seen_at
+    # throttled by the last pull, not by last_seen_at: a push or a login just before sets that, and a phone
+    # that syncs by pushing then pulling never had its pull recorded
+    last = p.device.last_pull_at
     # once the answer is sent (the read session has ended by then): the phone does not wait for the write
     record = (BackgroundTask(_record_pull, request.app.state.db, p.device.id, now)
               if last is None or now - last >= LAST_SEEN_GRAIN else None)

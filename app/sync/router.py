@@ -43,6 +43,7 @@ class Pusher:
     device: Device
     scope: Scope
     policy: Policy
+    token_id: str | None = None  # checked again on the write transaction (health.record_push)
 
 
 def pusher(request: Request, settings: SettingsDep,
@@ -57,8 +58,9 @@ def pusher(request: Request, settings: SettingsDep,
     """
     token = require_bearer(creds)
     with request.app.state.db.session() as session:
-        user, device, _, unit = auth_service.authenticate(session, settings, token)
-        return Pusher(user=user, device=device, scope=scope_for(session, user, unit), policy=request.app.state.policy)
+        user, device, tok, unit = auth_service.authenticate(session, settings, token)
+        return Pusher(user=user, device=device, scope=scope_for(session, user, unit), policy=request.app.state.policy,
+                      token_id=tok.id)
 
 
 def _is_json(content_type: str) -> bool:
@@ -150,7 +152,7 @@ def _push(db: Database, who: Pusher, raw: bytes, now: datetime) -> bytes:
             ctx = service.PushContext(session=writer, rules=rules or Rules(policy=who.policy, calendar=calendar),
                                       scope=who.scope, user=who.user, device=who.device, now=now)
             results = service.apply_push(ctx, body.ops, plan, writer, calendar=calendar)
-            health.record_push(writer, who.device.id, now, offset, body.app_version)
+            health.record_push(writer, who.device.id, now, offset, body.app_version, who.token_id)
             writer.commit()
     return PushResponse(results=results, server_time=now, clock_offset_s=offset,
                         clock_flagged=health.clock_flagged(offset)).model_dump_json().encode()

@@ -260,7 +260,11 @@ def _apply_one(ctx: PushContext, op: Op, done: dict[str, _Prior]) -> OpResult:
     except DomainError as exc:
         savepoint.rollback()
         ctx.open_by_place = opened
-        return _rejected(op, exc.code, exc.message, exc.extra.get("field"))
+        # the same op, re-sent by a retry while this one was held up, may have been applied meanwhile (its
+        # re-inspection then "already exists"): its duplicate, not a refusal of what was applied
+        prior = _applied_meanwhile(ctx, op, done)
+        return _answer(op, prior) if prior is not None else _rejected(op, exc.code, exc.message,
+                                                                       exc.extra.get("field"))
     except ValidationError as exc:
         savepoint.rollback()
         ctx.open_by_place = opened
@@ -276,14 +280,22 @@ def _apply_one(ctx: PushContext, op: Op, done: dict[str, _Prior]) -> OpResult:
         savepoint.rollback()
         ctx.open_by_place = opened
         # another phone (or this one, retrying in parallel) applied the same op_id meanwhile
-        prior = session.execute(select(SyncOp.result, SyncOp.user_id, SyncOp.type, SyncOp.record_id)
-                                .where(SyncOp.op_id == op.op_id)).first()
+        prior = _applied_meanwhile(ctx, op, done)
         if prior is not None:
-            done[op.op_id] = _prior(ctx, prior.user_id, prior.result, prior.type, prior.record_id)
-            return _answer(op, done[op.op_id])
+            return _answer(op, prior)
         return _rejected(op, "conflict", "a record with one of these ids already exists")
     done[op.op_id] = _Prior(result, op.type, record_of(op))
     return OpResult(op_id=op.op_id, status="applied", result=result)
+
+
+def _applied_meanwhile(ctx: PushContext, op: Op, done: dict[str, _Prior]) -> _Prior | None:
+    """The op_id as applied since ``done`` was read (by a push that committed meanwhile), or None."""
+    prior = ctx.session.execute(select(SyncOp.result, SyncOp.user_id, SyncOp.type, SyncOp.record_id)
+                                .where(SyncOp.op_id == op.op_id)).first()
+    if prior is None:
+        return None
+    done[op.op_id] = _prior(ctx, prior.user_id, prior.result, prior.type, prior.record_id)
+    return done[op.op_id]
 
 
 def _validation_rejected(op: Op, exc: ValidationError) -> OpResult:
@@ -412,6 +424,7 @@ class _RunPlan:
     unlink_stored: set[tuple[str, str]] = field(default_factory=set)
     named_unstored: dict[str, set[str]] = field(default_factory=dict)
     open_seen: dict[tuple[str, str], str] = field(default_factory=dict)
+    place_versions: dict[str, int] = field(default_factory=dict)  # premises id -> the version routed by
     fresh: bool = False  # planned on the writer after _take_push_locks: all of it read under the locks
     # an inspection lists a hazard already recorded: the run is applied op by op (see _OneByOne)
     one_by_one: bool = False
@@ -478,6 +491,7 @@ def _plan_run(ctx: PushContext, run: list[Op], done: dict[str, _Prior]) -> _RunP
     plan.results = [r if r is not None else _answer(op, known[op.op_id]) for r, op in zip(results, run)]
     plan.stored_inspections, plan.named_unstored, plan.open_seen = (state.stored_inspections, state.named_unstored,
                                                                     state.open_seen)
+    plan.place_versions = {pid: place.version for pid, place in state.places.items()}
     # bound now, while planning: on SQLite the write transaction that follows holds the only write lock
     dialect = ctx.session.get_bind().dialect
     plan.prepared = (prepare_insert(dialect, Inspection.__table__, plan.inspections),
@@ -513,7 +527,7 @@ def _write_run(ctx: PushContext, plan: _RunPlan) -> list[OpResult] | None:
     return plan.results
 
 
-_WHERE_PLACES = sa.select(Place.id, Place.grid_id, Place.town_id, Place.community_id).where(
+_WHERE_PLACES = sa.select(Place.id, Place.grid_id, Place.town_id, Place.community_id, Place.version).where(
     Place.id.in_(sa.bindparam("ids", expanding=True))).order_by(Place.id)
 # PostgreSQL: FOR SHARE waits for a move that has locked the premises (places.service.update_place) and
 # then reads it as that move committed it; and, held until this push commits, it keeps a later move
@@ -534,25 +548,30 @@ def _where_now(lock: bool, dialect: str) -> sa.CompoundSelect:
     earliest = earliest_open_select(dialect).subquery("earliest")
     return sa.union_all(
         sa.select(sa.literal_column("'place'").label("kind"), places.c.id, places.c.grid_id.label("a"),
-                  places.c.town_id.label("b"), places.c.community_id.label("c")),
-        sa.select(sa.literal_column("'inspection'"), Inspection.id, Inspection.place_id, sa.null(), sa.null())
+                  places.c.town_id.label("b"), places.c.community_id.label("c"), places.c.version.label("d")),
+        sa.select(sa.literal_column("'inspection'"), Inspection.id, Inspection.place_id, sa.null(), sa.null(),
+                  sa.null())
         .where(Inspection.id.in_(sa.bindparam("named_ids", expanding=True))),
-        sa.select(sa.literal_column("'named'"), Hazard.id, Hazard.inspection_id, Hazard.place_id, sa.null())
+        sa.select(sa.literal_column("'named'"), Hazard.id, Hazard.inspection_id, Hazard.place_id, sa.null(), sa.null())
         .where(Hazard.inspection_id.in_(sa.bindparam("submitted_ids", expanding=True))),
-        sa.select(sa.literal_column("'open'"), earliest.c.id, earliest.c.place_id, earliest.c.category, sa.null()),
+        sa.select(sa.literal_column("'open'"), earliest.c.id, earliest.c.place_id, earliest.c.category, sa.null(),
+                  sa.null()),
     )
 
 
 def _changed_since_planned(session: Session, plan: _RunPlan, *, lock: bool, links: bool) -> bool:
     """Whether what the run was planned on (on a read transaction, before the write lock) has changed
-    since: a premises it routed hazards for has moved (a hazard must be held by the bodies of where its
-    premises is); or, with ``links`` (a plan not made under the push locks), a push that committed
+    since: a premises it routed hazards for has moved or changed otherwise, its class above all (a hazard
+    must be held by the bodies of where its premises is, and of the tier its class calls for); or, with ``links`` (a plan not made under the push locks), a push that committed
     meanwhile stored an inspection the run's reports name, of another premises than theirs (they would be
     refused), or a report of another premises naming one of the run's inspections (it would lose the
     link, and the answer say so), or changed which open hazard a report of the run repeats (it would
     name another as its duplicate_of_id). ``lock`` (PostgreSQL): keep the premises from moving until the
     transaction ends. One statement, as for the premises alone; none when there is nothing to check."""
-    planned = {p.hazard.place_id: (p.hazard.grid_id, p.hazard.town_id, p.hazard.community_id) for p in plan.planned}
+    # where each premises was, and which version of it the run was routed by (a reclass, or any other change
+    # of what routing reads, makes a new version)
+    planned = {p.hazard.place_id: (p.hazard.grid_id, p.hazard.town_id, p.hazard.community_id,
+                                   plan.place_versions.get(p.hazard.place_id)) for p in plan.planned}
     inserted = {i["id"]: i["place_id"] for i in plan.inspections} if links else {}
     named = {i: pids for i, pids in plan.named_unstored.items() if i not in inserted} if links else {}
     pairs = {(p.hazard.place_id, p.hazard.category) for p in plan.planned} if links else set()
@@ -564,9 +583,9 @@ def _changed_since_planned(session: Session, plan: _RunPlan, *, lock: bool, link
     where: dict[str, tuple] = {}
     naming: set[tuple[str, str]] = set()
     open_now: dict[tuple[str, str], str] = {}
-    for kind, id_, a, b, c in rows:
+    for kind, id_, a, b, c, d in rows:
         if kind == "place":
-            where[id_] = (a, b, c)
+            where[id_] = (a, b, c, d)
         elif kind == "inspection":
             if named[id_] - {a}:
                 return True
@@ -865,6 +884,9 @@ def _recorded_already(ctx: PushContext, data: HazardReportData, place: Place, in
         ctx.session.add(h)
         ctx.session.flush()
         insert_events(ctx.session, [ev])
+        # the phone holds the hazard as it sent it, in this push or an earlier one: the link and photos the
+        # server gave it are news to it (its own writes are not echoed)
+        feed.mark_news(ctx.session, "hazard", [h.id])
     return _hazard_result(h)
 
 
@@ -891,6 +913,9 @@ def _hazard_reinspect(ctx: PushContext, data: HazardReinspectData) -> dict:
                            at=data.at, photos=tuple(data.photos)),
         h, ctx.actor, ctx.now,
     )
+    # what the re-inspection did to the hazard (status, clocks, evidence) is news to the phone even if it
+    # reported that hazard in this same push (its own writes are not echoed)
+    feed.mark_news(ctx.session, "hazard", [h.id])
     return {"reinspection_id": data.id, "hazard_id": h.id, "outcome": outcome, "status": h.status}
 
 
