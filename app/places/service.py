@@ -19,7 +19,7 @@ from app.audit.service import Actor
 from app.auth.models import Role
 from app.auth.scope import ROLE_TIER, Scope
 from app.db import utcnow
-from app.errors import Conflict, Forbidden, Invalid, bindable
+from app.errors import Conflict, Forbidden, Invalid, NotFound, bindable
 from app.org.models import OrgUnit, UnitKind
 from app.places.models import Place, PlaceCreate, PlaceUpdate
 from app.referrals.routing import TIER_ORDER, supervising_tier
@@ -58,8 +58,19 @@ def create_place(session: Session, scope: Scope | None, data: PlaceCreate, *, no
     if now is not None:
         values.update(created_at=now, updated_at=now)
     place = Place(**values, town_id=grid.town_id, community_id=grid.community_id)
-    session.add(place)
-    session.flush()
+    if not data.id:
+        session.add(place)
+        session.flush()
+        return place
+    # a client's id: the same premises sent twice at once (a desk's retry, PostgreSQL) both found it absent
+    savepoint = session.begin_nested()
+    try:
+        session.add(place)
+        session.flush()
+    except sa.exc.IntegrityError:
+        savepoint.rollback()
+        raise Conflict(f"place {data.id} already exists", code="place_exists") from None
+    savepoint.commit()
     return place
 
 
@@ -81,6 +92,10 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
         # write only the columns it saw change, leaving grid, town and the hazards' holders at odds
         # (SQLite's BEGIN IMMEDIATE already serialises writers)
         session.refresh(place, with_for_update=True)
+        if scope is not None and not scope.sees_place(place):
+            # moved out of the caller's jurisdiction between the caller's read and this lock: not theirs to
+            # edit, nor to move back (SQLite's writer read it under its write lock already)
+            raise NotFound(f"place {place.id} not found")
     changes = data.model_dump(exclude_unset=True)
     if scope is not None:
         scope.require_place_editor({k for k, v in changes.items() if getattr(place, k) != v})
@@ -313,7 +328,16 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
             report.errors.append(RowError(1, c, f"unknown column (expected: id, {', '.join(CSV_COLUMNS)})"))
         return report
     next_line = reader.line_num + 1
-    for raw in reader:
+    records = iter(reader)
+    while True:
+        try:
+            raw = next(records)
+        except StopIteration:
+            break
+        except csv.Error as exc:  # past this point the records cannot be told apart: the rows before stand
+            report.errors.append(RowError(next_line, "*", f"the file cannot be read from here on ({exc}): "
+                                                          "a quote opened and never closed?"))
+            break
         # the line the record starts on: a quoted field may span lines
         line_no, next_line = next_line, reader.line_num + 1
         row = {(k or "").strip(): (v or "").strip() for k, v in raw.items() if k is not None}
@@ -351,9 +375,21 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
             continue
         if len(report.errors) > errors_before:
             continue
-        existing = session.get(Place, data.id) if data.id else session.exec(
-            select(Place).where(Place.grid_id == data.grid_id, Place.name == data.name, Place.address == data.address)
-        ).first()
+        if data.id:
+            existing = session.get(Place, data.id)
+        else:
+            # matched by what the sheet says: without an address column, by name alone (an address a phone
+            # filled in since must not make the row a second premises); more than one match is not guessed at
+            same = [Place.grid_id == data.grid_id, Place.name == data.name]
+            if "address" in header:
+                same.append(Place.address == data.address)
+            found = session.exec(select(Place).where(*same).order_by(Place.id).limit(2)).all()
+            if len(found) > 1:
+                report.errors.append(RowError(line_no, "name", "more than one premises of this grid has this name"
+                                              + (" and address" if "address" in header else "")
+                                              + ": give the row the id of the one it means"))
+                continue
+            existing = found[0] if found else None
         try:  # a row refused here changed nothing (a move the new town cannot take, another county's regulator)
             if existing is not None:
                 # only what the row says: a column the sheet lacks or a cell left empty keeps what the premises
