@@ -227,12 +227,13 @@ def quarter_bounds(year: int, quarter: int) -> tuple[datetime, datetime]:
 
 def major_hazards_of_quarter(session: Session, scope: Scope, year: int, quarter: int) -> list[tuple[Hazard, Place]]:
     """Seed 004's quarterly exposure list: major hazards found before the quarter ended that were
-    not closed out before it began."""
+    not closed out before it began. Duplicates merged away and reports dismissed as no hazard are not
+    exposed (a dismissal sets no close time: it was listed in every quarter after)."""
     start, end = quarter_bounds(year, quarter)
     return session.exec(
         select(Hazard, Place).join(Place, Place.id == Hazard.place_id)
         .where(hazard_clause(scope), Hazard.severity == "major", Hazard.created_at < end,
-               Hazard.status.notin_([Status.MERGED.value]),
+               Hazard.status.notin_([Status.MERGED.value, Status.DISMISSED.value]),
                sa.or_(Hazard.closed_at.is_(None), Hazard.closed_at >= start))
         .order_by(Hazard.town_id, Hazard.created_at)
     ).all()
@@ -262,8 +263,9 @@ def area_clause(session: Session, scope: Scope, unit_id: str | None) -> tuple[st
 def figures(session: Session, scope: Scope, now: datetime, start: datetime, end: datetime, unit_id: str | None,
             group_by: str) -> tuple[str, list[tuple[str, dict]], dict]:
     """Per group: found in the period, of those closed / open / overdue now, the share closed by the
-    rectification deadline (隐患清零率: closed on time ÷ found, dismissed and merged left out), and the
-    median time from report to close."""
+    rectification deadline (隐患清零率: closed on time ÷ found), and the median time from report to close.
+    A duplicate merged into another and a report dismissed as no hazard are not hazards found: left out of
+    every figure (found = closed + open)."""
     if group_by not in GROUPS:
         raise Invalid(f"group_by: one of {', '.join(GROUPS)}", code="validation_error", field="group_by")
     area_id, where = area_clause(session, scope, unit_id)
@@ -281,7 +283,7 @@ def figures(session: Session, scope: Scope, now: datetime, start: datetime, end:
         open_ = [r for r in counted if r.status in {s.value for s in OPEN_STATUSES}]
         hours = [(r.closed_at - r.created_at).total_seconds() / 3600 for r in closed if r.closed_at]
         return {
-            "found": len(rs), "closed": len(closed), "open": len(open_),
+            "found": len(counted), "closed": len(closed), "open": len(open_),
             "overdue": sum(1 for r in open_ if r.next_due <= now),
             "cleared_by_deadline_rate": round(sum(1 for r in closed if r.deadline_met) / len(counted), 4) if counted else None,
             "median_hours_to_close": round(statistics.median(hours), 2) if hours else None,

@@ -574,6 +574,9 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
     except lifecycle.LifecycleError as exc:
         raise Invalid(str(exc), code=exc.code, **({"field": exc.field} if hasattr(exc, "field") else {})) from exc
     put_state(h, after)
+    if (before.status in OPEN_STATUSES and before.rectify_due is not None and now > before.rectify_due
+            and after.rectify_due != before.rectify_due):
+        h.rectify_missed = True  # replaced or cleared once passed: missed all the same (counted at the close)
     hop = _current_hop(session, h.id)
     events: list[dict] = []
     data = {"action": action.value, **_params_public(params), **(extra or {}),
@@ -598,7 +601,7 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
                                                       HazardCC.unit_id == e.data["to_unit_id"]))
         elif e.kind is EffectKind.CLOSED:
             h.closed_at = now
-            h.deadline_met = _deadline_met(session, h.id, before, now)
+            h.deadline_met = not h.rectify_missed and (before.rectify_due is None or now <= before.rectify_due)
             if hop is not None:
                 hop.ended_at, hop.outcome = now, "closed"
         elif e.kind in (EffectKind.DISMISSED, EffectKind.MERGED) and hop is not None:
@@ -627,17 +630,6 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
     sync_cc(session, h)
     insert_events(session, events)
     return effects
-
-
-def _deadline_met(session: Session, hazard_id: str, before: HazardState, now: datetime) -> bool:
-    """Closed with no rectification deadline passed: the one running now, nor one that ran out before the
-    hazard was handed on (an escalation, transfer or return starts the new holder's clocks afresh: a deadline
-    the owner missed must still count as missed in the figures, 隐患按期整改率)."""
-    if before.rectify_due is not None and now > before.rectify_due:
-        return False
-    missed = sa.exists().where(Referral.hazard_id == hazard_id, Referral.rectify_due.is_not(None),
-                               Referral.ended_at.is_not(None), Referral.ended_at > Referral.rectify_due)
-    return not session.execute(sa.select(missed)).scalar()
 
 
 def _add_cc(session: Session, h: Hazard, unit_id: str | None, reason: str, now: datetime) -> None:
@@ -908,7 +900,8 @@ def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, no
             h.rule, h.reason_zh, h.reason_en = decision.rule, decision.reason_zh, decision.reason_en
             h.policy_version = decision.policy_version
             for unit_id in decision.cc:
-                _add_cc(session, h, unit_id, "routing", now)
+                if unit_id != h.holder_unit_id:
+                    _add_cc(session, h, unit_id, "routing", now)
         if target or previous in successor:  # a transfer made the old holder the previous one: undo that
             h.previous_holder_unit_id = successor.get(previous, previous)
             if h.previous_holder_unit_id == h.holder_unit_id:  # re-routed to the very tier it was returned from
@@ -944,6 +937,8 @@ def _hand_over_closed(session: Session, h: Hazard, target: str, reason: str, act
     if tier != h.tier:
         data["from_tier"], data["to_tier"] = h.tier, tier
     h.holder_unit_id, h.tier = target, tier
+    # whoever takes it holds it, and is copied on it no more (as act() hands over)
+    session.execute(sa.delete(HazardCC).where(HazardCC.hazard_id == h.id, HazardCC.unit_id == target))
     _record(session, h, kind, actor, now, data)
 
 
