@@ -93,8 +93,8 @@ class Hazard(SQLModel, table=True):
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     closed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     deadline_met: bool | None = None  # set at close: closed by the rectification deadline (隐患清零率)
-    # a rectification deadline passed unmet and was then replaced or cleared (a late extension, a hand-over):
-    # the close is not on time whatever deadline runs then (migration 0018)
+    # a rectification deadline passed unmet: replaced or cleared once passed (a late extension, a hand-over) or
+    # closed after it; a close is on time only without it, whatever deadline runs then (migration 0018)
     rectify_missed: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
 
     # audit chain head and optimistic lock

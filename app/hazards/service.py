@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from app.audit.service import timeline
+from app.audit.models import HazardEvent
 from app.auth.models import Role
 from app.auth.scope import Scope, hazard_clause, sees_hazard
 from app.errors import Forbidden, Invalid, NotFound, bindable
@@ -227,13 +228,18 @@ def quarter_bounds(year: int, quarter: int) -> tuple[datetime, datetime]:
 
 def major_hazards_of_quarter(session: Session, scope: Scope, year: int, quarter: int) -> list[tuple[Hazard, Place]]:
     """Seed 004's quarterly exposure list: major hazards found before the quarter ended that were
-    not closed out before it began. Duplicates merged away and reports dismissed as no hazard are not
-    exposed (a dismissal sets no close time: it was listed in every quarter after)."""
+    not closed out before it began. Duplicates merged away are not exposed; a report dismissed as no hazard
+    is not exposed after the quarter it was dismissed in (a dismissal sets no close time: it was listed in
+    every quarter after), and stays on the lists of the quarters it was open in."""
     start, end = quarter_bounds(year, quarter)
+    dismissed_at = (select(sa.func.max(HazardEvent.server_time))
+                    .where(HazardEvent.hazard_id == Hazard.id, HazardEvent.kind == Action.DISMISS.value)
+                    .scalar_subquery())
     return session.exec(
         select(Hazard, Place).join(Place, Place.id == Hazard.place_id)
         .where(hazard_clause(scope), Hazard.severity == "major", Hazard.created_at < end,
-               Hazard.status.notin_([Status.MERGED.value, Status.DISMISSED.value]),
+               Hazard.status.notin_([Status.MERGED.value]),
+               sa.or_(Hazard.status != Status.DISMISSED.value, dismissed_at >= start),
                sa.or_(Hazard.closed_at.is_(None), Hazard.closed_at >= start))
         .order_by(Hazard.town_id, Hazard.created_at)
     ).all()

@@ -5,7 +5,7 @@ from datetime import datetime
 from enum import StrEnum
 
 import sqlalchemy as sa
-from pydantic import field_validator, model_validator
+from pydantic import field_validator
 from sqlmodel import Field, SQLModel
 
 from app.db import UTCDateTime, new_id, utcnow
@@ -111,17 +111,6 @@ class PlaceCreate(PlaceBase):
             raise ValueError("must be a client-made UUID (letters, digits and dashes, 8 to 36 characters)")
         return v
 
-    @model_validator(mode="after")
-    def _whole_position(self) -> "PlaceCreate":
-        _require_whole_position(self.lat is not None, self.lon is not None)
-        return self
-
-
-def _require_whole_position(lat: bool, lon: bool) -> None:
-    # a latitude without its longitude is no position (and field_versions counts the two as one, "location")
-    if lat != lon:
-        raise ValueError("lat and lon: give both or neither (a position is the two together)")
-
 
 class PlaceUpdate(SQLModel):
     name: str | None = Field(default=None, min_length=1, max_length=200)
@@ -141,14 +130,6 @@ class PlaceUpdate(SQLModel):
     @classmethod
     def _null_clears(cls, v: str | None) -> str:
         return "" if v is None else v
-
-    @model_validator(mode="after")
-    def _whole_position(self) -> "PlaceUpdate":
-        # changed together, or cleared together (both null)
-        _require_whole_position("lat" in self.model_fields_set, "lon" in self.model_fields_set)
-        if "lat" in self.model_fields_set:
-            _require_whole_position(self.lat is not None, self.lon is not None)
-        return self
 
 
 class PlacePublic(PlaceBase):

@@ -36,6 +36,7 @@ def list_places(
 @router.post("/places", response_model=PlacePublic, status_code=201)
 def create_place(body: PlaceCreate, p: CurrentPrincipal, session: SessionDep, now: NowDep):
     p.scope.require_place_editor()
+    service.require_whole_position(body.lat, body.lon)
     return PlacePublic.of(service.create_place(session, p.scope, body, now=now))
 
 
@@ -55,4 +56,5 @@ def update_place(place_id: str, body: PlaceUpdate, p: CurrentPrincipal, session:
     (403 `not_allowed`)."""
     place = visible_place(session, p.scope, place_id)  # who may change what: service.update_place
     return PlacePublic.of(service.update_place(session, p.scope, place, body, rules=rules, now=now,
-                                               actor=Actor(p.user.id, p.user.org_unit_id, p.device.id)))
+                                               actor=Actor(p.user.id, p.user.org_unit_id, p.device.id),
+                                               whole_position=True))

@@ -48,6 +48,16 @@ def _resolve_regulator(session: Session, regulator_id: str | None, grid: OrgUnit
                       code="unknown_regulator", field="sector_regulator_id")
 
 
+def require_whole_position(lat: float | None, lon: float | None) -> None:
+    """A desk's or a sheet's premises: both coordinates or neither, as the premises will have them (a latitude
+    without its longitude is no position; field_versions counts the two as one, "location"). A phone's edit
+    is not refused for it: premises stored before this check may hold half a position, and a phone sends
+    its copy back whole; refused, its edit would be stuck on it for ever."""
+    if (lat is None) != (lon is None):
+        raise Invalid("lat and lon: give both or neither (a position is the two together)", code="validation_error",
+                      field="lat" if lat is None else "lon")
+
+
 def create_place(session: Session, scope: Scope | None, data: PlaceCreate, *, now: datetime | None = None) -> Place:
     """``now``: the app's clock, as every other row of the request is stamped (None: the wall clock)."""
     grid = _resolve_grid(session, scope, data.grid_id)
@@ -76,7 +86,7 @@ def create_place(session: Session, scope: Scope | None, data: PlaceCreate, *, no
 
 def update_place(session: Session, scope: Scope | None, place: Place, data: PlaceUpdate, *,
                  rules: Rules | None = None, actor: Actor | None = None, now: datetime | None = None,
-                 offline_device_id: str | None = None) -> Place:
+                 offline_device_id: str | None = None, whole_position: bool = False) -> Place:
     """Change a premises. Moved to another town or community, its hazards go to the bodies
     whose jurisdiction it now lies in; reclassed, those below the tier the policy names for the new class
     go up to it (never down): both by referrals.service.relocate, planned before anything changes, which
@@ -97,6 +107,8 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
             # edit, nor to move back (SQLite's writer read it under its write lock already)
             raise NotFound(f"place {place.id} not found")
     changes = data.model_dump(exclude_unset=True)
+    if whole_position:  # a desk's or a sheet's edit (require_whole_position): the position it leaves
+        require_whole_position(changes.get("lat", place.lat), changes.get("lon", place.lon))
     if scope is not None:
         scope.require_place_editor({k for k, v in changes.items() if getattr(place, k) != v})
     if "name" in changes and (changes["name"] is None or not changes["name"].strip()):
@@ -381,12 +393,12 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
             # matched by what the sheet says: without an address column, by name alone (an address a phone
             # filled in since must not make the row a second premises); more than one match is not guessed at
             same = [Place.grid_id == data.grid_id, Place.name == data.name]
-            if "address" in header:
+            if data.address:  # an address column left empty says nothing: one a phone filled in since still matches
                 same.append(Place.address == data.address)
             found = session.exec(select(Place).where(*same).order_by(Place.id).limit(2)).all()
             if len(found) > 1:
                 report.errors.append(RowError(line_no, "name", "more than one premises of this grid has this name"
-                                              + (" and address" if "address" in header else "")
+                                              + (" and address" if data.address else "")
                                               + ": give the row the id of the one it means"))
                 continue
             existing = found[0] if found else None
@@ -395,8 +407,10 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
                 # only what the row says: a column the sheet lacks or a cell left empty keeps what the premises
                 # has (its coordinates as a phone took them in the field, an owner's phone, its regulator)
                 given = {f for f in PlaceUpdate.model_fields if row.get(_CSV_COLUMN_OF.get(f, f))}
-                update_place(session, None, existing, PlaceUpdate(**data.model_dump(include=given)), rules=rules)
+                update_place(session, None, existing, PlaceUpdate(**data.model_dump(include=given)), rules=rules,
+                             whole_position=True)
             else:
+                require_whole_position(data.lat, data.lon)
                 create_place(session, None, data)
         except Invalid as exc:
             column = exc.extra.get("field") or "*"

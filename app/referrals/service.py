@@ -601,7 +601,9 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
                                                       HazardCC.unit_id == e.data["to_unit_id"]))
         elif e.kind is EffectKind.CLOSED:
             h.closed_at = now
-            h.deadline_met = not h.rectify_missed and (before.rectify_due is None or now <= before.rectify_due)
+            if before.rectify_due is not None and now > before.rectify_due:
+                h.rectify_missed = True  # closed late: missed for good, should it be reopened and closed again
+            h.deadline_met = not h.rectify_missed
             if hop is not None:
                 hop.ended_at, hop.outcome = now, "closed"
         elif e.kind in (EffectKind.DISMISSED, EffectKind.MERGED) and hop is not None:

@@ -4,8 +4,10 @@ The share of hazards cleared by their deadline (隐患按期整改率) was decid
 running then. A deadline the owner missed stopped counting as soon as it was replaced: by a new order
 after it passed (an extension granted too late), or by the new holder's clocks after an escalation,
 transfer or return. The flag is set when a deadline that has passed is replaced or cleared, and a close
-counts as on time only without it. Hazards stored before: set where a referral step ended after its
-deadline (an extension on the same step cannot be told any more).
+counts as on time only without it; a close after the deadline sets it too, so that a hazard reopened and
+closed again counts alike whichever way its deadline was missed. Hazards stored before: set where a
+referral step ended (handed on or closed) after its deadline (an extension on the same step cannot be
+told any more).
 
 Revision ID: 0018
 Revises: 0017
