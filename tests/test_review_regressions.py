@@ -12,16 +12,9 @@ from sqlmodel import select
 from app.places.models import Place
 from tests.conftest import login
 from tests.helpers import op, place_of, push
+from tests.places.test_stale_copies import _copy, _fresh
 
 
-def _copy(place: Place, base_version: int, **edits) -> dict:
-    return {"id": place.id, "name": place.name, "address": place.address, "grid_id": place.grid_id,
-            "place_class": place.place_class, "lat": place.lat, "lon": place.lon, "owner_name": place.owner_name,
-            "owner_phone": place.owner_phone, "base_version": base_version, **edits}
-
-
-def _fresh(session, place_id: str) -> Place:
-    return session.get(Place, place_id, populate_existing=True)
 
 
 # ------------------------------------------------------------------ lat/lon both-or-neither

@@ -10,19 +10,17 @@ from collections.abc import Iterator
 from datetime import datetime, timezone
 
 import pytest
-import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from app.auth.models import User
 from app.auth.scope import scope_for, visible_place
-from app.demo import seed_demo
-from app.org.models import OrgUnit
 from app.places.models import Place, PlaceUpdate
 from app.places.service import import_places_csv, update_place
 from app.referrals.policy import load_policy
 from app.referrals.service import Rules, load_calendar
 from tests.conftest import fresh_migrated_engine, login
 from tests.helpers import op, place_of, push, race_behind_lock
+from tests.referrals.test_relocation_races import Pg
 
 NOW = datetime(2026, 3, 2, 1, 0, tzinfo=timezone.utc)
 
@@ -85,20 +83,10 @@ def test_a_sheet_row_matching_two_premises_by_name_is_reported_not_guessed(sessi
 # -- jurisdiction: a PATCH racing a move (PostgreSQL) ----------------------------------------------------
 
 
-class _Pg:
-    def __init__(self, engine: sa.Engine):
-        self.engine = engine
-        with Session(engine) as s:
-            seed_demo(s, with_hazards=False)
-            self.rules = Rules(policy=load_policy(), calendar=load_calendar(s))
-            self.units = {u.code: u.id for u in s.exec(select(OrgUnit)).all()}
-            self.place_id = s.exec(select(Place).where(Place.grid_id == self.units["grid-a-1-1"],
-                                                       Place.place_class == "rental")).first().id
-            s.commit()
-
+class _Pg(Pg):
     def session(self) -> Session:
-        s = Session(self.engine, expire_on_commit=False)
-        s.execute(sa.text("SET lock_timeout = '20s'"))
+        s = super().session()
+        s.expire_on_commit = False
         return s
 
 
