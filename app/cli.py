@@ -4,12 +4,56 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from app.config import get_settings
 
+
+def _problem(exc: Exception) -> str | None:
+    """What an operator can act on, for an error of configuration or of the database's state; None for any
+    other error (a bug: its traceback is what is wanted)."""
+    import alembic.util
+    import pydantic
+    import sqlalchemy as sa
+
+    from app.referrals.policy import PolicyError
+
+    first = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+    if isinstance(exc, PolicyError):
+        return f"the routing policy (FIREGRID_POLICY_FILE): {first}"
+    if isinstance(exc, pydantic.ValidationError):
+        return f"the settings (FIREGRID_* environment): {exc.errors()[0].get('loc', ('?',))[0]}: {exc.errors()[0]['msg']}"
+    if isinstance(exc, alembic.util.CommandError):
+        return f"migrate: {first}"
+    if isinstance(exc, sa.exc.ArgumentError):
+        return f"FIREGRID_DATABASE_URL: {first}"
+    if isinstance(exc, (sa.exc.OperationalError, sa.exc.ProgrammingError)):
+        hint = " (run `firegrid migrate` first)" if "no such table" in first or "does not exist" in first else ""
+        return f"the database: {first}{hint}"
+    return None
+
+
+class _Group(TyperGroup):
+    """Errors of configuration or of the database's state end in one line saying what is wrong and exit code
+    2, not a traceback (which is kept for what is a bug)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, typer.Exit):
+            raise
+        except Exception as exc:
+            problem = _problem(exc)
+            if problem is None:
+                raise
+            typer.echo(f"error: {problem}", err=True)
+            raise typer.Exit(2) from None
+
+
 cli = typer.Typer(help="Firegrid: fire-hazard inspection and referral service.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, cls=_Group)
 user_cli = typer.Typer(help="Manage user accounts.", no_args_is_help=True)
 cli.add_typer(user_cli, name="user")
 

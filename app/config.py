@@ -56,9 +56,13 @@ def check_production_safety(settings: Settings, demo_accounts_present: bool) -> 
     """Production must not run with the shipped secret or the public demo accounts."""
     if settings.env != "prod":
         return
-    if settings.secret_key == DEFAULT_SECRET or len(settings.secret_key) < 32:
+    key = settings.secret_key
+    # the shipped value, anything short, or what no generator would make: blanks, a few characters repeated,
+    # the shipped value padded out
+    if (DEFAULT_SECRET in key or len(key) < 32 or not key.strip() or len(set(key)) < 10):
         raise UnsafeConfiguration(
-            "FIREGRID_ENV=prod needs FIREGRID_SECRET_KEY set to a random value of at least 32 characters"
+            "FIREGRID_ENV=prod needs FIREGRID_SECRET_KEY set to a random value of at least 32 characters "
+            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
         )
     if demo_accounts_present:
         raise UnsafeConfiguration(

@@ -403,6 +403,31 @@ class Database:
         self.sqlite_path = path if path and path != ":memory:" else None
         self.write_lock = SQLiteWriteLock(path) if self.sqlite_path else None
 
+    def check_writable(self) -> None:
+        """Start-up: the database takes writes (SQLite: its write lock can be taken; PostgreSQL: the session
+        is not read-only, a standby or a read-only role), or an error saying so: a read-only database
+        otherwise showed as healthy while every write was a 500."""
+        with self.engine.connect() as conn:
+            if self.engine.dialect.name == "sqlite":
+                # on the driver's connection (no transaction of SQLAlchemy's around it): a write that changes
+                # nothing, undone; taking the write lock alone passes on a read-only file
+                raw = conn.connection.driver_connection
+                try:
+                    raw.execute("BEGIN IMMEDIATE")
+                    try:
+                        version = raw.execute("PRAGMA user_version").fetchone()[0]
+                        raw.execute(f"PRAGMA user_version = {int(version)}")
+                    finally:
+                        raw.execute("ROLLBACK")
+                except sqlite3.OperationalError as exc:
+                    if "readonly" in str(exc).replace(" ", "").lower():
+                        raise RuntimeError(f"FIREGRID_DATABASE_URL: the database cannot be written: {exc}") from exc
+                    # busy: another writer holds the lock for now, which is not this check's business
+            elif conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on":
+                raise RuntimeError("FIREGRID_DATABASE_URL: the database is read-only (a standby, or a read-only "
+                                   "default for this role): point it at the primary")
+            conn.rollback()
+
     def start_checkpointer(self) -> "WalCheckpointer | None":
         """A serving process's background WAL checkpoints (SQLite files only); stop() it on shutdown."""
         return WalCheckpointer(self.sqlite_path, write_lock=self.write_lock).start() if self.sqlite_path else None

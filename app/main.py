@@ -64,6 +64,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
             log.warning("no holiday schedule for %s: deadlines there count Monday-Friday less the statutory "
                         "holidays only; add the year's schedule (its bridging days and adjusted workdays, 调休) "
                         "with PUT /api/v1/calendar/overrides", missing)
+        # a store and a database that cannot be written refuse the start, so the orchestrator sees it: else the
+        # server showed healthy while every upload or every write failed
+        await asyncio.to_thread(app.state.blob_store.check_writable)
+        await asyncio.to_thread(db.check_writable)
         # temp files of uploads cut short by a crash (a disconnect removes its own)
         await asyncio.to_thread(app.state.blob_store.cleanup_tmp)
         checkpointer = db.start_checkpointer()

@@ -1,9 +1,10 @@
+from contextlib import contextmanager
 from logging.config import fileConfig
 
 from alembic import context
 
 from app.config import get_settings
-from app.db import make_engine
+from app.db import PG_LOCK_TIMEOUT_MS, make_engine
 from app.models import metadata
 
 config = context.config
@@ -32,6 +33,11 @@ def _configure(connection) -> None:
             raise RuntimeError("migrate SQLite on a connection with no transaction open: its foreign keys, which "
                                "copying a table needs off, cannot be turned off inside one")
         raw.execute("PRAGMA foreign_keys=OFF")
+        # the run's transaction takes the write lock as it begins (BEGIN IMMEDIATE, app.db), waiting out the
+        # busy timeout for a server's writer: a deferred BEGIN read the version, then failed at once on its
+        # first write if another connection was writing ("database is locked"), beside a serving replica too
+        connection.execution_options(sqlite_write=True)
+    migrating = _MigrationLock(connection) if connection.dialect.name == "postgresql" else None
     try:
         with context.begin_transaction():
             heads = context.get_context().get_current_heads()
@@ -46,6 +52,40 @@ def _configure(connection) -> None:
             if raw.in_transaction:  # the run's, if it failed before it ended
                 connection.rollback()
             raw.execute("PRAGMA foreign_keys=ON")
+        if migrating is not None:
+            migrating.release()
+
+
+class _MigrationLock:
+    """PostgreSQL: one migration run at a time per schema. Two replicas starting at once (`migrate && serve`)
+    both read the same version and ran the same migration: the second failed on what the first had added,
+    and its replica never started. The second now waits for the first, then finds nothing left to do. A
+    session lock, not a transaction's: a migration that builds an index CONCURRENTLY commits in between.
+    Taken only on a connection with no transaction open (a caller's own transaction is the caller's)."""
+
+    KEY = "hashtext(current_schema() || ':firegrid migrations')"
+
+    def __init__(self, connection):
+        self.raw = connection.connection.driver_connection
+        self.held = self.raw.info.transaction_status == 0  # psycopg's IDLE
+        if self.held:
+            with self._autocommit():
+                self.raw.execute("SET lock_timeout = 0")  # however long the other run takes
+                self.raw.execute(f"SELECT pg_advisory_lock({self.KEY})")
+                self.raw.execute(f"SET lock_timeout = {PG_LOCK_TIMEOUT_MS}")
+
+    @contextmanager
+    def _autocommit(self):
+        was, self.raw.autocommit = self.raw.autocommit, True
+        try:
+            yield
+        finally:
+            self.raw.autocommit = was
+
+    def release(self) -> None:
+        if self.held and self.raw.info.transaction_status == 0:
+            with self._autocommit():
+                self.raw.execute(f"SELECT pg_advisory_unlock({self.KEY})")
 
 
 def run() -> None:

@@ -10,6 +10,8 @@ from app.config import Settings, UnsafeConfiguration
 from app.main import create_app
 from tests.conftest import login
 
+STRONG_KEY = "kQ3v-9XbT_2mLw8ZrYc4Nd7HfUe1PaJs6GoBi5Vx0Ct"  # as secrets.token_urlsafe(32) makes them
+
 
 def test_healthz(client, backend):
     r = client.get("/healthz")
@@ -52,7 +54,7 @@ def test_prod_refuses_default_secret(db):
 
 
 def test_prod_refuses_demo_accounts(db):
-    app = create_app(Settings(env="prod", database_url="sqlite:///unused", secret_key="s" * 40), db)
+    app = create_app(Settings(env="prod", database_url="sqlite:///unused", secret_key=STRONG_KEY), db)
     with pytest.raises(UnsafeConfiguration, match="demo accounts"):
         with TestClient(app):
             pass
@@ -65,7 +67,7 @@ def test_prod_starts_without_demo_accounts(db, session):
 
     session.execute(update(User).values(is_demo=False))
     session.commit()
-    app = create_app(Settings(env="prod", database_url="sqlite:///unused", secret_key="s" * 40), db)
+    app = create_app(Settings(env="prod", database_url="sqlite:///unused", secret_key=STRONG_KEY), db)
     with TestClient(app) as c:
         assert c.get("/healthz").status_code == 200
 

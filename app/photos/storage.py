@@ -464,6 +464,21 @@ class FilesystemBlobStore:
 
     # ------------------------------------------------------------------ housekeeping
 
+    def check_writable(self) -> None:
+        """Start-up: a photo can be written here (the temp directory made, a file written, synced and removed),
+        or an error naming the directory. A store that cannot be written otherwise showed as healthy while
+        every upload failed."""
+        try:
+            fd, name = self._mkstemp("probe-")
+            try:
+                os.write(fd, b"firegrid")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                os.unlink(name)
+        except OSError as exc:
+            raise RuntimeError(f"FIREGRID_STORAGE_DIR {self.root}: photos cannot be written there: {exc}") from exc
+
     def cleanup_tmp(self, max_age_seconds: float = TMP_MAX_AGE_SECONDS, *, now: float | None = None) -> int:
         """Remove temp files older than max_age_seconds (left by crashes). Returns how many."""
         if not self.tmp_dir.is_dir():
