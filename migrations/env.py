@@ -1,10 +1,11 @@
+import time
 from contextlib import contextmanager
 from logging.config import fileConfig
 
 from alembic import context
 
 from app.config import get_settings
-from app.db import PG_LOCK_TIMEOUT_MS, make_engine
+from app.db import make_engine
 from app.models import metadata
 
 config = context.config
@@ -69,10 +70,11 @@ class _MigrationLock:
         self.raw = connection.connection.driver_connection
         self.held = self.raw.info.transaction_status == 0  # psycopg's IDLE
         if self.held:
+            # Polled, not waited for in one statement: a statement waiting holds a snapshot, and the other
+            # run's CREATE INDEX CONCURRENTLY waits for every older snapshot to end: a deadlock.
             with self._autocommit():
-                self.raw.execute("SET lock_timeout = 0")  # however long the other run takes
-                self.raw.execute(f"SELECT pg_advisory_lock({self.KEY})")
-                self.raw.execute(f"SET lock_timeout = {PG_LOCK_TIMEOUT_MS}")
+                while not self.raw.execute(f"SELECT pg_try_advisory_lock({self.KEY})").fetchone()[0]:
+                    time.sleep(0.2)
 
     @contextmanager
     def _autocommit(self):

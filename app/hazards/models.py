@@ -111,7 +111,7 @@ class HazardCC(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_hazard_cc_unit_hazard", "unit_id", "hazard_id"),  # a unit's copies, covering
         # the cc queue pages like the holder's: by the hazard's urgency, open ones only
-        sa.Index("ix_hazard_cc_open_queue", "unit_id", "next_due", "hazard_id",
+        sa.Index("ix_hazard_cc_open_queue", "unit_id", "next_due", "created_at", "hazard_id",
                  sqlite_where=sa.text("is_open"), postgresql_where=sa.text("is_open")),
     )
 
@@ -122,6 +122,8 @@ class HazardCC(SQLModel, table=True):
     # copied from the hazard on every save (referrals.service.sync_cc), so the cc queue needs no sort
     next_due: datetime = Field(default=NO_DEADLINE, sa_type=UTCDateTime)
     is_open: bool = True
+    # the hazard's created_at (it never changes): equal deadlines oldest report first, as the held queue
+    created_at: datetime = Field(sa_type=UTCDateTime)
 
 
 class Referral(SQLModel, table=True):

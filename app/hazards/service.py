@@ -95,20 +95,23 @@ def _encode(values: list) -> str:
 MAX_CURSOR = 1000
 
 
-def _decode(cursor: str) -> tuple[datetime, datetime | None, str]:
-    """(next_due, created_at, id); created_at is None in a cc cursor, which pages on the copies."""
+_CC = "cc"  # the fourth part of a cc queue's cursor, which pages on the copies
+
+
+def _decode(cursor: str) -> tuple[datetime, datetime, str, bool]:
+    """(next_due, created_at, id, cc?). A cc cursor of before the copies carried created_at (no such time)
+    is one from before an upgrade."""
     try:
         if len(cursor) > MAX_CURSOR:  # one this server made is ~150 characters
             raise ValueError("too long")
-        due, created, hid = json.loads(base64.urlsafe_b64decode(cursor.encode()))
-        if not bindable(hid):  # bound into the keyset query as it is
-            raise ValueError("not an id")
-        due, created = datetime.fromisoformat(due), datetime.fromisoformat(created) if created else None
-        if due.tzinfo is None or (created is not None and created.tzinfo is None):
+        due, created, hid, *cc = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if cc not in ([], [_CC]) or not bindable(hid):  # the id is bound into the keyset query as it is
+            raise ValueError("not a cursor")
+        due, created = datetime.fromisoformat(due), datetime.fromisoformat(created)
+        if due.tzinfo is None or created.tzinfo is None:
             raise ValueError("a cursor's times carry their offset")
         # in UTC here, as the columns hold them: a time at the calendar's edge cannot be bound
-        due, created = due.astimezone(timezone.utc), created.astimezone(timezone.utc) if created else None
-        return due, created, hid
+        return due.astimezone(timezone.utc), created.astimezone(timezone.utc), hid, bool(cc)
     except (ValueError, TypeError, OverflowError, RecursionError, UnicodeEncodeError):
         raise Invalid("cursor: not a cursor this server issued (or one from before an upgrade): start from the "
                       "first page", code="bad_cursor", field="cursor") from None
@@ -122,17 +125,16 @@ def queue(
 ) -> tuple[list[tuple[Hazard, Place]], str | None]:
     """The caller's unit's hazards by urgency: overdue first (earliest deadline), then nearest deadline.
 
-    Keyset-paged on (next_due, created_at, id): equal deadlines oldest report first (the cc list:
-    (next_due, hazard_id) on the copies). A unit's list is served by the index (holder_unit_id,
-    next_due, created_at, id), so page 1000 costs what page 1 does; a grid worker's list is small
-    enough to sort.
+    Keyset-paged on (next_due, created_at, id): equal deadlines oldest report first (the cc list on the
+    copies, which carry both). A unit's list is served by the index (holder_unit_id, next_due,
+    created_at, id), so page 1000 costs what page 1 does; a grid worker's list is small enough to sort.
     """
     stmt = select(Hazard, Place).join(Place, Place.id == Hazard.place_id)
     keys = [Hazard.next_due, Hazard.created_at, Hazard.id]
     if cc:
         # the copies carry the hazard's next_due: page on them (ix_hazard_cc_open_queue)
         stmt = stmt.join(HazardCC, (HazardCC.hazard_id == Hazard.id) & (HazardCC.unit_id == scope.unit_id))
-        keys = [HazardCC.next_due, HazardCC.hazard_id]
+        keys = [HazardCC.next_due, HazardCC.created_at, HazardCC.hazard_id]
         if not statuses:
             stmt = stmt.where(HazardCC.is_open.is_(True))
     elif scope.grid_ids is not None:
@@ -158,18 +160,19 @@ def queue(
     if listed is not None:
         stmt = stmt.where(Hazard.listed_supervision.is_(listed))
     if cursor:
-        due, created, hid = _decode(cursor)
-        if (created is None) != cc:
+        due, created, hid, of_cc = _decode(cursor)
+        if of_cc != cc:
             raise Invalid("cursor: from a different listing (cc or not): start from the first page",
                           code="bad_cursor", field="cursor")
         # a row value, which both planners turn into an index range (an OR of the parts is not)
-        stmt = stmt.where(sa.tuple_(*keys) > ((due, hid) if cc else (due, created, hid)))
+        stmt = stmt.where(sa.tuple_(*keys) > (due, created, hid))
     limit = max(1, min(limit, MAX_PAGE))
     rows = session.exec(stmt.order_by(*keys).limit(limit + 1)).all()
     more = len(rows) > limit
     rows = rows[:limit]
     last = rows[-1][0] if more and rows else None
-    nxt = _encode([last.next_due.isoformat(), None if cc else last.created_at.isoformat(), last.id]) if last else None
+    nxt = (_encode([last.next_due.isoformat(), last.created_at.isoformat(), last.id, *([_CC] if cc else [])])
+           if last else None)
     return rows, nxt
 
 

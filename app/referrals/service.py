@@ -385,8 +385,8 @@ def plan_hazard(rules: Rules, report: HazardReport, place: Place, town: TownFact
                     via="route", reason=decision.reason_zh, rule=decision.rule, sent_at=now, ack_due=decision.ack_due,
                     acknowledged_at=None, order_due=None, rectify_due=None, reinspect_due=None, ended_at=None,
                     outcome=None)
-    cc = [dict(hazard_id=h.id, unit_id=u, reason="routing", added_at=now, next_due=h.next_due, is_open=True)
-          for u in decision.cc]
+    cc = [dict(hazard_id=h.id, unit_id=u, reason="routing", added_at=now, next_due=h.next_due, is_open=True,
+               created_at=h.created_at) for u in decision.cc]
     return PlannedHazard(h, referral, cc, events)
 
 
@@ -636,7 +636,7 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
 
 def _add_cc(session: Session, h: Hazard, unit_id: str | None, reason: str, now: datetime) -> None:
     if unit_id and session.get(HazardCC, (h.id, unit_id)) is None:
-        session.add(HazardCC(hazard_id=h.id, unit_id=unit_id, reason=reason, added_at=now))
+        session.add(HazardCC(hazard_id=h.id, unit_id=unit_id, reason=reason, added_at=now, created_at=h.created_at))
 
 
 def sync_cc(session: Session, h: Hazard) -> None:
@@ -917,7 +917,8 @@ def relocate(session: Session, rules: Rules, moved: Relocation, actor: Actor, no
             to = successor[cc.unit_id]
             session.delete(cc)
             if to and to != h.holder_unit_id and session.get(HazardCC, (h.id, to)) is None:
-                session.add(HazardCC(hazard_id=h.id, unit_id=to, reason=cc.reason, added_at=now))
+                session.add(HazardCC(hazard_id=h.id, unit_id=to, reason=cc.reason, added_at=now,
+                                     created_at=h.created_at))
             copies[cc.unit_id] = to if to != h.holder_unit_id else None
         if copies and not target:  # the holder stays (the brigade, say): the record still says why the copies moved
             _record(session, h, kind, actor, now, {"copies": copies, "reason": reason, **extra})

@@ -157,3 +157,66 @@ def test_cc_queue_follows_the_hazard(clocked_client, clock, session, units):
     c.post(f"/api/v1/hazards/{first}/actions", json={"action": "close", "override_reason": "当场整改"}, headers=brigade)
     assert [i["id"] for i in items(c, "office-a", cc="true")["items"]] == [second]
     assert [i["id"] for i in items(c, "office-a", cc="true", status="closed")["items"]] == [first]
+
+
+def test_cc_queue_lists_equal_deadlines_oldest_report_first_on_every_page(clocked_client, clock, session, units):
+    """As the held queue: equal deadlines oldest report first. The copies paged on (deadline, hazard id), a
+    phone's random UUID, so reports of one day came in whatever order their ids sorted."""
+    c = clocked_client
+    worker = login(c, "worker-a1")
+    shop = place_of(session, units, "grid-a-1-1", "nine_small")
+    reported = []
+    for hour, hid in (("08", "cccccccc-0000-4000-8000-000000000001"), ("09", "bbbbbbbb-0000-4000-8000-000000000002"),
+                      ("10", "aaaaaaaa-0000-4000-8000-000000000003")):
+        clock.now = at(f"2026-03-02T{hour}:00")
+        reported.append(report(c, worker, shop.id, at(f"2026-03-02T{hour}:00"), id=hid, severity="major",
+                               category="blocked_exit")["hazard_id"])
+    listed = items(c, "office-a", cc="true")["items"]
+    assert [i["id"] for i in listed] == reported
+    assert len({i["deadline"] for i in listed}) == 1  # one deadline: the order is the reports' age
+    paged, cursor = [], None
+    while True:
+        page = items(c, "office-a", cc="true", limit=1, **({"cursor": cursor} if cursor else {}))
+        paged += [i["id"] for i in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            break
+    assert paged == reported
+
+
+def test_a_cc_cursor_from_before_the_copies_knew_their_age_is_refused(clocked_client, many):
+    import base64
+    import json
+
+    c = clocked_client
+    old = base64.urlsafe_b64encode(json.dumps(["2026-03-05T16:00:00+00:00", None, many[0]]).encode()).decode()
+    r = c.get("/api/v1/queue", params={"cursor": old, "cc": "true"}, headers=login(c, "office-a"))
+    assert r.status_code == 422 and r.json()["error"]["code"] == "bad_cursor"
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_the_migration_gives_every_copy_its_hazards_age(backend, tmp_path):
+    import sqlalchemy as sa
+    from sqlmodel import Session
+
+    from app import migrate
+    from app.db import make_engine
+    from app.demo import seed_demo
+    from tests.conftest import fresh_database_url
+
+    url, cleanup = fresh_database_url(backend, tmp_path)
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(url)
+        with Session(engine) as s:
+            seed_demo(s, with_hazards=True)
+            s.commit()
+        migrate.downgrade(url, revision="0018")
+        migrate.upgrade(url)
+        with engine.connect() as conn:
+            pairs = conn.execute(sa.text("SELECT c.created_at, h.created_at FROM hazard_cc c "
+                                         "JOIN hazards h ON h.id = c.hazard_id")).all()
+        assert pairs and all(copy == hazard for copy, hazard in pairs)
+    finally:
+        engine.dispose()
+        cleanup()
