@@ -72,7 +72,7 @@ REASONS = {
     "town-office-default": ("其他场所由镇街监管", "Other premises: town office"),
 }
 HAZARD_COLS = [c.name for c in Hazard.__table__.columns]
-CC_COLS = ["hazard_id", "unit_id", "reason", "added_at", "next_due", "is_open"]
+CC_COLS = ["hazard_id", "unit_id", "reason", "added_at", "next_due", "is_open", "created_at"]
 OPEN_STATUS_VALUES = frozenset(s.value for s in OPEN_STATUSES)
 
 
@@ -238,16 +238,16 @@ def hazard_rows(world: World, n: int, rng: random.Random) -> Iterator[tuple[list
             town.id, cid, gid, pclass, status, tier, holder,
             (town.police_id if tier == "brigade" else town.office_id) if escalated else None,
             ("police_station" if tier == "brigade" else "town_office") if escalated else None,
-            ack_due, order_due, rectify_due, reinspect_due, listed, evidence, next_due, escalate_at,
+            ack_due, order_due, rectify_due, reinspect_due, listed, evidence, next_due, escalate_at, None,
             rule, reason_zh, reason_en, POLICY_VERSION, None, None, 0, created, closed_at or created, closed_at,
-            deadline_met, seq, f"{bits(256):064x}", seq,
+            deadline_met, deadline_met is False, seq, f"{bits(256):064x}", seq,
         ))
         # copies (抄送): the town office whenever another tier holds it; the police station on majors
         is_open = status in OPEN_STATUS_VALUES  # the copies carry the hazard's urgency and openness
         if tier != "town_office":
-            cc.append((hid, town.office_id, "town_office", created, next_due, is_open))
+            cc.append((hid, town.office_id, "town_office", created, next_due, is_open, created))
         if major and tier != "police_station":
-            cc.append((hid, town.police_id, "police_station", created, next_due, is_open))
+            cc.append((hid, town.police_id, "police_station", created, next_due, is_open, created))
         if len(hz) >= CHUNK:
             yield hz, cc
             hz, cc = [], []
@@ -260,9 +260,9 @@ def _check_columns() -> None:
                 "photos", "reporter_user_id", "reporter_device_id", "town_id", "community_id", "grid_id", "place_class",
                 "status", "tier", "holder_unit_id", "previous_holder_unit_id", "previous_tier", "ack_due", "order_due",
                 "rectify_due", "reinspect_due", "listed_supervision", "has_rectified_evidence", "next_due",
-                "escalate_at", "rule", "reason_zh", "reason_en", "policy_version", "duplicate_of_id", "merged_into_id",
-                "attention", "created_at", "updated_at", "closed_at", "deadline_met", "event_seq", "last_event_hash",
-                "version"]
+                "escalate_at", "clock_basis", "rule", "reason_zh", "reason_en", "policy_version", "duplicate_of_id",
+                "merged_into_id", "attention", "created_at", "updated_at", "closed_at", "deadline_met",
+                "rectify_missed", "event_seq", "last_event_hash", "version"]
     if HAZARD_COLS != expected:
         sys.exit(f"the hazards table changed; update bench.queue_bench.hazard_rows:\n  {HAZARD_COLS}")
 
