@@ -2,6 +2,8 @@
 
 import shutil
 import textwrap
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -51,6 +53,20 @@ def _upgrade_and_seed(url: str, engine: sa.Engine) -> None:
     with Session(engine) as s:
         seed_demo(s)
         s.commit()
+
+
+@contextmanager
+def seeded_database(backend: str, tmp_path: Path) -> Iterator[tuple[str, sa.Engine]]:
+    """A fresh database of the backend at head with the demo's data: (url, engine), disposed of after. For a
+    data migration's test: change rows, go down past it, come up again, look at what it made of them."""
+    url, cleanup = fresh_database_url(backend, tmp_path)
+    engine = make_engine(url)
+    try:
+        _upgrade_and_seed(url, engine)
+        yield url, engine
+    finally:
+        engine.dispose()
+        cleanup()
 
 
 # tables whose rows refer to premises and to one another: a migration that copies one of them must keep them all

@@ -250,18 +250,11 @@ def test_the_migration_marks_hazards_handed_on_after_a_missed_deadline(backend, 
     from sqlmodel import Session, select
 
     from app import migrate
-    from app.db import make_engine
-    from app.demo import seed_demo
     from app.hazards.models import Hazard, Referral
-    from tests.conftest import fresh_database_url
+    from tests.test_migrations import seeded_database
 
-    url, cleanup = fresh_database_url(backend, tmp_path)
-    engine = make_engine(url)
-    try:
-        migrate.upgrade(url)
+    with seeded_database(backend, tmp_path) as (url, engine):
         with Session(engine) as s:
-            seed_demo(s, with_hazards=True)
-            s.commit()
             two = s.exec(select(Referral.hazard_id).distinct().order_by(Referral.hazard_id).limit(2)).all()
             late, on_time = (s.exec(select(Referral).where(Referral.hazard_id == h).limit(1)).one() for h in two)
             late.rectify_due, late.ended_at = at("2026-03-06T17:00"), at("2026-03-16T09:00")
@@ -274,6 +267,3 @@ def test_the_migration_marks_hazards_handed_on_after_a_missed_deadline(backend, 
         with Session(engine) as s:
             missed = set(s.exec(select(Hazard.id).where(Hazard.rectify_missed.is_(sa.true()))).all())
         assert missed == {late_id} and on_time_id not in missed
-    finally:
-        engine.dispose()
-        cleanup()

@@ -197,26 +197,14 @@ def test_a_cc_cursor_from_before_the_copies_knew_their_age_is_refused(clocked_cl
 @pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
 def test_the_migration_gives_every_copy_its_hazards_age(backend, tmp_path):
     import sqlalchemy as sa
-    from sqlmodel import Session
 
     from app import migrate
-    from app.db import make_engine
-    from app.demo import seed_demo
-    from tests.conftest import fresh_database_url
+    from tests.test_migrations import seeded_database
 
-    url, cleanup = fresh_database_url(backend, tmp_path)
-    engine = make_engine(url)
-    try:
-        migrate.upgrade(url)
-        with Session(engine) as s:
-            seed_demo(s, with_hazards=True)
-            s.commit()
+    with seeded_database(backend, tmp_path) as (url, engine):
         migrate.downgrade(url, revision="0018")
         migrate.upgrade(url)
         with engine.connect() as conn:
             pairs = conn.execute(sa.text("SELECT c.created_at, h.created_at FROM hazard_cc c "
                                          "JOIN hazards h ON h.id = c.hazard_id")).all()
         assert pairs and all(copy == hazard for copy, hazard in pairs)
-    finally:
-        engine.dispose()
-        cleanup()
