@@ -27,16 +27,24 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from urllib.parse import quote
 
-import httpx
+import json as jsonlib
 
 from bench.common import markdown_table
+from bench.phone import Phone
 from bench.photo_bench import distinct_jpegs
 from bench.push_bench import WORKERS, batch, places_of
 from bench.server import FIREGRID, ROOT, free_port, stop, token, wait_until_up
 from bench.submission_bench import PHOTO_SIZE, push, put_photo, submission_op
 
 BATCH_OPS = 100
+
+
+def ok(answer: tuple[int, object]) -> object:
+    if answer[0] != 200:
+        raise RuntimeError(f"{answer[0]}: {str(answer[1])[:300]}")
+    return answer[1]
 
 
 def count(root: Path, what: str, n: int) -> tuple[float, float]:
@@ -63,33 +71,36 @@ def count(root: Path, what: str, n: int) -> tuple[float, float]:
             raise SystemExit("server did not start under valgrind: see " + str(tmp / "server.log"))
         headers = token(base, WORKERS[0], "instr-phone")
         places = places_of(base, headers)
-        with httpx.Client(base_url=base, headers=headers, timeout=900) as c:
+        c = Phone(base, headers, timeout=900)
+        try:
             subs = [(submission_op(places[k % len(places)], hashlib.sha256(p).hexdigest()), p)
                     for k, p in enumerate(photos)]
             for op, photo in subs[-3:]:  # warm-up, not counted: first use of each path, pools, Pillow's plugins
                 push(c, [op])
                 put_photo(c, photo)
             if what == "batch":
-                c.post("/api/v1/sync/push", json=batch(places, BATCH_OPS)).raise_for_status()
+                ok(c.post_json("/api/v1/sync/push", batch(places, BATCH_OPS)))
             batches = [batch(places, BATCH_OPS) for _ in range(n)] if what == "batch" else []
             cursor = None
             if what == "pull":  # the whole scope first, untimed, then the same question again and again
                 more = True
                 while more:
-                    page = c.get("/api/v1/sync/pull", params={"cursor": cursor} if cursor else {}).json()
+                    page = jsonlib.loads(ok(c.request("GET", "/api/v1/sync/pull" + (f"?cursor={quote(cursor)}" if cursor else ""))))
                     cursor, more = page["cursor"], page["more"]
             subprocess.run(["callgrind_control", "--instr=on", str(proc.pid)], check=True, capture_output=True)
             for i in range(n):
                 if what == "batch":
-                    c.post("/api/v1/sync/push", json=batches[i]).raise_for_status()
+                    ok(c.post_json("/api/v1/sync/push", batches[i]))
                 elif what == "push":
                     push(c, [subs[i][0]])
                 elif what == "pull":
-                    c.get("/api/v1/sync/pull", params={"cursor": cursor}).raise_for_status()
+                    ok(c.request("GET", f"/api/v1/sync/pull?cursor={quote(cursor)}"))
                 else:  # the PUT path does not look at the photo's record: the photos alone
                     put_photo(c, subs[i][1])
             for cmd in ("--instr=off", "--dump"):  # off first: the shutdown must not be counted
                 subprocess.run(["callgrind_control", cmd, str(proc.pid)], check=True, capture_output=True)
+        finally:
+            c.close()
     finally:
         stop(proc)
     per = n * (BATCH_OPS if what == "batch" else 1)

@@ -20,17 +20,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import json
 import threading
 import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-import httpx
 import sqlalchemy as sa
 
 from bench.common import markdown_table, run_together
+from bench.phone import Phone
 from bench.photo_bench import SETTLED_US, RssSampler, creation_cost_us, distinct_jpegs, server_cpu, settle, warm_memory, worker_pids
 from bench.push_bench import WORKERS, places_of
 from bench.server import pg_schema, running_server, token
@@ -52,26 +51,25 @@ def submission_op(place_id: str, sha: str) -> dict:
                      "photos": [sha]}]}}
 
 
-def push(c: httpx.Client, ops: list[dict]) -> None:
-    r = c.post("/api/v1/sync/push", content=json.dumps({"ops": ops}).encode(),
-               headers={"Content-Type": "application/json"})
-    if r.status_code != 200 or any(x["status"] != "applied" for x in r.json()["results"]):
-        raise RuntimeError(f"push: {r.status_code} {r.text[:300]}")
+def push(c: Phone, ops: list[dict]) -> None:
+    status, body = c.post_json("/api/v1/sync/push", {"ops": ops})
+    if status != 200 or any(x["status"] != "applied" for x in body["results"]):
+        raise RuntimeError(f"push: {status} {str(body)[:300]}")
 
 
-def put_photo(c: httpx.Client, photo: bytes) -> None:
-    r = c.put(f"/api/v1/blobs/{hashlib.sha256(photo).hexdigest()}", content=photo, headers={"Content-Type": "image/jpeg"})
-    if r.status_code != 201:
-        raise RuntimeError(f"photo: {r.status_code} {r.text[:300]}")
+def put_photo(c: Phone, photo: bytes) -> None:
+    status, body = c.request("PUT", f"/api/v1/blobs/{hashlib.sha256(photo).hexdigest()}", photo, "image/jpeg")
+    if status != 201:
+        raise RuntimeError(f"photo: {status} {body[:300]!r}")
 
 
-def one_by_one(c: httpx.Client, work: list[tuple[dict, bytes]]) -> None:
+def one_by_one(c: Phone, work: list[tuple[dict, bytes]]) -> None:
     for op, photo in work:
         push(c, [op])
         put_photo(c, photo)
 
 
-def as_a_phone_syncs(c: httpx.Client, work: list[tuple[dict, bytes]]) -> None:
+def as_a_phone_syncs(c: Phone, work: list[tuple[dict, bytes]]) -> None:
     for i in range(0, len(work), SYNC_BATCH):
         chunk = work[i:i + SYNC_BATCH]
         push(c, [op for op, _ in chunk])
@@ -79,7 +77,7 @@ def as_a_phone_syncs(c: httpx.Client, work: list[tuple[dict, bytes]]) -> None:
             put_photo(c, photo)
 
 
-def run(mode, conns: list[httpx.Client], work: list[list[tuple[dict, bytes]]], pids: list[int], master: int) -> dict:
+def run(mode, conns: list[Phone], work: list[list[tuple[dict, bytes]]], pids: list[int], master: int) -> dict:
     errors: list[str] = []
 
     def phone(i: int) -> None:
@@ -88,13 +86,14 @@ def run(mode, conns: list[httpx.Client], work: list[list[tuple[dict, bytes]]], p
         except Exception as exc:  # reported after the run; the clock is not the judge of errors
             errors.append(str(exc))
 
-    cpu0 = server_cpu(pids)
+    cpu0, client0 = server_cpu(pids), time.process_time()
     with RssSampler(pids, master=master) as mem:
         elapsed = run_together([threading.Thread(target=phone, args=(i,)) for i in range(len(conns))])
     if errors:
         raise SystemExit(f"{len(errors)} phones failed, first: {errors[0]}")
     n = sum(len(w) for w in work)
     return {"n": n, "per_s": n / elapsed, "cpu_ms": (server_cpu(pids) - cpu0) * 1000 / n,
+            "client_ms": (time.process_time() - client0) * 1000 / n,
             "rss": mem.peak_sum / MB, "pss": mem.peak_pss / MB, "total_pss": mem.peak_total_pss / MB}
 
 
@@ -148,7 +147,7 @@ def main() -> None:
         for i in range(args.clients):
             h = token(base, WORKERS[i % len(WORKERS)], f"bench-phone-{i}")
             phones.append((h, places_of(base, h)))
-        conns = [httpx.Client(base_url=base, headers=h, timeout=120) for h, _ in phones]
+        conns = [Phone(base, h) for h, _ in phones]
         # warm-up, untimed: one submission per phone (each worker's pools, Pillow's plugins)
         for (_, places), c, photo in zip(phones, conns, photos[-args.clients:]):
             one_by_one(c, [(submission_op(places[0], hashlib.sha256(photo).hexdigest()), photo)])
@@ -177,8 +176,9 @@ def main() -> None:
           + (" -- NOT SETTLED, see bench.photo_bench.creation_cost_us" if max(create_before, create_after) > SETTLED_US else "")
           + "\n")
     print(markdown_table(["way of sending", "submissions", "submissions/s", "server CPU per submission ms",
+                          "phones' CPU per submission ms",
                           "peak RSS MB (workers)", "peak PSS MB (workers)", "peak PSS MB (whole server)"],
-                         [(name, r["n"], r["per_s"], r["cpu_ms"], r["rss"], r["pss"], r["total_pss"])
+                         [(name, r["n"], r["per_s"], r["cpu_ms"], r["client_ms"], r["rss"], r["pss"], r["total_pss"])
                           for name, r in results]))
 
 
