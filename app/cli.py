@@ -1,5 +1,6 @@
 """The `firegrid` console script."""
 
+import zlib
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Optional
@@ -59,9 +60,12 @@ cli.add_typer(user_cli, name="user")
 
 
 def _db():
+    from app.audit.service import use_settings
     from app.db import Database
 
-    return Database.from_settings(get_settings())
+    settings = get_settings()
+    use_settings(settings)  # commands that write hazards seal their events with the configured key
+    return Database.from_settings(settings)
 
 
 @cli.command()
@@ -69,8 +73,15 @@ def migrate(revision: str = "head") -> None:
     """Bring the database schema up to date (Alembic)."""
     from app import migrate as m
 
-    m.upgrade(get_settings().database_url, revision=revision)
+    url = get_settings().database_url
+    before = m.current_revision(url)
+    m.upgrade(url, revision=revision)
     typer.echo(f"database at {revision}")
+    if m.crossed(before, m.current_revision(url), m.SEALS_REVISION):
+        # the run that adds seals seals the events stored before, once: a later run sealing whatever is
+        # unsealed would seal a forgery whose seals were removed. A chain left unsealed is reported, not a
+        # failed migration: the server must still start
+        _seal(quiet_if_none=True, fail=False)
 
 
 @cli.command("seed-demo")
@@ -295,22 +306,81 @@ cli.add_typer(audit_cli, name="audit")
 
 
 @audit_cli.command("verify")
-def audit_verify() -> None:
-    """Recompute every hazard's event chain; exit 1 if any was edited, reordered or cut."""
+def audit_verify(
+    anchor: Annotated[Path | None, typer.Option(help="an anchor written earlier by `audit anchor`: every event "
+                                                     "in it must still be there, unchanged")] = None,
+) -> None:
+    """Recompute every hazard's event chain and its seals; exit 1 if any was edited, reordered or cut."""
     from app.audit.chain import ChainProblem
-    from app.audit.service import verify_all
+    from app.audit.service import AnchorError, audit_key, check_anchor, verify_all
 
+    key = audit_key(get_settings())
     problems = 0
     checked = 0
     with _db().session() as session:
-        for item in verify_all(session):
+        for item in verify_all(session, key=key):
             if isinstance(item, ChainProblem):
                 problems += 1
                 typer.echo(f"hazard {item.hazard_id} event {item.seq}: {item.problem}", err=True)
             else:
                 checked = item
-    typer.echo(f"checked {checked} hazards: {'OK' if not problems else f'{problems} problems'}")
+        anchored = None
+        if anchor is not None:
+            try:
+                for item in check_anchor(session, key, anchor):
+                    if isinstance(item, ChainProblem):
+                        problems += 1
+                        typer.echo(f"hazard {item.hazard_id} event {item.seq}: {item.problem}", err=True)
+                    else:
+                        anchored = item
+            except (AnchorError, OSError, UnicodeDecodeError, EOFError, zlib.error) as exc:
+                typer.echo(f"error: {anchor}: {exc}", err=True)
+                raise typer.Exit(2)
+    against = f" and {anchored} anchored heads" if anchored is not None else ""
+    typer.echo(f"checked {checked} hazards{against}: {'OK' if not problems else f'{problems} problems'}")
     if problems:
+        raise typer.Exit(1)
+
+
+@audit_cli.command("anchor")
+def audit_anchor(
+    out: Annotated[Path, typer.Option(help="where to write it (.gz: gzipped); keep it off the database's machine")],
+) -> None:
+    """Write every hazard's chain head, sealed, to a file to be kept outside the database: `audit verify
+    --anchor` then also sees hazards deleted with their events and chains cut back."""
+    from app.audit.service import audit_key, open_anchor, write_anchor
+    from app.db import utcnow
+
+    tmp = out.with_name(out.name + ".part")
+    try:
+        with _db().session() as session, open_anchor(tmp, "wt", gzipped=out.suffix == ".gz") as f:
+            n = write_anchor(session, audit_key(get_settings()), f, utcnow())
+        tmp.replace(out)  # a run cut short leaves no anchor that looks whole
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        typer.echo(f"error: {out}: {exc.strerror or exc}", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"anchored {n} hazards in {out}")
+
+
+@audit_cli.command("seal")
+def audit_seal() -> None:
+    """Seal the events stored before seals existed, where their chains verify (`migrate` does it too);
+    exit 1 if a chain was left unsealed because it does not verify."""
+    _seal(quiet_if_none=False, fail=True)
+
+
+def _seal(quiet_if_none: bool, fail: bool) -> None:
+    from app.audit.service import audit_key, seal_unsealed
+
+    db = _db()
+    report = seal_unsealed(lambda: db.session(write=True), audit_key(get_settings()))
+    for p in report.refused:
+        typer.echo(f"hazard {p.hazard_id} event {p.seq}: {p.problem}: left unsealed", err=True)
+    if report.sealed or report.refused or not quiet_if_none:
+        typer.echo(f"sealed {report.sealed} audit events" + (f"; {len(report.refused)} problems left unsealed"
+                                                             if report.refused else ""))
+    if report.refused and fail:
         raise typer.Exit(1)
 
 

@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     policy_file: Path | None = None
     # Pepper mixed into token hashes: a stolen database alone cannot be replayed as tokens.
     secret_key: str = DEFAULT_SECRET
+    # The key that seals the audit chain's events (app/audit/chain.py). Unset: derived from secret_key.
+    # Set it to keep the seals when secret_key changes (or to the old secret_key, when it does).
+    audit_key: str | None = None
     token_ttl_hours: int = Field(default=24 * 30, ge=1)  # phones stay offline for weeks
     # Login limits (429) within the window: failures for one username from one address (a stranger's
     # guesses lock the name out of the stranger's address only), for one username from all addresses
@@ -56,14 +59,16 @@ def check_production_safety(settings: Settings, demo_accounts_present: bool) -> 
     """Production must not run with the shipped secret or the public demo accounts."""
     if settings.env != "prod":
         return
-    key = settings.secret_key
-    # the shipped value, anything short, or what no generator would make: blanks, a few characters repeated,
-    # the shipped value padded out
-    if (DEFAULT_SECRET in key or len(key) < 32 or not key.strip() or len(set(key)) < 10):
-        raise UnsafeConfiguration(
-            "FIREGRID_ENV=prod needs FIREGRID_SECRET_KEY set to a random value of at least 32 characters "
-            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
-        )
+    for name, key in (("FIREGRID_SECRET_KEY", settings.secret_key), ("FIREGRID_AUDIT_KEY", settings.audit_key)):
+        if key is None:  # the audit key is optional: derived from the secret key
+            continue
+        # the shipped value, anything short, or what no generator would make: blanks, a few characters
+        # repeated, the shipped value padded out
+        if (DEFAULT_SECRET in key or len(key) < 32 or not key.strip() or len(set(key)) < 10):
+            raise UnsafeConfiguration(
+                f"FIREGRID_ENV=prod needs {name} set to a random value of at least 32 characters "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
+            )
     if demo_accounts_present:
         raise UnsafeConfiguration(
             "FIREGRID_ENV=prod refuses to start: demo accounts (password 'firegrid-demo') exist in the database"

@@ -20,6 +20,7 @@ from starlette.routing import Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import __version__
+from app.audit import service as audit
 from app.auth import service as auth_service
 from app.auth.models import User
 from app.auth.router import router as auth_router
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
                clock: Callable[[], datetime] = utcnow) -> FastAPI:
     settings = settings or get_settings()
     db = db or Database.from_settings(settings)
+    audit.use_settings(settings)  # the key this process seals audit events with
     # Validated now, so a bad policy file stops start-up with its file, rule and field named.
     policy = load_policy(settings.policy_file or DEFAULT_POLICY_PATH)
 

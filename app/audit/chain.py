@@ -1,7 +1,12 @@
 """PURE: the hash chain. Each event's hash covers its content and the previous event's hash, so
-editing, deleting or reordering history anywhere in a hazard's chain is detectable."""
+editing, deleting or reordering history anywhere in a hazard's chain is detectable.
+
+The hashes alone convince only someone who trusts the database: whoever can write it can rewrite an
+event and every hash after it. So each event's hash is also sealed (``mac``) with a key the database
+does not hold; rewriting history then needs the server's configuration as well."""
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -77,6 +82,19 @@ def event_hash(prev_hash: str, fields: Mapping[str, Any], normalized: bool = Fal
     return hashlib.sha256(prev_hash.encode() + b"\n" + body).hexdigest()
 
 
+def derive_key(audit_key: str | None, secret_key: str) -> bytes:
+    """The sealing key, from FIREGRID_AUDIT_KEY, else from the secret key, in a domain of its own (the
+    token pepper and the seal never share a value). So a server whose secret key changes keeps its seals
+    by setting FIREGRID_AUDIT_KEY to the old secret key."""
+    return hmac.digest((audit_key or secret_key).encode(), b"firegrid audit chain seal v1", "sha256")
+
+
+def event_mac(key: bytes, event_hash_hex: str) -> str:
+    """The seal of one event: its hash covers its content, its hazard, its place in the chain and the
+    chain before it, so sealing the hash seals all of that."""
+    return hmac.digest(key, event_hash_hex.encode(), "sha256").hex()
+
+
 HASHED_FIELDS = ("hazard_id", "seq", "kind", "actor_user_id", "actor_unit_id", "device_id", "server_time",
                  "device_time", "data", "flagged")
 
@@ -88,8 +106,11 @@ class ChainProblem:
     problem: str
 
 
-def verify_chain(hazard_id: str, events: Iterable[Mapping[str, Any]], head_hash: str, head_seq: int) -> list[ChainProblem]:
-    """Check one hazard's events (in seq order) against each other and against the hazard's stored head."""
+def verify_chain(hazard_id: str, events: Iterable[Mapping[str, Any]], head_hash: str, head_seq: int,
+                 key: bytes | None = None) -> list[ChainProblem]:
+    """Check one hazard's events (in seq order) against each other and against the hazard's stored head;
+    with ``key``, each event's seal too (an event without one is a problem: seal_unsealed seals those
+    stored before seals existed, and nothing since is written without)."""
     problems: list[ChainProblem] = []
     prev, expected_seq = GENESIS, 1
     for ev in events:
@@ -100,6 +121,15 @@ def verify_chain(hazard_id: str, events: Iterable[Mapping[str, Any]], head_hash:
         recomputed = event_hash(ev["prev_hash"], {k: ev[k] for k in HASHED_FIELDS})
         if recomputed != ev["hash"]:
             problems.append(ChainProblem(hazard_id, ev["seq"], "content does not match its hash (edited)"))
+        if key is not None:
+            mac = ev.get("mac")
+            if mac is None:
+                problems.append(ChainProblem(hazard_id, ev["seq"], "not sealed: its seal was removed, or it was "
+                                             "stored before seals and not sealed at the upgrade"))
+            elif not (isinstance(mac, str) and mac.isascii() and isinstance(ev["hash"], str)
+                      and hmac.compare_digest(mac, event_mac(key, ev["hash"]))):
+                problems.append(ChainProblem(hazard_id, ev["seq"],
+                                             "seal does not match (rewritten, or sealed with another audit key)"))
         prev, expected_seq = ev["hash"], ev["seq"] + 1
     if prev != head_hash or expected_seq - 1 != head_seq:
         problems.append(ChainProblem(hazard_id, None, "chain head does not match the hazard (events removed or added)"))

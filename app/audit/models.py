@@ -10,7 +10,12 @@ from app.db import UTCDateTime
 
 class HazardEvent(SQLModel, table=True):
     __tablename__ = "hazard_events"
-    __table_args__ = (sa.UniqueConstraint("hazard_id", "seq"),)
+    __table_args__ = (
+        sa.UniqueConstraint("hazard_id", "seq"),
+        # what is left to seal (older events; migrate looks at every start): empty once all are sealed
+        sa.Index("ix_hazard_events_unsealed", "hazard_id",
+                 sqlite_where=sa.text("mac IS NULL"), postgresql_where=sa.text("mac IS NULL")),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
     hazard_id: str = Field(foreign_key="hazards.id", max_length=36)
@@ -25,3 +30,5 @@ class HazardEvent(SQLModel, table=True):
     flagged: bool = False  # a field event that no longer fit the state: the holder must look
     prev_hash: str = Field(max_length=64)
     hash: str = Field(max_length=64)
+    # HMAC of hash under the audit key, which is not in the database (app/audit/chain.py event_mac)
+    mac: str | None = Field(default=None, max_length=64)

@@ -29,10 +29,11 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=CN)
 # (users and places: the seed is the same, its password salts and wall-clock times are not)
 SKIP_TABLES = {"auth_tokens", "devices", "login_failures", "changes", "change_feed_state", "alembic_version", "users",
                "places"}
-# Surrogate keys numbered in arrival order; chain hashes cover the random device id (chains are checked
+# Surrogate keys numbered in arrival order; chain hashes and their seals cover the random device id (chains are checked
 # by `audit verify` elsewhere; here the events' content is compared column by column).
 SKIP_COLUMNS = {("referrals", "id"), ("hazard_events", "id"), ("photo_refs", "id"), ("photo_refs", "created_at"),
-                ("hazard_events", "hash"), ("hazard_events", "prev_hash"), ("hazards", "last_event_hash")}
+                ("hazard_events", "hash"), ("hazard_events", "prev_hash"), ("hazard_events", "mac"),
+                ("hazards", "last_event_hash")}
 
 
 class World:
