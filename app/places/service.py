@@ -23,6 +23,7 @@ from app.errors import Conflict, Forbidden, Invalid, NotFound, bindable
 from app.org.models import OrgUnit, UnitKind
 from app.places.models import Place, PlaceCreate, PlaceUpdate
 from app.referrals.routing import TIER_ORDER, supervising_tier
+from app.sync import feed
 
 if TYPE_CHECKING:
     from app.referrals.service import Rules
@@ -97,16 +98,28 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     it made offline has seen this one); an edit at a desk, online, names none."""
     from app.referrals.service import plan_relocation, relocate
 
-    if session.get_bind().dialect.name == "postgresql":
+    postgres = session.get_bind().dialect.name == "postgresql"
+    if postgres:
         # the premises as it is now, locked: a concurrent move planned from the row as it was would
         # write only the columns it saw change, leaving grid, town and the hazards' holders at odds
         # (SQLite's BEGIN IMMEDIATE already serialises writers)
-        session.refresh(place, with_for_update=True)
+        # FOR NO KEY UPDATE: a hazard written meanwhile checks its foreign key with FOR KEY SHARE, which FOR
+        # UPDATE would block: the writer, holding its hazard, would wait on this premises while this edit
+        # waited on that hazard, a deadlock
+        session.refresh(place, with_for_update={"key_share": True})
         if scope is not None and not scope.sees_place(place):
             # moved out of the caller's jurisdiction between the caller's read and this lock: not theirs to
             # edit, nor to move back (SQLite's writer read it under its write lock already)
             raise NotFound(f"place {place.id} not found")
     changes = data.model_dump(exclude_unset=True)
+    if postgres and (changes.get("grid_id", place.grid_id) != place.grid_id
+                     or changes.get("place_class", place.place_class) != place.place_class):
+        # a move or reclass changes the premises' hazards: locked now, in id order (as a desk action locks
+        # them), before the relocation is planned from them
+        from app.hazards.models import Hazard
+
+        session.exec(select(Hazard).where(Hazard.place_id == place.id).order_by(Hazard.id)
+                     .with_for_update().execution_options(populate_existing=True)).all()
     if whole_position:  # a desk's or a sheet's edit (require_whole_position): the position it leaves
         require_whole_position(changes.get("lat", place.lat), changes.get("lon", place.lon))
     if scope is not None:
@@ -157,15 +170,20 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     place.version += 1
     by = [place.version, offline_device_id]  # a new dict: the JSON column sees no change made inside the old one
     place.field_versions = {**(place.field_versions or {}), **{key: by for key in changed}}
+    followed: list[str] = []
     if "grid_id" in changes or "place_class" in changes:
         with session.no_autoflush:  # the place's change is flushed once, with its hazards' and inspections'
-            _hazards_follow(session, place)
+            followed = _hazards_follow(session, place)
             if moved:
-                _inspections_follow(session, place)
+                # an inspection the same push submitted is the phone's own write, not echoed to it unless
+                # marked: it would never hear that the server moved it
+                feed.mark_news(session, "inspection", _inspections_follow(session, place))
     session.add(place)
     session.flush()
     if relocation is not None:
         relocate(session, rules, relocation, actor or Actor.system(), now or utcnow())
+        followed = [*followed, *relocation.hazard_ids]
+    feed.mark_news(session, "hazard", followed)  # as the inspections: a hazard reported earlier in the push
     return place
 
 
@@ -214,31 +232,37 @@ def _may_reclass(session: Session, scope: Scope, place: Place, to_class: str, ru
                     from_tier=from_tier, to_tier=to_tier)
 
 
-def _hazards_follow(session: Session, place: Place) -> None:
+def _hazards_follow(session: Session, place: Place) -> list[str]:
     """A premises' hazards carry where it is and its class: moved, the new grid's worker re-inspects
     them and the old grid's phones get tombstones through the change feed (ORM updates, so the feed
     sees them); reclassed, the queue's class filter finds them under the class they are shown with."""
     from app.hazards.models import Hazard
 
     where = (place.grid_id, place.community_id, place.town_id, place.place_class)
+    changed = []
     for h in session.exec(select(Hazard).where(Hazard.place_id == place.id)).all():
         if (h.grid_id, h.community_id, h.town_id, h.place_class) != where:
             h.grid_id, h.community_id, h.town_id, h.place_class = where
             h.version += 1
             session.add(h)
+            changed.append(h.id)
+    return changed
 
 
-def _inspections_follow(session: Session, place: Place) -> None:
+def _inspections_follow(session: Session, place: Place) -> list[str]:
     """A premises' inspections (its 巡查记录) carry where it is, as its hazards do: its file goes with it,
     so the new grid's worker sees when it was last inspected and the inspection its hazards came from,
     and the old grid's phones get tombstones (ORM updates: the change feed sees them)."""
     from app.inspections.models import Inspection
 
+    moved = []
     for i in session.exec(select(Inspection).where(
             Inspection.place_id == place.id,
             (Inspection.grid_id != place.grid_id) | (Inspection.town_id != place.town_id))).all():
         i.grid_id, i.town_id = place.grid_id, place.town_id
         session.add(i)
+        moved.append(i.id)
+    return moved
 
 
 def _encode_cursor(values: list) -> str:

@@ -107,6 +107,10 @@ class Cursor:
     # paged, the codes being sent as tombstones (fixed at the start of the phase, so the pages stay put)
     c: list[str] | None = None
     g: list[str] | None = None
+    # the device it was made for (device_fingerprint): the feed leaves a device's own writes out of its
+    # pulls, so a cursor says what that device holds, not what another of the user's phones does. None: a
+    # cursor from before this was kept, served as it was
+    d: str | None = None
 
     def encode(self) -> str:
         raw = json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
@@ -121,7 +125,8 @@ class Cursor:
                 raise ValueError("unknown cursor version")
             c = cls(**d)
             if not (_seq(c.a) and (c.u is None or _seq(c.u)) and c.m in (None, "s", "c")
-                    and isinstance(c.e, str) and isinstance(c.f, str) and isinstance(c.r, str)):
+                    and isinstance(c.e, str) and isinstance(c.f, str) and isinstance(c.r, str)
+                    and (c.d is None or isinstance(c.d, str))):
                 raise ValueError("bad field")
             if c.m is not None and (c.u is None or c.p not in (SNAPSHOT_PHASES if c.m == "s" else INCREMENTAL_PHASES)):
                 raise ValueError("bad phase")
@@ -147,6 +152,10 @@ def _codes(value: Any) -> bool:
 def _seq(value: Any) -> bool:
     """A number the feed could have handed out: bound into SQL unchecked, a larger one fails there (500)."""
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= SEQ_MAX
+
+
+def device_fingerprint(device_id: str | None) -> str | None:
+    return hashlib.sha256(device_id.encode()).hexdigest()[:16] if device_id is not None else None
 
 
 def scope_fingerprint(scope: Scope) -> str:
@@ -232,10 +241,10 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
          cursor: str | None = None, limit: int | None = DEFAULT_LIMIT) -> PullPage:
     limit = clamp_limit(limit)
     epoch, pruned_at_start, upto_now = read_head(session)
-    fp = scope_fingerprint(scope)
+    fp, dev = scope_fingerprint(scope), device_fingerprint(device_id)
     if cursor is None:
         upto = upto_now
-        c = Cursor(e=epoch, f=fp, r=policy.version, a=upto, u=upto, m="s", p=REF, k=None)
+        c = Cursor(e=epoch, f=fp, r=policy.version, a=upto, u=upto, m="s", p=REF, k=None, d=dev)
     else:
         c = Cursor.decode(cursor)
         if c.e != epoch:
@@ -244,6 +253,9 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
         if c.f != fp:
             raise CursorExpired("cursor: your jurisdiction changed since it was made; start over with a pull "
                                 "without a cursor", reason="scope_changed")
+        if c.d is not None and c.d != dev:  # it would never bring what that device wrote itself
+            raise CursorExpired("cursor: made for another device; start over with a pull without a cursor",
+                                reason="other_device")
         if c.m is None:  # a new pull: fix its upper bound now
             upto = upto_now
             if c.a > upto:
@@ -297,12 +309,36 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
     if reads_from is not None and reads_from < pruned_through:
         raise CursorExpired("cursor: older than the retained change feed; start over with a pull without a cursor",
                             reason="pruned")
+    _brief_outside_places(session, scope, out)
     if c.p is None:  # this pull is complete: rest at its upper bound
         # with the reference data the device holds, not the policy of this page: a policy that changed
         # after the reference data was sent (a rolling restart) is sent on the next pull
-        c = Cursor(e=c.e, f=c.f, r=c.r, a=c.u, u=None, m=None, p=None, k=None, c=c.c)
+        c = Cursor(e=c.e, f=c.f, r=c.r, a=c.u, u=None, m=None, p=None, k=None, c=c.c, d=dev)
         return PullPage(changes=out, cursor=c.encode(), more=False)
     return PullPage(changes=out, cursor=c.encode(), more=True)
+
+
+def _brief_outside_places(session: Session, scope: Scope, out: list[dict[str, Any]]) -> None:
+    """A hazard the caller sees outside the premises it pulls (one transferred in from another town, held
+    or copied there) names a place_id the device never receives: such a hazard carries its premises'
+    brief (``data.place``: id, name, address, class, as the queue shows it), read as the page is served,
+    so an offline desk knows where to go. Not for premises in scope: those come as records of their own."""
+    if scope.grid_ids is None and scope.town_ids is None:
+        return  # the county's every premises is in its pull
+    wanted = {r["data"]["place_id"]: r for r in out
+              if r.get("type") == "hazard" and not r.get("deleted") and (r.get("data") or {}).get("place_id")}
+    if not wanted:
+        return
+    briefs = {p.id: {"id": p.id, "name": p.name, "address": p.address, "place_class": p.place_class}
+              for p in session.execute(
+                  select(Place.id, Place.name, Place.address, Place.place_class)
+                  .where(Place.id.in_(wanted), ~scope.place_clause())).all()}
+    if briefs:
+        for r in out:
+            if r.get("type") == "hazard" and not r.get("deleted"):
+                brief = briefs.get(r["data"].get("place_id"))
+                if brief is not None:
+                    r["data"] = {**r["data"], "place": brief}
 
 
 def _snapshot(session: Session, scope: Scope, phase: str, after_id: str | None, room: int,

@@ -190,6 +190,60 @@ def _take_push_locks(session: Session, ops: list[Op], plan: "_RunPlan | None") -
             keys.add("place " + place_id)
     if keys:
         session.execute(_PUSH_LOCKS, {"cls": PUSH_LOCK_CLASS, "keys": sorted(keys)})
+    _lock_rows_ahead(session, ops)
+
+
+_MERGE_HOPS = 10  # as referrals.service.follow_merges
+
+
+def _lock_rows_ahead(session: Session, ops: list[Op]) -> None:
+    """PostgreSQL, a batch that re-inspects hazards or edits premises: the rows it will change, locked now,
+    premises before hazards, each in id order, as every other writer takes them (a desk action: its
+    hazards in id order; a move: the premises, then its hazards). Taken as the ops came up, in the
+    order of the phone's outbox, a re-inspection's hazard was locked before the premises a later report
+    of the batch read, and two hazards in whatever order the phone had them: a move, a merge or another
+    phone's push taking them the other way round deadlocked with it, and one of the two got 503.
+
+    The premises are locked FOR NO KEY UPDATE (an edit's lock; a hazard's foreign-key check still passes):
+    those the batch edits, reports or inspects at, and those of the hazards it re-inspects. The hazards:
+    those re-inspected and the originals they were merged into, and those at premises the batch moves
+    or reclasses (that changes them all). Read unlocked first to know them; a merge or move committed between that
+    read and the lock is taken as before, op by op (it can only add a lock out of order, never lose one).
+    A batch of reports and inspections alone takes none of this: its premises are locked FOR SHARE in
+    the bulk run, and it changes no hazard it did not make."""
+    reinspected: set[str] = set()
+    edited: dict[str, list[tuple[object, object]]] = {}  # premises -> (grid, class) each edit sends
+    for op in ops:
+        if not isinstance(op.data, dict):
+            continue
+        if op.type == "hazard.reinspect" and (hazard_id := _as_read(op.data.get("hazard_id"))) is not None:
+            reinspected.add(hazard_id)
+        elif op.type == "place.upsert" and (place_id := _as_read(op.data.get("id"))) is not None:
+            edited.setdefault(place_id, []).append((_as_read(op.data.get("grid_id")), _as_read(op.data.get("place_class"))))
+    if not reinspected and not edited:
+        return
+    places_ = set(edited)
+    for op in ops:
+        if op.type in BULK_TYPES and isinstance(op.data, dict) and (place_id := _as_read(op.data.get("place_id"))):
+            places_.add(place_id)
+    hazards_: set[str] = set()
+    todo, hops = reinspected, 0
+    while todo and hops <= _MERGE_HOPS:
+        hazards_ |= todo
+        rows = session.execute(sa.select(Hazard.place_id, Hazard.merged_into_id).where(Hazard.id.in_(todo))).all()
+        places_.update(r.place_id for r in rows)
+        todo, hops = {r.merged_into_id for r in rows if r.merged_into_id} - hazards_, hops + 1
+    moving: list[str] = []  # edited premises whose edit moves or reclasses them: that changes their hazards
+    if places_:
+        for p in session.execute(sa.select(Place.id, Place.grid_id, Place.place_class).where(Place.id.in_(places_))
+                                 .order_by(Place.id).with_for_update(key_share=True)):
+            if any(sent != (p.grid_id, p.place_class) for sent in edited.get(p.id, ())):
+                moving.append(p.id)
+    if moving:
+        hazards_.update(session.execute(sa.select(Hazard.id).where(Hazard.place_id.in_(moving))).scalars())
+    if hazards_:
+        session.execute(sa.select(Hazard.id).where(Hazard.id.in_(hazards_)).order_by(Hazard.id)
+                        .with_for_update()).all()
 
 
 def _as_read(value: object) -> str | None:
@@ -706,6 +760,9 @@ def _rejected(op: Op, code: str, message: str, field: str | None = None) -> OpRe
 
 
 def apply_op(ctx: PushContext, op: Op) -> dict[str, Any]:
+    if op.type is None:  # missing, or not text: this op's rejection, not the batch's 422 (Op.type)
+        raise Invalid(f"type: must name the op type, one of {', '.join(OP_TYPES)}", code="validation_error",
+                      field="type")
     model = OP_TYPES.get(op.type)
     if model is None:
         raise Invalid(f"unknown op type {op.type[:40]!r}; known: {', '.join(OP_TYPES)}", code="unknown_op_type",
