@@ -152,6 +152,21 @@ def reject_number_as_time(value: Any) -> Any:
     return value
 
 
+def reject_number_as_date(value: Any) -> Any:
+    """As reject_number_as_time, for a day: pydantic's lax ``date`` takes 0 as 1970-01-01."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and _NUMBER.fullmatch(value)):
+        raise ValueError("must be an ISO-8601 date, e.g. 2026-10-01, not a number")
+    return value
+
+
+def reject_bool_as_number(value: Any) -> Any:
+    """A BeforeValidator for numbers: pydantic's lax ``float`` takes true as 1.0 (a premises filed at
+    latitude 1, longitude 0). Text that is a number still passes: a sheet's cells are text."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return value
+
+
 def bindable(value: Any) -> bool:
     """Text the database can take as a parameter: no NUL (PostgreSQL refuses it, SQLite compares it) and no
     lone surrogate (JSON's \\ud800 decodes to one, which neither driver can encode: a 500). For what comes

@@ -1,9 +1,9 @@
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field, field_validator
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field, field_validator
 
-from app.errors import reject_nul
+from app.errors import reject_nul, reject_number_as_time
 from app.photos.schemas import Photos
 
 
@@ -68,7 +68,7 @@ class HazardDetail(HazardItem):
 class ActionRequest(BaseModel):
     action: Literal["accept", "order_rectification", "escalate", "transfer", "return", "dismiss",
                     "record_reinspection", "close", "reopen", "merge", "owner_reported_fixed"]
-    deadline: AwareDatetime | None = None
+    deadline: Annotated[AwareDatetime, BeforeValidator(reject_number_as_time)] | None = None
     reason: str | None = Field(default=None, max_length=500)
     to_unit_id: str | None = Field(default=None, max_length=36)
     rectified: bool | None = None

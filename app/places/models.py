@@ -9,7 +9,7 @@ from pydantic import field_validator
 from sqlmodel import Field, SQLModel
 
 from app.db import UTCDateTime, new_id, utcnow
-from app.errors import reject_nul
+from app.errors import reject_bool_as_number, reject_nul
 
 # a client-made UUID (offline creation), as the push's place.upsert takes it: never "" or one with a "/",
 # which no /places/{id} could reach
@@ -70,6 +70,8 @@ class PlaceBase(SQLModel):
     owner_phone: str = Field(default="", max_length=40)
     sector_regulator_id: str | None = Field(default=None, foreign_key="org_units.id", max_length=36)
 
+    _position = field_validator("lat", "lon", mode="before")(reject_bool_as_number)
+
     @field_validator("name")
     @classmethod
     def _name_not_blank(cls, v: str) -> str:
@@ -125,6 +127,7 @@ class PlaceUpdate(SQLModel):
 
     _no_nul = field_validator(*_TEXT)(reject_nul)
     _text_stripped = field_validator(*_TEXT)(_stripped)  # a blank name: update_place's 422
+    _position = field_validator("lat", "lon", mode="before")(reject_bool_as_number)
 
     @field_validator(*_CLEARABLE)
     @classmethod

@@ -10,7 +10,7 @@ from app.auth.deps import CurrentPrincipal
 from app.audit.service import Actor
 from app.auth.models import Role
 from app.db import SessionDep
-from app.errors import reject_nul
+from app.errors import reject_nul, reject_number_as_date
 from app.referrals.calendar import LOCAL_TZ, package_last_year, years_without_schedule
 from app.referrals.models import WorkdayOverride
 from app.referrals.service import save_overrides
@@ -58,6 +58,7 @@ class OverridePublic(BaseModel):
 class OverrideIn(OverridePublic):
     # a 422 naming the field, on SQLite as on PostgreSQL (what comes in only: a note stored before is shown)
     _no_nul = field_validator("note")(reject_nul)
+    _not_a_number = field_validator("day", mode="before")(reject_number_as_date)
 
 
 @router.get("/calendar/status")

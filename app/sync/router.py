@@ -76,9 +76,14 @@ def parse_push(raw: bytes) -> PushRequest:
         errors = exc.errors(include_url=False)
         if errors[0]["type"] == "json_invalid":
             try:
-                return PushRequest.model_validate(_with_lone_surrogates_replaced(raw))
-            except (ValueError, RecursionError):  # not JSON after all (or not a push): the first answer stands
-                pass
+                cleaned = _with_lone_surrogates_replaced(raw)
+            except (ValueError, RecursionError):  # not JSON after all: the first answer stands
+                cleaned = None
+            if cleaned is not None:
+                try:
+                    return PushRequest.model_validate(cleaned)
+                except ValidationError as again:  # JSON, but not a push: name what is wrong with it
+                    errors = again.errors(include_url=False)
         # the same error as for a body FastAPI parses itself ("body" first in each location)
         raise RequestValidationError([{**e, "loc": ("body", *e["loc"])} for e in errors]) from None
 

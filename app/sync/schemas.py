@@ -5,7 +5,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
-from app.errors import reject_nul, reject_number_as_time
+from app.errors import reject_bool_as_number, reject_nul, reject_number_as_time
 from app.photos.schemas import Photos
 
 # client-made record ids: UUIDs, tolerant of ULIDs and dashes; at most 36, the width of the columns they go
@@ -34,14 +34,18 @@ class _Data(BaseModel):
     _text = field_validator("*")(reject_nul)
 
 
+# a position: true is not latitude 1 (pydantic's lax float takes it)
+Coordinate = Annotated[float, BeforeValidator(reject_bool_as_number)]
+
+
 class PlaceUpsertData(_Data):
     id: str = Field(pattern=UUIDISH)
     name: str = Field(min_length=1, max_length=200)
     address: str = Field(default="", max_length=300)
     grid_id: str = Field(max_length=36)
     place_class: str = Field(max_length=32)
-    lat: float | None = Field(default=None, ge=-90, le=90)
-    lon: float | None = Field(default=None, ge=-180, le=180)
+    lat: Coordinate | None = Field(default=None, ge=-90, le=90)
+    lon: Coordinate | None = Field(default=None, ge=-180, le=180)
     owner_name: str = Field(default="", max_length=100)
     owner_phone: str = Field(default="", max_length=40)
     # the premises' ``version`` in the copy the edit was made on (pull sends it); absent: an app that predates it
@@ -71,8 +75,8 @@ class InspectionSubmitData(_Data):
     place_id: str = Field(max_length=36)
     started_at: DeviceTime
     finished_at: DeviceTime | None = None
-    lat: float | None = Field(default=None, ge=-90, le=90)
-    lon: float | None = Field(default=None, ge=-180, le=180)
+    lat: Coordinate | None = Field(default=None, ge=-90, le=90)
+    lon: Coordinate | None = Field(default=None, ge=-180, le=180)
     checklist: list[ChecklistItem] = Field(default_factory=list, max_length=200)
     hazards: list[HazardReportData] = Field(default_factory=list, max_length=50)
 
@@ -94,11 +98,24 @@ OP_TYPES: dict[str, type[_Data]] = {
 }
 
 
+def _text_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _documented_type(schema: dict[str, Any]) -> None:
+    # the contract (API.md): an op has a type, which is text; the model only refuses it op by op
+    schema["properties"]["type"] = {"type": "string", "title": "Type"}
+    schema["required"] = sorted({*schema.get("required", ()), "type"})
+
+
 class Op(BaseModel):
+    model_config = ConfigDict(json_schema_extra=_documented_type)
+
     op_id: str = Field(min_length=1, max_length=64)
     # type and data are checked op by op (unknown_op_type, validation_error): one malformed op must not
     # turn the whole batch into a 422, which the phone would re-send, and be refused, for ever
-    type: str
+    # (missing, or not text: None, which apply_op rejects as this op's validation_error)
+    type: Annotated[str | None, BeforeValidator(_text_or_none)] = None
     data: Any = Field(default_factory=dict, description="an object, whose fields the op type defines")
 
     _text = field_validator("op_id")(reject_nul)
