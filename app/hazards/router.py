@@ -61,7 +61,7 @@ def post_action(hazard_id: str, body: ActionRequest, p: CurrentPrincipal, sessio
     params = ActionParams(
         deadline=body.deadline, reason=body.reason, to_unit_id=body.to_unit_id, rectified=body.rectified,
         photos=len(body.photos), override_reason=body.override_reason, merge_into_id=body.merge_into_id,
-        note=body.note, town_office_signoff=action is Action.DISMISS,  # may_act let only the town office through
+        note=body.note, **service.dismissal_signoff(p.scope, h, action),
     )
     if body.photos:
         h.photos = list(dict.fromkeys([*(h.photos or []), *body.photos]))

@@ -61,6 +61,9 @@ def may_act(scope: Scope, h: Hazard, action: Action) -> bool:
         return True
     town_office_here = scope.role == Role.town_office and scope.town_ids == frozenset({h.town_id})
     if action is Action.DISMISS:
+        if h.severity == "major" or h.listed_supervision:
+            # a major hazard is judged by its holder collectively (DOMAIN.md), not dismissed by the town alone
+            return scope.unit_id == h.holder_unit_id
         return town_office_here  # 销号 needs the town office's sign-off, whoever holds it
     if action is Action.REOPEN and town_office_here:
         return True
@@ -69,8 +72,22 @@ def may_act(scope: Scope, h: Hazard, action: Action) -> bool:
     return scope.unit_id == h.holder_unit_id
 
 
+def dismissal_signoff(scope: Scope, h: Hazard, action: Action) -> dict[str, bool]:
+    """Who signs a dismissal off, as the record keeps it (ActionParams): the town office of its town (or the
+    admin), or, for a major or listed hazard, its holder (may_act let only those through)."""
+    if action is not Action.DISMISS:
+        return {}
+    if h.severity == "major" or h.listed_supervision:
+        return {"holder_signoff": scope.role == Role.admin or scope.unit_id == h.holder_unit_id}
+    town_office_here = scope.role == Role.town_office and scope.town_ids == frozenset({h.town_id})
+    return {"town_office_signoff": scope.role == Role.admin or town_office_here}
+
+
 def require_may_act(scope: Scope, h: Hazard, action: Action) -> None:
     if not may_act(scope, h, action):
+        if action is Action.DISMISS and (h.severity == "major" or h.listed_supervision):
+            raise Forbidden("a major hazard, or one under listed supervision, is dismissed only by its holder",
+                            code="not_holder")
         if action is Action.DISMISS:
             raise Forbidden("dismissing a hazard needs the sign-off of the town office of its town", code="signoff_required")
         raise Forbidden(f"only the holder of this hazard may {action.value} it", code="not_holder")
@@ -194,7 +211,9 @@ def detail(session: Session, scope: Scope, h: Hazard, now: datetime) -> HazardDe
     hops = session.exec(select(Referral).where(Referral.hazard_id == h.id).order_by(Referral.seq)).all()
     reins = session.exec(select(Reinspection).where(Reinspection.hazard_id == h.id).order_by(Reinspection.created_at)).all()
     cc = session.exec(select(HazardCC.unit_id).where(HazardCC.hazard_id == h.id)).all()
-    allowed = sorted(a.value for a in lifecycle.ALLOWED[Status(h.status)] if may_act(scope, h, a))
+    # a listed hazard closes on photo evidence only: no close to offer before there is some
+    allowed = sorted(a.value for a in lifecycle.ALLOWED[Status(h.status)] if may_act(scope, h, a)
+                     and not (a is Action.CLOSE and h.listed_supervision and not h.has_rectified_evidence))
     return HazardDetail(
         **base.model_dump(), description=h.description, photos=h.photos or [],
         photos_pending=pending_for_hazard(session, h.id),

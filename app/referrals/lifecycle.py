@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta, timezone
 from enum import StrEnum
 from typing import Any
 
@@ -170,11 +170,15 @@ class InvalidParameter(LifecycleError):
 class EvidenceRequired(LifecycleError):
     code = "evidence_required"
 
-    def __init__(self) -> None:
-        super().__init__(
-            "closing needs a re-inspection with photo evidence of the fix, "
-            "or an 'override_reason'"
-        )
+    def __init__(self, listed: bool = False) -> None:
+        if listed:  # 挂牌督办 until closed out, and closed out on a re-inspection's photos (DOMAIN.md)
+            super().__init__("a hazard under listed supervision (挂牌督办) closes only on a re-inspection with "
+                             "photo evidence of the fix; an 'override_reason' is not enough")
+        else:
+            super().__init__(
+                "closing needs a re-inspection with photo evidence of the fix, "
+                "or an 'override_reason'"
+            )
 
 
 class NoPreviousHolder(LifecycleError):
@@ -243,12 +247,24 @@ class ActionParams:
     photos: int = 0  # record_reinspection: number of photos of the fix
     override_reason: str | None = None  # close without photo evidence
     town_office_signoff: bool = False  # dismiss
+    holder_signoff: bool = False  # dismiss of a major or listed hazard: by its holder (the service checks who)
     merge_into_id: str | None = None  # merge
     note: str | None = None  # free text carried into effects
     # order_rectification: the deadline is the policy's default period, this many working days from now
     # (the service sets it; with ``deadline`` too, that deadline must be the one it counts to). Such a
     # deadline has a basis and follows calendar changes; an explicit one does not.
     deadline_workdays: int | None = None
+    # accept: the written order's period when it is not the policy's order_workdays (a major hazard's)
+    order_workdays: int | None = None
+    # record_reinspection: a fix proven with photos closes the hazard (整改销案). False: it is recorded as
+    # evidence and the holder closes it (a listed hazard re-inspected by anyone but its holder). None: True
+    closes_out: bool | None = None
+    # record_reinspection: when it was made (a phone's, captured offline), if before it reached the server;
+    # decides only whether it was the 复查 after the deadline (never later than now)
+    inspected_at: datetime | None = None
+    # a new holder's (or a reopening's) acknowledgement within these calendar hours, when that comes before
+    # ack_workdays (policy.ack_hours of the hazard's category; the service sets it)
+    ack_hours: int | None = None
 
 
 class EffectKind(StrEnum):
@@ -374,6 +390,17 @@ def _reinspection_due(deadline: datetime, calendar: WorkCalendar, policy: Policy
         raise InvalidParameter("deadline", "too far in the future: the calendar has no re-inspection day after it") from None
 
 
+def ack_clock(now: datetime, calendar: WorkCalendar, policy: Policy,
+              hours: int | None = None) -> tuple[datetime, ClockBasis | None]:
+    """The acknowledgement (报到) clock started at ``now``: ack_workdays, or ``hours`` calendar hours when that
+    comes sooner (a blocked escape route: 24 hours, 令120号). Hours have no working-day basis: a calendar
+    change does not move them."""
+    due = calendar.add_workdays(now, policy.ack_workdays)
+    if hours is not None and now + timedelta(hours=hours) < due:
+        return (now + timedelta(hours=hours)).astimezone(timezone.utc), None  # in UTC, as add_workdays gives
+    return due, _counted(calendar, now, policy.ack_workdays)
+
+
 def _fresh_referral(
     state: HazardState,
     *,
@@ -384,8 +411,10 @@ def _fresh_referral(
     holder: str,
     previous_holder: str | None,
     previous_tier: str | None,
+    ack_hours: int | None = None,
 ) -> HazardState:
     """Referred to ``holder`` with every clock restarted (zammad#5624)."""
+    ack_due, ack_basis = ack_clock(now, calendar, policy, ack_hours)
     return replace(
         state,
         status=Status.REFERRED,
@@ -393,12 +422,12 @@ def _fresh_referral(
         holder_unit_id=holder,
         previous_holder_unit_id=previous_holder,
         previous_tier=previous_tier,
-        ack_due=calendar.add_workdays(now, policy.ack_workdays),
+        ack_due=ack_due,
         rectify_due=None,
         reinspect_due=None,
         order_due=None,
         has_rectified_evidence=False,
-        basis={"ack": _counted(calendar, now, policy.ack_workdays)},
+        basis={"ack": ack_basis} if ack_basis is not None else {},
     )
 
 
@@ -409,7 +438,7 @@ def _hand_over(state: HazardState, params: ActionParams, action: Action, tier: s
     if to_unit == state.holder_unit_id:
         raise InvalidParameter("to_unit_id", "is already the holder")
     return _fresh_referral(state, now=now, calendar=calendar, policy=policy, tier=tier, holder=to_unit,
-                           previous_holder=state.holder_unit_id, previous_tier=state.tier)
+                           previous_holder=state.holder_unit_id, previous_tier=state.tier, ack_hours=params.ack_hours)
 
 
 def _clock_effects(old: HazardState, new: HazardState, action: Action, now: datetime) -> list[Effect]:
@@ -460,8 +489,9 @@ def apply(
     new: HazardState
 
     if action is Action.ACCEPT:
-        new = replace(state, status=Status.ACCEPTED, order_due=calendar.add_workdays(now, policy.order_workdays),
-                      basis=_with_basis(state, order=_counted(calendar, now, policy.order_workdays)))
+        days = params.order_workdays or policy.order_workdays
+        new = replace(state, status=Status.ACCEPTED, order_due=calendar.add_workdays(now, days),
+                      basis=_with_basis(state, order=_counted(calendar, now, days)))
         effects.append(
             Effect(EffectKind.ACCEPTED, {"unit_id": state.holder_unit_id, "late": now > state.ack_due})
         )
@@ -495,9 +525,16 @@ def apply(
                 {"rectified": params.rectified, "photos": params.photos, "note": params.note},
             )
         )
-        if params.rectified and params.photos >= 1:
+        if params.rectified and params.photos >= 1 and params.closes_out is not False:
             new = replace(state, status=Status.CLOSED, has_rectified_evidence=True)
             effects.append(Effect(EffectKind.CLOSED, {"with_evidence": True, "override_reason": None}))
+        elif params.rectified and params.photos >= 1:
+            # the evidence is in; the holder closes out, within the 复查 period from now
+            reinspect_due = calendar.add_workdays(now, policy.reinspection_workdays)
+            new = replace(state, status=Status.REINSPECTION_DUE, has_rectified_evidence=True, reinspect_due=reinspect_due,
+                          order_due=None,
+                          basis=_with_basis(state, order=None,
+                                            reinspect=_counted(calendar, now, policy.reinspection_workdays)))
         elif params.rectified:
             # Said fixed but no photo: nothing changes; the worker must add a photo
             # (or the holder closes with an override reason).
@@ -516,6 +553,18 @@ def apply(
             else:
                 raise MissingParameter("deadline", action.value)
             reinspect_due = _reinspection_due(deadline, calendar, policy)
+            reinspect_basis = _counted(calendar, deadline, policy.reinspection_workdays, "rectify")
+            inspected = min(params.inspected_at or now, now)
+            if not new_deadline and deadline <= inspected:
+                if _next_step_running(state):
+                    # a second visit finding the same does not put the holder's next step off
+                    reinspect_due, reinspect_basis = state.reinspect_due, state.basis["reinspect"]
+                else:
+                    # the 复查 after the deadline is this one, done: what is due now is the holder's next step, a
+                    # new written order (or enforcement) within order_workdays of this inspection (令120号), not
+                    # the same 复查 again, which the sweep would escalate as missed though it was done
+                    reinspect_due = calendar.add_workdays(now, policy.order_workdays)
+                    reinspect_basis = _counted(calendar, now, policy.order_workdays)
             new = replace(
                 state,
                 status=Status.RECTIFYING,
@@ -523,8 +572,7 @@ def apply(
                 reinspect_due=reinspect_due,
                 order_due=None,
                 has_rectified_evidence=False,
-                basis=_with_basis(state, order=None, rectify=rectify_basis,
-                                  reinspect=_counted(calendar, deadline, policy.reinspection_workdays, "rectify")),
+                basis=_with_basis(state, order=None, rectify=rectify_basis, reinspect=reinspect_basis),
             )
             if new_deadline:
                 effects.append(
@@ -536,8 +584,8 @@ def apply(
 
     elif action is Action.CLOSE:
         override = (params.override_reason or "").strip()
-        if not state.has_rectified_evidence and not override:
-            raise EvidenceRequired()
+        if not state.has_rectified_evidence and (not override or state.listed_supervision):
+            raise EvidenceRequired(listed=bool(override))
         new = replace(state, status=Status.CLOSED)
         effects.append(
             Effect(
@@ -610,27 +658,29 @@ def apply(
             holder=state.previous_holder_unit_id,
             previous_holder=state.holder_unit_id,
             previous_tier=state.tier,
+            ack_hours=params.ack_hours,
         )
         effects.append(_hop(state, new, "return", reason))
 
     elif action is Action.DISMISS:
         reason = _text(params.reason, "reason", action)
-        if params.town_office_signoff is not True:
+        if params.town_office_signoff is not True and params.holder_signoff is not True:
             raise MissingParameter("town_office_signoff", action.value)
         new = replace(state, status=Status.DISMISSED)
         effects.append(Effect(EffectKind.DISMISSED, {"reason": reason}))
 
     elif action is Action.REOPEN:
         reason = _text(params.reason, "reason", action)
+        ack_due, ack_basis = ack_clock(now, calendar, policy, params.ack_hours)
         new = replace(
             state,
             status=Status.REFERRED,
-            ack_due=calendar.add_workdays(now, policy.ack_workdays),
+            ack_due=ack_due,
             rectify_due=None,
             reinspect_due=None,
             order_due=None,
             has_rectified_evidence=False,
-            basis={"ack": _counted(calendar, now, policy.ack_workdays)},
+            basis={"ack": ack_basis} if ack_basis is not None else {},
         )
         effects.append(Effect(EffectKind.REOPENED, {"reason": reason, "holder_unit_id": state.holder_unit_id}))
 
@@ -644,6 +694,14 @@ def apply(
 
     effects.extend(_clock_effects(state, new, action, now))
     return new, effects
+
+
+def _next_step_running(state: HazardState) -> bool:
+    """Is the running 复查 clock the holder's next step after a 复查 past the deadline found it unfixed? In
+    rectifying, the 复查 clock is counted from the deadline (``from_clock`` "rectify") but for that one."""
+    basis = state.basis.get("reinspect")
+    return (state.status is Status.RECTIFYING and state.reinspect_due is not None and basis is not None
+            and basis.from_clock is None)
 
 
 def _hop(old: HazardState, new: HazardState, via: str, reason: str | None) -> Effect:

@@ -140,6 +140,12 @@ class Policy(_Model):
     ack_workdays: PositiveInt = 1  # 报到 (acknowledge) within N working days
     reinspection_workdays: PositiveInt = 3  # 复查 within N working days
     order_workdays: PositiveInt = 3  # written rectification order within N working days of accepting (令120号)
+    # a major hazard's written order: the collective decision's handling opinion within 7 working days, the
+    # notice within 3 more (令120号), counted from accepting as order_workdays is
+    major_order_workdays: PositiveInt = 10
+    # per category: the report is checked within N calendar hours when that comes before ack_workdays
+    # (令120号: a blocked escape route within 24 hours, over a weekend or a holiday too)
+    ack_hours: dict[str, PositiveInt] = Field(default_factory=dict)
     rectification_workdays: dict[str, PositiveInt]  # per category; must contain "default"
     categories: list[Category]
     # taken out of use: no longer offered to phones, still accepted in reports captured before (see above)
@@ -180,6 +186,11 @@ class Policy(_Model):
                     f"field 'rectification_workdays.{key}': unknown category '{key}' "
                     "(not in [[categories]], [[retired_categories]] or 'default')"
                 )
+
+        for key in self.ack_hours:
+            if key not in seen_cat and key not in seen_retired:
+                problems.append(f"field 'ack_hours.{key}': unknown category '{key}' (not in [[categories]] or "
+                                "[[retired_categories]])")
 
         seen_ids: dict[str, int] = {}
         catch_all_at: int | None = None

@@ -44,7 +44,8 @@ def retired_categories(request: Request, p: CurrentPrincipal):
 def policy_summary(request: Request, p: CurrentPrincipal):
     """The routing policy in force: its version and rules, so anyone can see why hazards go where they go."""
     policy = request.app.state.policy
-    return {"version": policy.version, "ack_workdays": policy.ack_workdays, "order_workdays": policy.order_workdays,
+    return {"version": policy.version, "ack_workdays": policy.ack_workdays, "ack_hours": policy.ack_hours,
+            "order_workdays": policy.order_workdays, "major_order_workdays": policy.major_order_workdays,
             "reinspection_workdays": policy.reinspection_workdays,
             "rules": [r.model_dump() for r in policy.rules]}
 

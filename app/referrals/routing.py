@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from .calendar import ClockBasis, WorkCalendar
 from .policy import CC_SECTOR_REGULATOR, SEVERITIES, TIERS, Policy, Rule
@@ -128,6 +128,12 @@ def route(facts: Facts, policy: Policy, calendar: WorkCalendar) -> Decision:
         if unit and unit != holder and unit not in cc:
             cc.append(unit)
 
+    ack_due = calendar.add_workdays(facts.now, policy.ack_workdays)
+    ack_basis: ClockBasis | None = ClockBasis(after=calendar.count_day(facts.now), workdays=policy.ack_workdays)
+    hours = policy.ack_hours.get(facts.category)
+    if hours is not None and facts.now + timedelta(hours=hours) < ack_due:
+        # calendar hours, not working days: no basis, a calendar change does not move it
+        ack_due, ack_basis = (facts.now + timedelta(hours=hours)).astimezone(timezone.utc), None
     return Decision(
         tier=rule.tier,
         unit_id=holder,
@@ -137,7 +143,7 @@ def route(facts: Facts, policy: Policy, calendar: WorkCalendar) -> Decision:
         reason_zh=rule.reason_zh,
         reason_en=rule.reason_en,
         policy_version=policy.version,
-        ack_due=calendar.add_workdays(facts.now, policy.ack_workdays),
+        ack_due=ack_due,
         rectify_days=policy.rectify_days(facts.category),
-        ack_basis=ClockBasis(after=calendar.count_day(facts.now), workdays=policy.ack_workdays),
+        ack_basis=ack_basis,
     )

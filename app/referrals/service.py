@@ -558,6 +558,14 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
     that passes the hazard on keeps a copy (False when it leaves the unit's jurisdiction altogether)."""
     if action is Action.MERGE:
         _check_merge_target(session, h, params.merge_into_id)
+    if action is Action.ACCEPT and h.severity == "major":  # 集体研究 first, then the written notice
+        params = replace(params, order_workdays=rules.policy.major_order_workdays)
+    if action in (Action.ESCALATE, Action.TRANSFER, Action.RETURN, Action.REOPEN):
+        # a new holder, or a relapse, checks a blocked escape route within 24 hours too
+        params = replace(params, ack_hours=rules.policy.ack_hours.get(h.category))
+    if action is Action.RECORD_REINSPECTION and h.listed_supervision and actor.unit_id != h.holder_unit_id:
+        # 挂牌督办: a grid worker's photos are the evidence, the holder closes it out (整改销案)
+        params = replace(params, closes_out=False)
     target = resolve_target(session, h, action, params.to_unit_id, params.to_tier)
     if target is not None:
         params = replace(params, to_unit_id=target)
@@ -601,7 +609,8 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
                                                       HazardCC.unit_id == e.data["to_unit_id"]))
         elif e.kind is EffectKind.CLOSED:
             h.closed_at = now
-            if before.rectify_due is not None and now > before.rectify_due:
+            if (before.rectify_due is not None and now > before.rectify_due
+                    and not _fixed_in_time(session, rules, h.id, before, after, action, now)):
                 h.rectify_missed = True  # closed late: missed for good, should it be reopened and closed again
             h.deadline_met = not h.rectify_missed
             if hop is not None:
@@ -649,6 +658,43 @@ def _params_public(p: ActionParams) -> dict[str, Any]:
     return {k: v for k, v in p.__dict__.items() if v not in (None, False, 0, "")}
 
 
+def _fixed_in_time(session: Session, rules: Rules, hazard_id: str, before: lifecycle.HazardState,
+                   after: lifecycle.HazardState, action: Action, now: datetime) -> bool:
+    """Closed after the deadline on evidence, but the fix was shown before it: by a re-inspection's photos
+    that reached the server then, or by the owner's report then, which a re-inspection with photos confirmed
+    within the 复查 period it started (DOMAIN.md: re-inspection within 3 working days after the deadline, or
+    after the owner asks for it). An owner's report that a later re-inspection found false shows nothing; a
+    close on an override reason alone is not a fix shown. Times are the server's: a phone's clock is kept
+    as data, not trusted."""
+    if not after.has_rectified_evidence or before.rectify_due is None:
+        return False
+    rows = session.execute(
+        sa.select(HazardEvent.kind, HazardEvent.server_time, HazardEvent.data)
+        .where(HazardEvent.hazard_id == hazard_id,
+               HazardEvent.kind.in_((Action.OWNER_REPORTED_FIXED.value, Action.RECORD_REINSPECTION.value,
+                                     "reinspection_out_of_state")))
+        .order_by(HazardEvent.seq.desc())).all()
+    # the re-inspection with photos the close rests on (this action's own, when it is one), then what came
+    # just before it
+    fix = now if action is Action.RECORD_REINSPECTION else None
+    for kind, server_time, data in rows:
+        data = data or {}
+        if fix is None:
+            if kind == Action.OWNER_REPORTED_FIXED.value:
+                continue  # reported after the photos: the photos are what counts
+            if not (data.get("rectified") and data.get("photos")):
+                return False  # the latest re-inspection found it unfixed, or showed nothing
+            fix = server_time
+        elif kind == Action.OWNER_REPORTED_FIXED.value:
+            confirm_by = rules.calendar.add_workdays(server_time, rules.policy.reinspection_workdays)
+            return server_time <= before.rectify_due and fix <= confirm_by
+        else:
+            break  # another re-inspection between the owner's report and the photos
+        if fix <= before.rectify_due:
+            return True
+    return fix is not None and fix <= before.rectify_due
+
+
 def _check_merge_target(session: Session, h: Hazard, target_id: str | None) -> None:
     if not target_id:
         return  # lifecycle names the missing parameter
@@ -658,6 +704,11 @@ def _check_merge_target(session: Session, h: Hazard, target_id: str | None) -> N
                       field="merge_into_id")
     if target.status not in OPEN_STATUSES:
         raise Invalid("merge_into_id: the original must still be open", code="bad_merge_target", field="merge_into_id")
+    if (h.severity == "major" or h.listed_supervision) and not (target.severity == "major" or target.listed_supervision):
+        # the survivor carries on alone: a major or listed hazard merged into a general one would leave nothing
+        # of the premises under 挂牌督办, though nothing was fixed
+        raise Invalid("merge_into_id: a major hazard, or one under listed supervision, is not merged into a general "
+                      "one; merge the general one into it", code="bad_merge_target", field="merge_into_id")
 
 
 def _record(session: Session, h: Hazard, kind: str, actor: Actor, now: datetime, data: dict[str, Any]) -> None:
@@ -973,7 +1024,8 @@ def record_field_reinspection(session: Session, rules: Rules, report: Reinspecti
     if Action.RECORD_REINSPECTION in lifecycle.ALLOWED[Status(h.status)]:
         try:
             act(session, rules, h, Action.RECORD_REINSPECTION,
-                ActionParams(rectified=report.rectified, photos=len(report.photos), note=report.note),
+                ActionParams(rectified=report.rectified, photos=len(report.photos), note=report.note,
+                             inspected_at=report.at),
                 actor, now, extra=extra, device_time=report.at)
         except (Invalid, Conflict) as exc:  # raised before anything changed: keep the event, flag it
             flag_reason = exc.message
@@ -984,6 +1036,8 @@ def record_field_reinspection(session: Session, rules: Rules, report: Reinspecti
         row.flag_reason = flag_reason[:300]
         if report.rectified and report.photos:
             h.has_rectified_evidence = True  # the holder can close on it
+        elif not report.rectified:
+            h.has_rectified_evidence = False  # found unfixed since: earlier photos no longer show how it is
         h.attention += 1
         h.version += 1
         h.updated_at = now

@@ -31,7 +31,7 @@ def get(c, who, path, **params):
 
 
 def test_a_dismissed_major_hazard_is_not_exposed_in_every_later_quarter(clocked_client, clock, session, units):
-    """A major report the town office dismissed (not a hazard after all) has no closed_at, so
+    """A major report its holder, the brigade, dismissed (not a hazard after all) has no closed_at, so
     major_hazards_of_quarter (closed_at IS NULL) lists it in every quarter from then on."""
     c = clocked_client
     clock.now = at("2026-02-02T09:00")
@@ -39,7 +39,7 @@ def test_a_dismissed_major_hazard_is_not_exposed_in_every_later_quarter(clocked_
     hid = report(c, login(c, "worker-a1"), shop.id, at("2026-02-02T08:00"), severity="major",
                  category="insufficient_exits")["hazard_id"]
     clock.now = at("2026-02-03T09:00")
-    action(c, hid, "office-a", action="dismiss", reason="误报：出口数量符合规范")
+    action(c, hid, "brigade", action="dismiss", reason="误报：出口数量符合规范")
     clock.now = at("2026-10-10T09:00")
     for who in ("brigade", "office-a"):
         later = get(c, who, "/api/v1/reports/major-hazards", year=2026, quarter=3)

@@ -146,7 +146,7 @@ def test_cc_queue_follows_the_hazard(clocked_client, clock, session, units):
     clock.now = at("2026-03-02T09:00")
     worker = login(c, "worker-a1")
     shop = place_of(session, units, "grid-a-1-1", "nine_small")
-    first = report(c, worker, shop.id, at("2026-03-02T08:00"), category="blocked_exit", severity="major")["hazard_id"]
+    first = report(c, worker, shop.id, at("2026-03-02T08:00"), category="flammables_storage", severity="major")["hazard_id"]
     clock.now = at("2026-03-03T09:00")
     second = report(c, worker, shop.id, at("2026-03-03T08:00"), category="insufficient_exits", severity="major")["hazard_id"]
     listed = items(c, "office-a", cc="true")["items"]  # the office never holds these: it follows them
@@ -154,7 +154,9 @@ def test_cc_queue_follows_the_hazard(clocked_client, clock, session, units):
     assert [i["deadline"] for i in listed] == ["2026-03-03T16:00:00Z", "2026-03-04T16:00:00Z"]
     brigade = login(c, "brigade")
     c.post(f"/api/v1/hazards/{first}/actions", json={"action": "accept"}, headers=brigade)
-    c.post(f"/api/v1/hazards/{first}/actions", json={"action": "close", "override_reason": "当场整改"}, headers=brigade)
+    closed = c.post(f"/api/v1/hazards/{first}/actions", json={"action": "record_reinspection", "rectified": True,
+                                                               "photos": ["e" * 64]}, headers=brigade)  # 当场整改
+    assert closed.json()["status"] == "closed", closed.text
     assert [i["id"] for i in items(c, "office-a", cc="true")["items"]] == [second]
     assert [i["id"] for i in items(c, "office-a", cc="true", status="closed")["items"]] == [first]
 
@@ -170,7 +172,7 @@ def test_cc_queue_lists_equal_deadlines_oldest_report_first_on_every_page(clocke
                       ("10", "aaaaaaaa-0000-4000-8000-000000000003")):
         clock.now = at(f"2026-03-02T{hour}:00")
         reported.append(report(c, worker, shop.id, at(f"2026-03-02T{hour}:00"), id=hid, severity="major",
-                               category="blocked_exit")["hazard_id"])
+                               category="flammables_storage")["hazard_id"])
     listed = items(c, "office-a", cc="true")["items"]
     assert [i["id"] for i in listed] == reported
     assert len({i["deadline"] for i in listed}) == 1  # one deadline: the order is the reports' age

@@ -226,7 +226,8 @@ def test_reopening_a_moved_police_hazard_drops_the_old_towns_copy(client, sessio
 def test_reopening_a_moved_brigade_hazard_copies_the_new_town_not_the_old(client, session, units):
     place, hid = _report(client, session, units, "grid-a-1-1", "rental", category="ebike_indoor", severity="major")
     _ok(client, hid, "brigade", {"action": "accept"})
-    _ok(client, hid, "brigade", {"action": "close", "override_reason": "已整改"})
+    # a listed hazard closes on photos only
+    _ok(client, hid, "brigade", {"action": "record_reinspection", "rectified": True, "photos": ["e" * 64]})
     assert _move(client, place.id, units["grid-b-1-1"].id).status_code == 200
     _ok(client, hid, "brigade", {"action": "reopen", "reason": "复发"})
     ccs = _ccs(session, hid)

@@ -387,8 +387,14 @@ class World:
 
 
 def _stable(result: dict | None) -> dict | None:
-    """An op's result without what depends on the wall clock of the run (deadlines)."""
-    return None if result is None else {k: v for k, v in result.items() if not k.endswith("_due")}
+    """An op's result without what depends on the wall clock of the run (deadlines: a blocked exit's is 24 hours
+    from the report's arrival), its inspection's hazards' too."""
+    if result is None:
+        return None
+    out = {k: v for k, v in result.items() if not k.endswith("_due")}
+    if isinstance(out.get("hazards"), list):
+        out["hazards"] = [_stable(h) if isinstance(h, dict) else h for h in out["hazards"]]
+    return out
 
 
 def _pulled(pages: list[list[dict]]) -> list[tuple[str, str]]:
