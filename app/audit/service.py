@@ -86,7 +86,7 @@ def _snapshot(session: Session) -> None:
     """PostgreSQL: the transaction about to begin reads one snapshot. A hazard's head and its events are
     read by separate statements; under READ COMMITTED an event committed between the two by a running
     server made an intact chain look cut. (SQLite's read transaction is one snapshot already.)"""
-    if session.get_bind().dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql" and not session.in_transaction():
         session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
 
 

@@ -213,7 +213,9 @@ def issue_token(session: Session, settings: Settings, user_id: str, *, device_ke
     the write lock): if the password was changed or reset since, or the user deactivated, the login gets no
     token (401 bad_credentials, as a wrong password): the change revoked every token, and one issued now
     from the old password would outlive it (nor would a rehash of the old password overwrite the new one)."""
-    user = session.get(User, user_id, with_for_update=verified_hash is not None)  # a change waits, or we do
+    # a change waits, or we do. FOR NO KEY UPDATE: a push of the user's holds FOR KEY SHARE on the row (its
+    # rows' foreign keys), which a full FOR UPDATE would wait for: a login as long as a push
+    user = session.get(User, user_id, with_for_update={"key_share": True} if verified_hash is not None else None)
     if verified_hash is not None and (user is None or user.password_hash != verified_hash or not user.is_active):
         raise Unauthorized("wrong username or password", code="bad_credentials")
     if rehashed is not None:
@@ -360,7 +362,7 @@ def change_own_password(session: Session, *, user_id: str, token_id: str, verifi
     forgiven, for this address only, as a login's success does. 401 if the token was revoked meanwhile;
     409 password_changed if the stored hash changed since it was verified."""
     require_live_token(session, token_id)
-    user = session.get(User, user_id, with_for_update=True)  # two changes at once take turns
+    user = session.get(User, user_id, with_for_update={"key_share": True})  # two changes at once take turns
     if user.password_hash != verified_hash:
         # (another change with this same token, or a login from elsewhere re-hashing it: see needs_rehash)
         raise Conflict("the stored password changed while this request was being checked; send it again",
@@ -379,7 +381,7 @@ def reset_password(session: Session, *, user_id: str, new_hash: str, now: dateti
     and a phone lost with the old one written down is locked out. Their failed logins are cleared, from
     every address: mostly their own tries of the forgotten password, and all made against a password that
     is no longer theirs."""
-    user = session.get(User, user_id, with_for_update=True)
+    user = session.get(User, user_id, with_for_update={"key_share": True})
     if user is None:
         raise NotFound(f"user {user_id} not found")
     user.password_hash = new_hash

@@ -265,6 +265,22 @@ def _inspections_follow(session: Session, place: Place) -> list[str]:
     return moved
 
 
+def _matching_place(session: Session, data: PlaceCreate) -> Place | None:
+    """The premises a sheet's row means: by its id, else by what the sheet says (without an address, by name
+    alone: an address a phone filled in since must not make the row a second premises). More than one match
+    is not guessed at: Invalid."""
+    if data.id:
+        return session.get(Place, data.id)
+    same = [Place.grid_id == data.grid_id, Place.name == data.name]
+    if data.address:  # an address column left empty says nothing: one a phone filled in since still matches
+        same.append(Place.address == data.address)
+    found = session.exec(select(Place).where(*same).order_by(Place.id).limit(2)).all()
+    if len(found) > 1:
+        raise Invalid("more than one premises of this grid has this name" + (" and address" if data.address else "")
+                      + ": give the row the id of the one it means")
+    return found[0] if found else None
+
+
 def _encode_cursor(values: list) -> str:
     return base64.urlsafe_b64encode(json.dumps(values, ensure_ascii=False).encode()).decode()
 
@@ -365,6 +381,7 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
         return report
     next_line = reader.line_num + 1
     records = iter(reader)
+    planned: list[tuple[int, dict[str, str], PlaceCreate, Place | None]] = []  # good rows, matched
     while True:
         try:
             raw = next(records)
@@ -411,21 +428,33 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
             continue
         if len(report.errors) > errors_before:
             continue
-        if data.id:
-            existing = session.get(Place, data.id)
-        else:
-            # matched by what the sheet says: without an address column, by name alone (an address a phone
-            # filled in since must not make the row a second premises); more than one match is not guessed at
-            same = [Place.grid_id == data.grid_id, Place.name == data.name]
-            if data.address:  # an address column left empty says nothing: one a phone filled in since still matches
-                same.append(Place.address == data.address)
-            found = session.exec(select(Place).where(*same).order_by(Place.id).limit(2)).all()
-            if len(found) > 1:
-                report.errors.append(RowError(line_no, "name", "more than one premises of this grid has this name"
-                                              + (" and address" if data.address else "")
-                                              + ": give the row the id of the one it means"))
+        try:
+            existing = _matching_place(session, data)
+        except Invalid as exc:
+            report.errors.append(RowError(line_no, "name", exc.message))
+            continue
+        planned.append((line_no, row, data, existing))
+    # PostgreSQL: the premises the sheet changes, locked before any is changed, in id order, and then their
+    # hazards, as every writer takes them (premises before hazards, each in id order): row by row, in the
+    # sheet's order, a push editing two of them the other way round deadlocked with the import
+    if planned and session.get_bind().dialect.name == "postgresql":
+        from app.hazards.models import Hazard
+
+        ids = sorted({e.id for *_, e in planned if e is not None})
+        for i in range(0, len(ids), 1000):
+            chunk = ids[i:i + 1000]
+            session.exec(select(Place).where(Place.id.in_(chunk)).order_by(Place.id)
+                         .with_for_update(key_share=True).execution_options(populate_existing=True)).all()
+        for i in range(0, len(ids), 1000):
+            session.execute(sa.select(Hazard.id).where(Hazard.place_id.in_(ids[i:i + 1000])).order_by(Hazard.id)
+                            .with_for_update()).all()
+    for line_no, row, data, existing in planned:
+        if existing is None:
+            try:  # a row above made it: this row updates it, as a second import would
+                existing = _matching_place(session, data)
+            except Invalid as exc:
+                report.errors.append(RowError(line_no, "name", exc.message))
                 continue
-            existing = found[0] if found else None
         try:  # a row refused here changed nothing (a move the new town cannot take, another county's regulator)
             if existing is not None:
                 # only what the row says: a column the sheet lacks or a cell left empty keeps what the premises

@@ -205,14 +205,20 @@ def _lock_rows_ahead(session: Session, ops: list[Op]) -> None:
     phone's push taking them the other way round deadlocked with it, and one of the two got 503.
 
     The premises are locked FOR NO KEY UPDATE (an edit's lock; a hazard's foreign-key check still passes):
-    those the batch edits, reports or inspects at, and those of the hazards it re-inspects. The hazards:
-    those re-inspected and the originals they were merged into, and those at premises the batch moves
-    or reclasses (that changes them all). Read unlocked first to know them; a merge or move committed between that
-    read and the lock is taken as before, op by op (it can only add a lock out of order, never lose one).
-    A batch of reports and inspections alone takes none of this: its premises are locked FOR SHARE in
-    the bulk run, and it changes no hazard it did not make."""
+    those the batch edits, reports or inspects at, and those of the hazards it locks. The hazards: those
+    re-inspected and the originals they were merged into; those its reports and inspections name that are
+    stored already (a re-send, a hazard listed in an inspection) and those that name its inspections; and
+    those at premises it moves or reclasses (that changes them all). Found by unlocked reads; a merge
+    committed between such a read and the lock (the chain now reaches a hazard not locked) has the locks
+    given back (a savepoint rolled back) and taken again, in order, for the larger set.
+
+    A batch of reports and inspections alone takes none of this: its premises are locked FOR SHARE in the
+    bulk run, and it locks no hazard before them."""
     reinspected: set[str] = set()
+    named: set[str] = set()  # hazard ids its reports and inspections carry
+    inspections: set[str] = set()
     edited: dict[str, list[tuple[object, object]]] = {}  # premises -> (grid, class) each edit sends
+    places_: set[str] = set()
     for op in ops:
         if not isinstance(op.data, dict):
             continue
@@ -220,30 +226,55 @@ def _lock_rows_ahead(session: Session, ops: list[Op]) -> None:
             reinspected.add(hazard_id)
         elif op.type == "place.upsert" and (place_id := _as_read(op.data.get("id"))) is not None:
             edited.setdefault(place_id, []).append((_as_read(op.data.get("grid_id")), _as_read(op.data.get("place_class"))))
+        elif op.type in BULK_TYPES:
+            if (place_id := _as_read(op.data.get("place_id"))) is not None:
+                places_.add(place_id)
+            if op.type == "hazard.report":
+                named.add(_as_read(op.data.get("id")))
+            else:
+                inspections.add(_as_read(op.data.get("id")))
+                listed = op.data.get("hazards")
+                if isinstance(listed, list):
+                    named.update(_as_read(h.get("id")) for h in listed if isinstance(h, dict))
     if not reinspected and not edited:
         return
-    places_ = set(edited)
-    for op in ops:
-        if op.type in BULK_TYPES and isinstance(op.data, dict) and (place_id := _as_read(op.data.get("place_id"))):
-            places_.add(place_id)
-    hazards_: set[str] = set()
-    todo, hops = reinspected, 0
+    named.discard(None)
+    inspections.discard(None)
+    places_ |= set(edited)
+    hazards_ = set(reinspected)
+    if named or inspections:
+        hazards_.update(session.execute(sa.select(Hazard.id).where(
+            Hazard.id.in_(named) | Hazard.inspection_id.in_(inspections))).scalars())
+    for attempt in range(3):
+        _with_merge_chains(session, hazards_, places_)
+        savepoint = session.begin_nested()
+        moving = [p.id for p in session.execute(
+            sa.select(Place.id, Place.grid_id, Place.place_class).where(Place.id.in_(places_))
+            .order_by(Place.id).with_for_update(key_share=True))
+            if any(sent != (p.grid_id, p.place_class) for sent in edited.get(p.id, ()))]
+        if moving:  # moved or reclassed: all their hazards change
+            hazards_.update(session.execute(sa.select(Hazard.id).where(Hazard.place_id.in_(moving))).scalars())
+        locked = session.execute(sa.select(Hazard.id, Hazard.place_id, Hazard.merged_into_id)
+                                 .where(Hazard.id.in_(hazards_)).order_by(Hazard.id).with_for_update()).all()
+        beyond = ({r.merged_into_id for r in locked if r.merged_into_id} - hazards_,
+                  {r.place_id for r in locked} - places_)
+        if not any(beyond) or attempt == 2:
+            savepoint.commit()  # the locks stay, to the push's commit
+            return
+        savepoint.rollback()  # merged or moved meanwhile: given back, to be taken again in order
+        hazards_ |= beyond[0]
+        places_ |= beyond[1]
+
+
+def _with_merge_chains(session: Session, hazards_: set[str], places_: set[str]) -> None:
+    """Adds to the sets the originals these hazards were merged into (and theirs), and all their premises."""
+    todo, hops = set(hazards_), 0
     while todo and hops <= _MERGE_HOPS:
-        hazards_ |= todo
         rows = session.execute(sa.select(Hazard.place_id, Hazard.merged_into_id).where(Hazard.id.in_(todo))).all()
         places_.update(r.place_id for r in rows)
-        todo, hops = {r.merged_into_id for r in rows if r.merged_into_id} - hazards_, hops + 1
-    moving: list[str] = []  # edited premises whose edit moves or reclasses them: that changes their hazards
-    if places_:
-        for p in session.execute(sa.select(Place.id, Place.grid_id, Place.place_class).where(Place.id.in_(places_))
-                                 .order_by(Place.id).with_for_update(key_share=True)):
-            if any(sent != (p.grid_id, p.place_class) for sent in edited.get(p.id, ())):
-                moving.append(p.id)
-    if moving:
-        hazards_.update(session.execute(sa.select(Hazard.id).where(Hazard.place_id.in_(moving))).scalars())
-    if hazards_:
-        session.execute(sa.select(Hazard.id).where(Hazard.id.in_(hazards_)).order_by(Hazard.id)
-                        .with_for_update()).all()
+        todo = {r.merged_into_id for r in rows if r.merged_into_id} - hazards_
+        hazards_ |= todo
+        hops += 1
 
 
 def _as_read(value: object) -> str | None:
@@ -986,8 +1017,10 @@ def _place_upsert(ctx: PushContext, data: PlaceUpsertData) -> dict:
     stale = False  # the copy the edit was made on is older than the premises as stored
     # PostgreSQL: the row as it is now, locked, before its fields and versions are compared with the phone's
     # copy: a change committing between this read and update_place's lock would be undone, or refuse the op
+    # (FOR NO KEY UPDATE, as update_place: a full FOR UPDATE blocked every hazard's foreign-key check on it)
     existing = ctx.session.get(Place, data.id, populate_existing=True,
-                               with_for_update=ctx.session.get_bind().dialect.name == "postgresql")
+                               with_for_update={"key_share": True} if ctx.session.get_bind().dialect.name == "postgresql"
+                               else None)
     if existing is None:
         place = places.create_place(ctx.session, ctx.scope,
                                     PlaceCreate(id=data.id, **data.model_dump(exclude={"id", "base_version"})),
