@@ -153,6 +153,8 @@ def test_events_written_through_the_api_are_sealed_with_the_apps_key(client, ses
     assert events and all(e.mac == event_mac(audit_key(settings), e.hash) for e in events)
     other = audit_key(Settings(secret_key="not-the-apps-secret-key-0123456789"))
     assert all(e.mac != event_mac(other, e.hash) for e in events)
+    shown = client.get(f"/api/v1/hazards/{hz['id']}", headers=worker).json()["timeline"]
+    assert shown and all("hash" in e and "mac" not in e for e in shown)  # the chain is public, its seals are not
 
 
 def test_production_refuses_a_weak_audit_key():

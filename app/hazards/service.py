@@ -223,7 +223,8 @@ def detail(session: Session, scope: Scope, h: Hazard, now: datetime) -> HazardDe
         closed_at=h.closed_at, deadline_met=h.deadline_met,
         referrals=[r.model_dump(exclude={"id", "hazard_id"}) for r in hops],
         reinspections=[r.model_dump(exclude={"hazard_id"}) for r in reins],
-        timeline=[e.model_dump(exclude={"id", "hazard_id"}) for e in timeline(session, h.id)],
+        # the chain's hashes are shown (anyone may check them); its seals are the server's own business
+        timeline=[e.model_dump(exclude={"id", "hazard_id", "mac"}) for e in timeline(session, h.id)],
         allowed_actions=allowed,
     )
 

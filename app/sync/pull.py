@@ -325,20 +325,21 @@ def _brief_outside_places(session: Session, scope: Scope, out: list[dict[str, An
     so an offline desk knows where to go. Not for premises in scope: those come as records of their own."""
     if scope.grid_ids is None and scope.town_ids is None:
         return  # the county's every premises is in its pull
-    wanted = {r["data"]["place_id"]: r for r in out
-              if r.get("type") == "hazard" and not r.get("deleted") and (r.get("data") or {}).get("place_id")}
+    wanted = {r["id"] for r in out if r.get("type") == "hazard" and not r.get("deleted")}
     if not wanted:
         return
-    briefs = {p.id: {"id": p.id, "name": p.name, "address": p.address, "place_class": p.place_class}
-              for p in session.execute(
-                  select(Place.id, Place.name, Place.address, Place.place_class)
-                  .where(Place.id.in_(wanted), ~scope.place_clause())).all()}
-    if briefs:
-        for r in out:
-            if r.get("type") == "hazard" and not r.get("deleted"):
-                brief = briefs.get(r["data"].get("place_id"))
-                if brief is not None:
-                    r["data"] = {**r["data"], "place": brief}
+    # the premises as they are now, of hazards the caller sees now: an older row of a hazard that has left
+    # its jurisdiction since (its tombstone follows) must not show where the premises went
+    briefs = {r.hazard_id: {"id": r.id, "name": r.name, "address": r.address, "place_class": r.place_class}
+              for r in session.execute(
+                  select(Hazard.id.label("hazard_id"), Place.id, Place.name, Place.address, Place.place_class)
+                  .join(Place, Place.id == Hazard.place_id)
+                  .where(Hazard.id.in_(wanted), hazard_clause(scope), Hazard.status != "merged",
+                         ~scope.place_clause())).all()}
+    for r in out:
+        brief = briefs.get(r["id"]) if r.get("type") == "hazard" and not r.get("deleted") else None
+        if brief is not None:
+            r["data"] = {**r["data"], "place": brief}
 
 
 def _snapshot(session: Session, scope: Scope, phase: str, after_id: str | None, room: int,
