@@ -1,26 +1,23 @@
 """Review of the audit chain's seals and anchors: attacks by someone who can write the database but not
 read the server's configuration, and operator scenarios. Every test here failed on the code reviewed."""
 
-import gzip
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 import pytest
 import sqlalchemy as sa
-from sqlmodel import Session, select
+from sqlmodel import Session
 from typer.testing import CliRunner
 
-from app.audit.chain import GENESIS, HASHED_FIELDS, ChainProblem, event_hash, event_mac
+from app.audit.chain import GENESIS, HASHED_FIELDS, ChainProblem, event_hash
 from app.audit.models import HazardEvent
 from app.audit import service as audit_service
 from app.audit.service import Actor, audit_key, event_row, insert_events, seal_unsealed, verify_all
 from app.cli import cli
-from app.config import Settings, get_settings
+from app.config import get_settings
 from app.db import make_engine
 from app.hazards.models import Hazard
-from app.main import create_app
-from tests.conftest import fresh_database_url, login
-from tests.helpers import hazard_data, op, place_of, push
+from tests.conftest import fresh_database_url
 
 SECRET = "a-secret-for-the-review-tests-0123456789"
 
@@ -185,22 +182,29 @@ def _append_event_meanwhile(engine, hazard_id: str) -> None:
         s.commit()
 
 
+def _append_while_events_are_read(monkeypatch, engine, victim: str) -> list:
+    """The server writes the victim's next event between the read of the heads and that of the events; the
+    list returned is non-empty once it has."""
+    audit_service.use_settings(get_settings())
+    original = audit_service._events_of
+    fired: list = []
+
+    def events_of(session, ids):
+        if not fired and victim in ids:
+            fired.append(1)
+            _append_event_meanwhile(engine, victim)
+        return original(session, ids)
+
+    monkeypatch.setattr(audit_service, "_events_of", events_of)
+    return fired
+
+
 def test_verify_beside_a_live_postgresql_server_reports_a_cut_chain_that_is_not(env_pg, monkeypatch):
     """verify_all reads the heads in one statement and the events in another: under READ COMMITTED an event
     committed in between makes an intact chain look cut ("chain head does not match"), and the nightly
     `audit verify` of a busy server exits 1 on nothing."""
     victim = _hazards(env_pg)[0]
-    audit_service.use_settings(get_settings())
-    original = audit_service._events_of
-    fired = []
-
-    def events_of(session, ids):
-        if not fired and victim in ids:
-            fired.append(1)
-            _append_event_meanwhile(env_pg, victim)
-        return original(session, ids)
-
-    monkeypatch.setattr(audit_service, "_events_of", events_of)
+    fired = _append_while_events_are_read(monkeypatch, env_pg, victim)
     with Session(env_pg) as s:
         problems = [p for p in verify_all(s, key=audit_key(get_settings())) if isinstance(p, ChainProblem)]
     assert fired and problems == [], problems
@@ -212,17 +216,7 @@ def test_seal_beside_a_live_postgresql_server_refuses_an_intact_chain(env_pg, mo
     victim = _hazards(env_pg)[0]
     with env_pg.begin() as conn:  # as migration 0020 leaves events stored before
         conn.execute(sa.update(HazardEvent).values(mac=None))
-    audit_service.use_settings(get_settings())
-    original = audit_service._events_of
-    fired = []
-
-    def events_of(session, ids):
-        if not fired and victim in ids:
-            fired.append(1)
-            _append_event_meanwhile(env_pg, victim)
-        return original(session, ids)
-
-    monkeypatch.setattr(audit_service, "_events_of", events_of)
+    fired = _append_while_events_are_read(monkeypatch, env_pg, victim)
     report = seal_unsealed(lambda: Session(env_pg), audit_key(get_settings()))
     assert fired and report.refused == [], report.refused
 

@@ -9,7 +9,6 @@ from datetime import timedelta
 
 from sqlmodel import Session, select
 
-from app.hazards.models import Hazard
 from app.places import service as places_service
 from app.places.models import Place
 from app.referrals.policy import load_policy

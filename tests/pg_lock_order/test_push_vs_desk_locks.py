@@ -72,7 +72,7 @@ def test_a_merge_while_a_phone_reinspects_both_hazards_in_the_other_order(env, m
     assert env.hazard(b).duplicate_of_id == a
     gate = Gate()
     _gate_nth_call(monkeypatch, sync, "follow_merges", 2, gate)  # A locked, B not yet
-    office = env.h("office-a")
+    env.h("office-a")  # logged in before the race
     env.h("worker-a1")
     answers: dict = {}
     push_t, = run_threads(lambda: answers.__setitem__("push", env.push("worker-a1", [_reinspect(a), _reinspect(b)])))

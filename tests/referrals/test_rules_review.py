@@ -2,35 +2,9 @@
 "next step" clock, listed hazards closed out by their holder on a worker's photos, dismissal and merge of major
 hazards, a deadline met by a fix shown in time): each test failed on their first version."""
 
-from datetime import datetime, timedelta, timezone
-
-from app.referrals.policy import load_policy
-from app.referrals.service import Rules, load_calendar, sweep
 from tests.conftest import login
-from tests.helpers import hazard_data, op, place_of, push, uid
-
-CN = timezone(timedelta(hours=8))
-
-
-def at(s: str) -> datetime:
-    return datetime.fromisoformat(s).replace(tzinfo=CN)
-
-
-def zulu(s: str) -> datetime:
-    return datetime.fromisoformat(s.replace("Z", "+00:00"))
-
-
-def run_sweep(session, now):
-    return sweep(session, Rules(load_policy(), load_calendar(session)), now)
-
-
-def new_hazard(c, clock, session, units, when: str, place_class="nine_small", **kw) -> dict:
-    clock.now = at(when)
-    place = place_of(session, units, "grid-a-1-1", place_class)
-    hz = hazard_data(place.id, clock.now, **kw)
-    [res] = push(c, login(c, "worker-a1"), op("hazard.report", hz))
-    assert res["status"] == "applied", res
-    return {**hz, **res["result"], "place_id": place.id}
+from tests.helpers import op, push, uid
+from tests.referrals.test_domain_review import action, at, get, new_hazard, run_sweep, zulu
 
 
 def new_major(c, clock, session, units, when="2026-03-02T09:00") -> dict:
@@ -40,17 +14,9 @@ def new_major(c, clock, session, units, when="2026-03-02T09:00") -> dict:
     return hz
 
 
-def action(c, hid, headers, **body):
-    return c.post(f"/api/v1/hazards/{hid}/actions", json=body, headers=headers)
-
-
 def ok(r):
     assert r.status_code == 200, r.text
     return r.json()
-
-
-def get(c, hid, headers):
-    return c.get(f"/api/v1/hazards/{hid}", headers=headers).json()
 
 
 def field_reinspect(c, clock, hid, when: str, rectified: bool, photos=(), pushed: str | None = None):

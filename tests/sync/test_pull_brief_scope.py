@@ -3,28 +3,13 @@ briefs: the test here failed before its fix (a brief showed where a premises had
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 import pytest
 
+from tests.auth.test_scope_changes import report
 from tests.conftest import login
-from tests.helpers import hazard_data, op, place_of, push
-from tests.sync.test_pull import get_page, pull_all
+from tests.helpers import place_of
+from tests.sync.test_pull import pull_all
 
-NOW = datetime.now(timezone.utc)
-
-
-def report(c, headers, place_id, **kw) -> str:
-    data = hazard_data(place_id, NOW - timedelta(hours=1), **kw)
-    [res] = push(c, headers, op("hazard.report", data))
-    assert res["status"] == "applied", res
-    return data["id"]
-
-
-def act(c, headers, hazard_id, status=200, **body):
-    r = c.post(f"/api/v1/hazards/{hazard_id}/actions", json=body, headers=headers)
-    assert r.status_code == status, r.text
-    return r.json()
 
 
 @pytest.mark.parametrize("user", ["worker-a1", "office-a", "police-a"])

@@ -1,15 +1,12 @@
 """Findings of a review of the pull / change feed (GET /api/v1/sync/pull): each test here failed on the code
 before its fix (see the docstrings)."""
 
-import base64
-import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlmodel import select
-
 from tests.conftest import login
 from tests.helpers import hazard_data, op, place_of, push, uid
+from tests.sync.test_pull import get_page, pull_all
 
 NOW = datetime.now(timezone.utc)
 
@@ -17,29 +14,6 @@ NOW = datetime.now(timezone.utc)
 @pytest.fixture
 def c(client):
     return client
-
-
-def get_page(c, headers, cursor=None, limit=None, status=200):
-    params = {}
-    if cursor is not None:
-        params["cursor"] = cursor
-    if limit is not None:
-        params["limit"] = limit
-    r = c.get("/api/v1/sync/pull", params=params, headers=headers)
-    assert r.status_code == status, r.text
-    return r.json()
-
-
-def pull_all(c, headers, cursor=None, limit=None):
-    changes, pages = [], 0
-    while True:
-        page = get_page(c, headers, cursor, limit)
-        pages += 1
-        changes += page["changes"]
-        cursor = page["cursor"]
-        if not page["more"]:
-            return changes, cursor, pages
-        assert pages < 1000
 
 
 def latest(changes, entity_id):
