@@ -275,9 +275,15 @@ def sweep(now: Annotated[Optional[str], typer.Option(help="ISO-8601 instant to s
                        err=True)
             raise typer.Exit(2)
     done = run_sweep(_db(), load_policy(settings.policy_file or DEFAULT_POLICY_PATH), at)
+    raised = [e for e in done if e.listing_raised]
     for e in done:
-        typer.echo(f"{e.hazard_id}: {e.from_tier} -> {e.to_tier or 'county listed supervision'} (overdue: {', '.join(e.clocks)})")
-    typer.echo(f"escalated {len(done)} hazards as of {at.isoformat()}")
+        if e.listing_raised:
+            typer.echo(f"{e.hazard_id}: listed supervision raised to the next level up (six months unrectified)")
+        else:
+            typer.echo(f"{e.hazard_id}: {e.from_tier} -> {e.to_tier or 'county listed supervision'} "
+                       f"(overdue: {', '.join(e.clocks)})")
+    typer.echo(f"escalated {len(done) - len(raised)} hazards as of {at.isoformat()}"
+               + (f"; raised {len(raised)} listings" if raised else ""))
 
 
 calendar_cli = typer.Typer(help="The working-day calendar.", no_args_is_help=True)

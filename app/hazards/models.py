@@ -96,6 +96,10 @@ class Hazard(SQLModel, table=True):
     # a rectification deadline passed unmet: replaced or cleared once passed (a late extension, a hand-over) or
     # closed after it; a close is on time only without it, whatever deadline runs then (migration 0018)
     rectify_missed: bool = Field(default=False, sa_column_kwargs={"server_default": sa.false()})
+    # 挂牌督办: when it was listed, and when the listing went to the next level up, six months on unrectified
+    # (DOMAIN.md; the sweep, migration 0021)
+    listed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    listing_raised_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
     # audit chain head and optimistic lock
     event_seq: int = 0

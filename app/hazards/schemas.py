@@ -59,6 +59,8 @@ class HazardDetail(HazardItem):
     merged_into_id: str | None
     closed_at: datetime | None
     deadline_met: bool | None
+    listed_at: datetime | None = None  # 挂牌督办 since
+    listing_raised_at: datetime | None = None  # raised to the next level up, six months on unrectified
     referrals: list[dict[str, Any]]
     reinspections: list[dict[str, Any]]
     timeline: list[dict[str, Any]]

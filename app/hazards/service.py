@@ -220,7 +220,8 @@ def detail(session: Session, scope: Scope, h: Hazard, now: datetime) -> HazardDe
         routing=Routing(rule=h.rule, reason=f"{h.reason_zh} / {h.reason_en}", reason_zh=h.reason_zh,
                         reason_en=h.reason_en, policy_version=h.policy_version),
         clocks=clocks_public(h, now), cc_org_unit_ids=sorted(cc), merged_into_id=h.merged_into_id,
-        closed_at=h.closed_at, deadline_met=h.deadline_met,
+        closed_at=h.closed_at, deadline_met=h.deadline_met, listed_at=h.listed_at,
+        listing_raised_at=h.listing_raised_at,
         referrals=[r.model_dump(exclude={"id", "hazard_id"}) for r in hops],
         reinspections=[r.model_dump(exclude={"hazard_id"}) for r in reins],
         # the chain's hashes are shown (anyone may check them); its seals are the server's own business

@@ -35,6 +35,7 @@ Friday. ``local_date`` (for display) is the plain calendar date.
 
 from __future__ import annotations
 
+import calendar as _months
 import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -257,3 +258,11 @@ def years_without_schedule(override_days: Iterable[date], today: date) -> list[i
     covered = {d.year for d in override_days}
     last = package_last_year()
     return [y for y in (today.year, today.year + 1) if y > last and y not in covered]
+
+
+def add_months(t: datetime, n: int) -> datetime:
+    """The same day and time ``n`` months on (the month's last day where it has fewer: 31 August + 6 is 28 or
+    29 February): "after six months" as people count it."""
+    y, m = divmod(t.month - 1 + n, 12)
+    year, month = t.year + y, m + 1
+    return t.replace(year=year, month=month, day=min(t.day, _months.monthrange(year, month)[1]))

@@ -30,7 +30,7 @@ from app.org.models import OrgUnit, UnitKind
 from app.photos.service import claim_refs, register_refs, register_refs_bulk
 from app.places.models import PLACE_CLASS_NAMES, Place
 from app.referrals import lifecycle
-from app.referrals.calendar import WorkCalendar, package_first_year, package_last_year, statutory_days_off
+from app.referrals.calendar import WorkCalendar, add_months, package_first_year, package_last_year, statutory_days_off
 from app.referrals.lifecycle import Action, ActionParams, EffectKind, HazardState, Status
 from app.referrals.models import WorkdayOverride
 from app.referrals.policy import Policy
@@ -230,14 +230,23 @@ def put_state(h: Hazard, st: HazardState) -> None:
     derive_clocks(h, state_of(h))
 
 
+# DOMAIN.md: still not rectified, listed supervision by the government; after six months, by the next level up
+LISTING_RAISE_MONTHS = 6
+
+
 def derive_clocks(h: Hazard, st: HazardState) -> None:
     """next_due orders the queue (overdue first, then nearest); escalate_at drives the sweep."""
     running = lifecycle.clocks(st)
     h.next_due = min(running.values(), default=NO_DEADLINE)
     holder_clocks = [due for name, due in running.items() if name in ESCALATING_CLOCKS]
-    # At the brigade under county listed supervision there is no tier left to escalate to.
-    stuck = st.tier == "brigade" and st.listed_supervision
-    h.escalate_at = None if stuck or not holder_clocks else min(holder_clocks)
+    if st.tier == "brigade" and st.listed_supervision:
+        # no tier left to escalate to: what is left is to raise the listing, once, six months after it began
+        listed_at = getattr(h, "listed_at", None)
+        h.escalate_at = (add_months(listed_at, LISTING_RAISE_MONTHS)
+                         if listed_at is not None and getattr(h, "listing_raised_at", None) is None
+                         and st.status in OPEN_STATUSES else None)
+    else:
+        h.escalate_at = min(holder_clocks) if holder_clocks else None
 
 
 def clocks_public(h: Hazard, now: datetime) -> dict[str, dict[str, Any]]:
@@ -364,7 +373,7 @@ def plan_hazard(rules: Rules, report: HazardReport, place: Place, town: TownFact
         reporter_device_id=actor.device_id, town_id=place.town_id, community_id=place.community_id,
         grid_id=place.grid_id, place_class=place.place_class, status=Status.REFERRED.value, tier=decision.tier,
         holder_unit_id=decision.unit_id, ack_due=decision.ack_due, listed_supervision=decision.listed_supervision,
-        rule=decision.rule, reason_zh=decision.reason_zh, reason_en=decision.reason_en,
+        listed_at=now if decision.listed_supervision else None, rule=decision.rule, reason_zh=decision.reason_zh, reason_en=decision.reason_en,
         policy_version=decision.policy_version, duplicate_of_id=duplicate_of, created_at=now, updated_at=now,
         clock_basis={"ack": decision.ack_basis.to_json()} if decision.ack_basis is not None else None,
     )})
@@ -617,6 +626,9 @@ def act(session: Session, rules: Rules, h: Hazard, action: Action, params: Actio
                 hop.ended_at, hop.outcome = now, "closed"
         elif e.kind in (EffectKind.DISMISSED, EffectKind.MERGED) and hop is not None:
             hop.ended_at, hop.outcome = now, e.kind.value
+        elif e.kind is EffectKind.COUNTY_LISTED_SUPERVISION and h.listed_at is None:
+            h.listed_at = now
+            derive_clocks(h, after)  # its six months start now
         elif e.kind is EffectKind.REOPENED:
             h.closed_at, h.deadline_met = None, None
             if hop is not None:
@@ -1060,6 +1072,7 @@ class Escalation:
     from_tier: str
     to_tier: str | None  # None: county listed supervision
     clocks: tuple[str, ...]
+    listing_raised: bool = False  # not a hop: listed six months and unrectified, raised to the next level up
 
 
 def sweep(session: Session, rules: Rules, now: datetime, limit: int = 1000) -> list[Escalation]:
@@ -1106,12 +1119,28 @@ def _escalate_due(session: Session, rules: Rules, hazard_id: str, now: datetime)
     h = lock_hazard(session, hazard_id, skip_locked=True)
     if h is None or h.escalate_at is None or h.escalate_at > now:
         return None  # another worker got there first
+    if h.tier == "brigade" and h.listed_supervision:
+        return _raise_listing(session, h, now)
     overdue = [c for c in lifecycle.overdue_clocks(state_of(h), now) if c in ESCALATING_CLOCKS]
     from_tier = h.tier
     reason = "超期未处理，自动升级 overdue: " + ", ".join(overdue)
     act(session, rules, h, Action.ESCALATE, ActionParams(reason=reason), Actor.system(), now,
         event_kind="escalated", extra={"overdue_clocks": overdue, "swept_at": now})
     return Escalation(h.id, from_tier, h.tier if h.tier != from_tier else None, tuple(overdue))
+
+
+def _raise_listing(session: Session, h: Hazard, now: datetime) -> Escalation:
+    """Six months under listed supervision and still open: the listing goes to the next level up (above the
+    county: outside this system), on the record and to the holder's attention. Once."""
+    h.listing_raised_at = now
+    h.attention += 1
+    derive_clocks(h, state_of(h))  # nothing left for the sweep
+    listed_at = h.listed_at
+    _record(session, h, "listing_raised", Actor.system(), now, {
+        "listed_at": listed_at, "months": LISTING_RAISE_MONTHS,
+        "reason": f"挂牌督办满{LISTING_RAISE_MONTHS}个月仍未整改，提请上一级挂牌督办 (listed {LISTING_RAISE_MONTHS} months "
+                  "and still not rectified: listed supervision by the next level up)"})
+    return Escalation(h.id, h.tier, None, (), listing_raised=True)
 
 
 def _escalation_failed(session: Session, hazard_id: str, exc: DomainError, now: datetime) -> bool:
