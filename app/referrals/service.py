@@ -673,38 +673,37 @@ def _params_public(p: ActionParams) -> dict[str, Any]:
 def _fixed_in_time(session: Session, rules: Rules, hazard_id: str, before: lifecycle.HazardState,
                    after: lifecycle.HazardState, action: Action, now: datetime) -> bool:
     """Closed after the deadline on evidence, but the fix was shown before it: by a re-inspection's photos
-    that reached the server then, or by the owner's report then, which a re-inspection with photos confirmed
-    within the 复查 period it started (DOMAIN.md: re-inspection within 3 working days after the deadline, or
-    after the owner asks for it). An owner's report that a later re-inspection found false shows nothing; a
-    close on an override reason alone is not a fix shown. Times are the server's: a phone's clock is kept
-    as data, not trusted."""
+    that reached the server then, or by the owner's report then, which photos confirmed within the 复查
+    period it started (DOMAIN.md: re-inspection within 3 working days after the deadline, or after the owner
+    asks for it). Only since the deadline running now was set (its order, or the re-inspection that set it):
+    what came before it, a round before a reopening or another holder's, proves nothing about it. Within
+    that, the photos are the earliest of those the close rests on, back to a re-inspection that found it
+    unfixed. An owner's report that such a visit followed shows nothing; a close on an override reason
+    alone is not a fix shown. Times are the server's: a phone's clock is kept as data, not trusted."""
     if not after.has_rectified_evidence or before.rectify_due is None:
         return False
     rows = session.execute(
         sa.select(HazardEvent.kind, HazardEvent.server_time, HazardEvent.data)
         .where(HazardEvent.hazard_id == hazard_id,
                HazardEvent.kind.in_((Action.OWNER_REPORTED_FIXED.value, Action.RECORD_REINSPECTION.value,
-                                     "reinspection_out_of_state")))
+                                     "reinspection_out_of_state", Action.ORDER_RECTIFICATION.value)))
         .order_by(HazardEvent.seq.desc())).all()
-    # the re-inspection with photos the close rests on (this action's own, when it is one), then what came
-    # just before it
-    fix = now if action is Action.RECORD_REINSPECTION else None
+    shown = now if action is Action.RECORD_REINSPECTION else None  # this action's own photos, when it is one
     for kind, server_time, data in rows:
         data = data or {}
-        if fix is None:
-            if kind == Action.OWNER_REPORTED_FIXED.value:
-                continue  # reported after the photos: the photos are what counts
-            if not (data.get("rectified") and data.get("photos")):
-                return False  # the latest re-inspection found it unfixed, or showed nothing
-            fix = server_time
-        elif kind == Action.OWNER_REPORTED_FIXED.value:
-            confirm_by = rules.calendar.add_workdays(server_time, rules.policy.reinspection_workdays)
-            return server_time <= before.rectify_due and fix <= confirm_by
-        else:
-            break  # another re-inspection between the owner's report and the photos
-        if fix <= before.rectify_due:
-            return True
-    return fix is not None and fix <= before.rectify_due
+        if kind == Action.ORDER_RECTIFICATION.value:
+            break  # where the deadline running now was set
+        if kind == Action.OWNER_REPORTED_FIXED.value:
+            if shown is not None and shown <= rules.calendar.add_workdays(server_time, rules.policy.reinspection_workdays):
+                shown = min(shown, server_time)  # confirmed within the 复查 period the report started
+            break
+        if not data.get("rectified"):
+            break  # found unfixed: what was shown before it does not count
+        if data.get("photos"):
+            shown = server_time if shown is None else min(shown, server_time)
+        if data.get("deadline"):
+            break  # this re-inspection set the deadline running now
+    return shown is not None and shown <= before.rectify_due
 
 
 def _check_merge_target(session: Session, h: Hazard, target_id: str | None) -> None:
