@@ -243,7 +243,8 @@ SWEEP_FUTURE_SLACK = timedelta(minutes=5)  # prod: a --now this far ahead of the
 
 @cli.command()
 def sweep(now: Annotated[Optional[str], typer.Option(help="ISO-8601 instant to sweep as of (default: now)")] = None) -> None:
-    """Escalate every hazard whose holder let a clock run out, one tier up (idempotent)."""
+    """Escalate every hazard whose holder let a clock run out, one tier up, and raise to the next level up the
+    listed supervision of hazards unrectified six months on (idempotent)."""
     from datetime import datetime, timezone
 
     from app.db import utcnow

@@ -256,3 +256,16 @@ def test_an_anchor_that_is_edited_cut_short_or_not_one_is_refused(env_db, tmp_pa
     assert code == 2 and "not a Firegrid audit anchor" in out
     code, out = _verify_against(tmp_path / "absent.txt")
     assert code == 2 and "absent.txt" in out
+
+
+def test_an_event_whose_data_is_no_longer_json_is_named_and_the_rest_still_checked(env_db):
+    """Edited in place as text (SQLite's JSON is text): `audit verify` used to stop with a traceback."""
+    hazard_id, other = sorted(env_db.connect().execute(
+        sa.select(Hazard.id).where(Hazard.event_seq >= 2).order_by(Hazard.id).limit(2)).scalars())
+    _forge(env_db, other, "dismissed_as_no_hazard", keep_macs=True)  # a forgery further on is still caught
+    with env_db.begin() as conn:
+        conn.exec_driver_sql("UPDATE hazard_events SET data = '{not json' WHERE hazard_id = ? AND seq = 1", (hazard_id,))
+    code, out = _verify()
+    assert code == 1 and "Traceback" not in out
+    assert f"hazard {hazard_id} event None: an event's data is not JSON any more (edited)" in out
+    assert f"hazard {other} event 1: seal does not match" in out
