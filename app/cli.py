@@ -217,6 +217,27 @@ def user_set_password(
                f"again with the new password{inactive}")
 
 
+@cli.command("import-org")
+def import_org(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
+    """Import the org tree (county, brigade, towns, offices, police stations, communities, grids, sector
+    regulators) from a UTF-8 CSV: code, kind, name, parent[, enforcement_power, sector, police_station]."""
+    from app.org.service import import_org_csv
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        typer.echo(f"{file}:1: column *: file is not UTF-8 text (save the sheet as CSV UTF-8)", err=True)
+        raise typer.Exit(1)
+    with _db().session(write=True) as session:
+        report = import_org_csv(session, text)
+        session.commit()
+    for e in report.errors:
+        typer.echo(f"{file}:{e.row}: column {e.column}: {e.reason}", err=True)
+    typer.echo(f"imported: {report.created} created, {report.updated} updated, {report.rejected_rows} rows rejected")
+    if report.errors:
+        raise typer.Exit(1)
+
+
 @cli.command("import-places")
 def import_places(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
     """Import premises from a UTF-8 CSV; good rows are imported, each bad row is reported and skipped."""
