@@ -217,6 +217,15 @@ def user_set_password(
                f"again with the new password{inactive}")
 
 
+def _print_import(file: Path, report) -> None:
+    """A sheet import's answer: each bad row as FILE:ROW: column C: reason, the counts, exit 1 if any."""
+    for e in report.errors:
+        typer.echo(f"{file}:{e.row}: column {e.column}: {e.reason}", err=True)
+    typer.echo(f"imported: {report.created} created, {report.updated} updated, {report.rejected_rows} rows rejected")
+    if report.errors:
+        raise typer.Exit(1)
+
+
 @cli.command("import-org")
 def import_org(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False, readable=True)]) -> None:
     """Import the org tree (county, brigade, towns, offices, police stations, communities, grids, sector
@@ -231,11 +240,7 @@ def import_org(file: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
     with _db().session(write=True) as session:
         report = import_org_csv(session, text)
         session.commit()
-    for e in report.errors:
-        typer.echo(f"{file}:{e.row}: column {e.column}: {e.reason}", err=True)
-    typer.echo(f"imported: {report.created} created, {report.updated} updated, {report.rejected_rows} rows rejected")
-    if report.errors:
-        raise typer.Exit(1)
+    _print_import(file, report)
 
 
 @cli.command("import-places")
@@ -251,11 +256,7 @@ def import_places(file: Annotated[Path, typer.Argument(exists=True, dir_okay=Fal
         # moved or reclassed premises' hazards restart their clocks: counted with a calendar no save changes meanwhile
         report = import_places_csv(session, file, rules=Rules(policy=policy, calendar=calendar_for_writing(session)))
         session.commit()
-    for e in report.errors:
-        typer.echo(f"{file}:{e.row}: column {e.column}: {e.reason}", err=True)
-    typer.echo(f"imported: {report.created} created, {report.updated} updated, {report.rejected_rows} rows rejected")
-    if report.errors:
-        raise typer.Exit(1)
+    _print_import(file, report)
 
 
 SWEEP_YEARS = (1970, 2999)  # what `sweep --now` takes

@@ -1,28 +1,9 @@
 """A review of the figures (考核) after the rules of tests/referrals/test_domain_review.py: a deadline met by a fix
 shown in time. Each test failed on the first version of that rule (referrals.service._fixed_in_time)."""
 
-from datetime import datetime, timedelta, timezone
-
 from tests.conftest import login
+from tests.hazards.test_figures_edges import action, at, get
 from tests.helpers import place_of, report
-
-CN = timezone(timedelta(hours=8))
-
-
-def at(s: str) -> datetime:
-    return datetime.fromisoformat(s).replace(tzinfo=CN)
-
-
-def action(c, hid, who, **body):
-    r = c.post(f"/api/v1/hazards/{hid}/actions", json=body, headers=login(c, who))
-    assert r.status_code == 200, r.text
-    return r.json()
-
-
-def get(c, who, path, **params):
-    r = c.get(path, params=params, headers=login(c, who))
-    assert r.status_code == 200, r.text
-    return r.json()
 
 
 def figures(c, who, **params):
