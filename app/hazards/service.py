@@ -251,22 +251,55 @@ def quarter_bounds(year: int, quarter: int) -> tuple[datetime, datetime]:
 
 
 def major_hazards_of_quarter(session: Session, scope: Scope, year: int, quarter: int) -> list[tuple[Hazard, Place]]:
-    """Seed 004's quarterly exposure list: major hazards found before the quarter ended that were
-    not closed out before it began. Duplicates merged away are not exposed; a report dismissed as no hazard
-    is not exposed after the quarter it was dismissed in (a dismissal sets no close time: it was listed in
-    every quarter after), and stays on the lists of the quarters it was open in."""
+    """Seed 004's quarterly exposure list: major hazards found before the quarter ended that were open at
+    some moment of it. Duplicates merged away are not exposed. A hazard never reopened is decided by its row:
+    not closed out before the quarter began, and not dismissed before it (a dismissal sets no close time).
+    One reopened since is decided by its history, as its row says only how it ended last: closed all
+    quarter and reopened after it, it was not open then."""
     start, end = quarter_bounds(year, quarter)
     dismissed_at = (select(sa.func.max(HazardEvent.server_time))
                     .where(HazardEvent.hazard_id == Hazard.id, HazardEvent.kind == Action.DISMISS.value)
                     .scalar_subquery())
-    return session.exec(
-        select(Hazard, Place).join(Place, Place.id == Hazard.place_id)
+    reopened = sa.exists().where(HazardEvent.hazard_id == Hazard.id, HazardEvent.kind == Action.REOPEN.value)
+    rows = session.exec(
+        select(Hazard, Place, reopened.label("reopened")).join(Place, Place.id == Hazard.place_id)
         .where(hazard_clause(scope), Hazard.severity == "major", Hazard.created_at < end,
                Hazard.status.notin_([Status.MERGED.value]),
-               sa.or_(Hazard.status != Status.DISMISSED.value, dismissed_at >= start),
-               sa.or_(Hazard.closed_at.is_(None), Hazard.closed_at >= start))
+               sa.or_(reopened, sa.and_(
+                   sa.or_(Hazard.status != Status.DISMISSED.value, dismissed_at >= start),
+                   sa.or_(Hazard.closed_at.is_(None), Hazard.closed_at >= start))))
         .order_by(Hazard.town_id, Hazard.created_at)
     ).all()
+    history = _open_spans(session, [h.id for h, _, again in rows if again])
+    return [(h, place) for h, place, again in rows
+            if not again or any(a < end and (b is None or b > start) for a, b in history.get(h.id, ()))]
+
+
+_ENDS = frozenset({"closed", "dismissed"})
+
+
+def _open_spans(session: Session, hazard_ids: list[str]) -> dict[str, list[tuple[datetime, datetime | None]]]:
+    """When each hazard was open: (from, to) spans, to None while it still is, from its events' effects
+    (a close, by an action or a re-inspection, and a dismissal end a span; a reopening starts one)."""
+    spans: dict[str, list[tuple[datetime, datetime | None]]] = {}
+    opened: dict[str, datetime | None] = {}
+    for i in range(0, len(hazard_ids), 500):
+        for hazard_id, kind, at, data in session.execute(
+                select(HazardEvent.hazard_id, HazardEvent.kind, HazardEvent.server_time, HazardEvent.data)
+                .where(HazardEvent.hazard_id.in_(hazard_ids[i:i + 500]))
+                .order_by(HazardEvent.hazard_id, HazardEvent.seq)):
+            effects = {e.get("kind") for e in (data or {}).get("effects", ()) if isinstance(e, dict)}
+            if kind == "reported":
+                opened[hazard_id] = at
+            elif effects & _ENDS and opened.get(hazard_id) is not None:
+                spans.setdefault(hazard_id, []).append((opened[hazard_id], at))
+                opened[hazard_id] = None
+            elif "reopened" in effects and opened.get(hazard_id) is None:
+                opened[hazard_id] = at
+    for hazard_id, since in opened.items():
+        if since is not None:
+            spans.setdefault(hazard_id, []).append((since, None))
+    return spans
 
 
 # -- figures (考核) -------------------------------------------------------------------------
