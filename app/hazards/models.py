@@ -101,6 +101,12 @@ class Hazard(SQLModel, table=True):
     listed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     listing_raised_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
+    @property
+    def major_or_listed(self) -> bool:
+        """A major hazard (重大火灾隐患) or one under listed supervision (挂牌督办): dismissed only by its holder,
+        closed only on photos, never merged into a general one."""
+        return self.severity == "major" or self.listed_supervision
+
     # audit chain head and optimistic lock
     event_seq: int = 0
     last_event_hash: str = Field(default="", max_length=64)

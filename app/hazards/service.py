@@ -59,9 +59,9 @@ def may_act(scope: Scope, h: Hazard, action: Action) -> bool:
     """Seen is not enough: the holder acts; the town office signs off dismissals; the grid worker re-inspects."""
     if scope.role == Role.admin:
         return True
-    town_office_here = scope.role == Role.town_office and scope.town_ids == frozenset({h.town_id})
+    town_office_here = _town_office_of(scope, h)
     if action is Action.DISMISS:
-        if h.severity == "major" or h.listed_supervision:
+        if h.major_or_listed:
             # a major hazard is judged by its holder collectively (DOMAIN.md), not dismissed by the town alone
             return scope.unit_id == h.holder_unit_id
         return town_office_here  # 销号 needs the town office's sign-off, whoever holds it
@@ -77,15 +77,18 @@ def dismissal_signoff(scope: Scope, h: Hazard, action: Action) -> dict[str, bool
     admin), or, for a major or listed hazard, its holder (may_act let only those through)."""
     if action is not Action.DISMISS:
         return {}
-    if h.severity == "major" or h.listed_supervision:
+    if h.major_or_listed:
         return {"holder_signoff": scope.role == Role.admin or scope.unit_id == h.holder_unit_id}
-    town_office_here = scope.role == Role.town_office and scope.town_ids == frozenset({h.town_id})
-    return {"town_office_signoff": scope.role == Role.admin or town_office_here}
+    return {"town_office_signoff": scope.role == Role.admin or _town_office_of(scope, h)}
+
+
+def _town_office_of(scope: Scope, h: Hazard) -> bool:
+    return scope.role == Role.town_office and scope.town_ids == frozenset({h.town_id})
 
 
 def require_may_act(scope: Scope, h: Hazard, action: Action) -> None:
     if not may_act(scope, h, action):
-        if action is Action.DISMISS and (h.severity == "major" or h.listed_supervision):
+        if action is Action.DISMISS and h.major_or_listed:
             raise Forbidden("a major hazard, or one under listed supervision, is dismissed only by its holder",
                             code="not_holder")
         if action is Action.DISMISS:

@@ -114,12 +114,8 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     changes = data.model_dump(exclude_unset=True)
     if postgres and (changes.get("grid_id", place.grid_id) != place.grid_id
                      or changes.get("place_class", place.place_class) != place.place_class):
-        # a move or reclass changes the premises' hazards: locked now, in id order (as a desk action locks
-        # them), before the relocation is planned from them
-        from app.hazards.models import Hazard
-
-        session.exec(select(Hazard).where(Hazard.place_id == place.id).order_by(Hazard.id)
-                     .with_for_update().execution_options(populate_existing=True)).all()
+        # a move or reclass changes the premises' hazards: locked now, before the relocation is planned from them
+        _lock_hazards_at(session, [place.id])
     if whole_position:  # a desk's or a sheet's edit (require_whole_position): the position it leaves
         require_whole_position(changes.get("lat", place.lat), changes.get("lon", place.lon))
     if scope is not None:
@@ -263,6 +259,15 @@ def _inspections_follow(session: Session, place: Place) -> list[str]:
         session.add(i)
         moved.append(i.id)
     return moved
+
+
+def _lock_hazards_at(session: Session, place_ids: list[str]) -> None:
+    """PostgreSQL: the hazards of these premises, locked in id order (as a desk action locks them) and read as
+    they are now. After the premises themselves: every writer takes premises before hazards."""
+    from app.hazards.models import Hazard
+
+    session.exec(select(Hazard).where(Hazard.place_id.in_(place_ids)).order_by(Hazard.id)
+                 .with_for_update().execution_options(populate_existing=True)).all()
 
 
 def _matching_place(session: Session, data: PlaceCreate) -> Place | None:
@@ -438,16 +443,12 @@ def import_places_csv(session: Session, path: Path, rules: Rules | None = None) 
     # hazards, as every writer takes them (premises before hazards, each in id order): row by row, in the
     # sheet's order, a push editing two of them the other way round deadlocked with the import
     if planned and session.get_bind().dialect.name == "postgresql":
-        from app.hazards.models import Hazard
-
         ids = sorted({e.id for *_, e in planned if e is not None})
         for i in range(0, len(ids), 1000):
-            chunk = ids[i:i + 1000]
-            session.exec(select(Place).where(Place.id.in_(chunk)).order_by(Place.id)
+            session.exec(select(Place).where(Place.id.in_(ids[i:i + 1000])).order_by(Place.id)
                          .with_for_update(key_share=True).execution_options(populate_existing=True)).all()
         for i in range(0, len(ids), 1000):
-            session.execute(sa.select(Hazard.id).where(Hazard.place_id.in_(ids[i:i + 1000])).order_by(Hazard.id)
-                            .with_for_update()).all()
+            _lock_hazards_at(session, ids[i:i + 1000])
     for line_no, row, data, existing in planned:
         if existing is None:
             try:  # a row above made it: this row updates it, as a second import would

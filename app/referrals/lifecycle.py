@@ -22,13 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
 from .calendar import ClockBasis, WorkCalendar
 from .policy import Policy
-from .routing import TIER_ORDER, next_tier
+from .routing import TIER_ORDER, ack_clock, next_tier
 
 __all__ = [
     "ALLOWED",
@@ -388,17 +388,6 @@ def _reinspection_due(deadline: datetime, calendar: WorkCalendar, policy: Policy
         return calendar.add_workdays(deadline, policy.reinspection_workdays)
     except OverflowError:
         raise InvalidParameter("deadline", "too far in the future: the calendar has no re-inspection day after it") from None
-
-
-def ack_clock(now: datetime, calendar: WorkCalendar, policy: Policy,
-              hours: int | None = None) -> tuple[datetime, ClockBasis | None]:
-    """The acknowledgement (报到) clock started at ``now``: ack_workdays, or ``hours`` calendar hours when that
-    comes sooner (a blocked escape route: 24 hours, 令120号). Hours have no working-day basis: a calendar
-    change does not move them."""
-    due = calendar.add_workdays(now, policy.ack_workdays)
-    if hours is not None and now + timedelta(hours=hours) < due:
-        return (now + timedelta(hours=hours)).astimezone(timezone.utc), None  # in UTC, as add_workdays gives
-    return due, _counted(calendar, now, policy.ack_workdays)
 
 
 def _fresh_referral(

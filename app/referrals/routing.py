@@ -56,6 +56,17 @@ class Decision:
     ack_basis: ClockBasis | None = None
 
 
+def ack_clock(now: datetime, calendar: WorkCalendar, policy: Policy,
+              hours: int | None = None) -> tuple[datetime, ClockBasis | None]:
+    """The acknowledgement (报到) clock started at ``now``: ack_workdays, or ``hours`` calendar hours when that
+    comes sooner (a blocked escape route: 24 hours, 令120号). Hours have no working-day basis: a calendar
+    change does not move them. In UTC, as add_workdays gives."""
+    due = calendar.add_workdays(now, policy.ack_workdays)
+    if hours is not None and now + timedelta(hours=hours) < due:
+        return (now + timedelta(hours=hours)).astimezone(timezone.utc), None
+    return due, ClockBasis(after=calendar.count_day(now), workdays=policy.ack_workdays)
+
+
 def next_tier(tier: str) -> str | None:
     """The tier above ``tier``; None past the brigade (county listed supervision)."""
     try:
@@ -128,12 +139,7 @@ def route(facts: Facts, policy: Policy, calendar: WorkCalendar) -> Decision:
         if unit and unit != holder and unit not in cc:
             cc.append(unit)
 
-    ack_due = calendar.add_workdays(facts.now, policy.ack_workdays)
-    ack_basis: ClockBasis | None = ClockBasis(after=calendar.count_day(facts.now), workdays=policy.ack_workdays)
-    hours = policy.ack_hours.get(facts.category)
-    if hours is not None and facts.now + timedelta(hours=hours) < ack_due:
-        # calendar hours, not working days: no basis, a calendar change does not move it
-        ack_due, ack_basis = (facts.now + timedelta(hours=hours)).astimezone(timezone.utc), None
+    ack_due, ack_basis = ack_clock(facts.now, calendar, policy, policy.ack_hours.get(facts.category))
     return Decision(
         tier=rule.tier,
         unit_id=holder,

@@ -715,7 +715,7 @@ def _check_merge_target(session: Session, h: Hazard, target_id: str | None) -> N
                       field="merge_into_id")
     if target.status not in OPEN_STATUSES:
         raise Invalid("merge_into_id: the original must still be open", code="bad_merge_target", field="merge_into_id")
-    if (h.severity == "major" or h.listed_supervision) and not (target.severity == "major" or target.listed_supervision):
+    if h.major_or_listed and not target.major_or_listed:
         # the survivor carries on alone: a major or listed hazard merged into a general one would leave nothing
         # of the premises under 挂牌督办, though nothing was fixed
         raise Invalid("merge_into_id: a major hazard, or one under listed supervision, is not merged into a general "

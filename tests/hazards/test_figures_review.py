@@ -18,9 +18,8 @@ def quarter_ids(c, who, year, quarter):
 # -- deadline_met / 隐患清零率 -----------------------------------------------------------------
 
 
-def test_an_owners_report_from_before_a_reopening_does_not_make_a_late_fix_on_time(clocked_client, clock, session,
-                                                                                    units):
-    c = clocked_client
+def _owner_reported_fixed_on_time(c, clock, session, units) -> str:
+    """A hazard ordered fixed by 03-06 whose owner reported it fixed on 03-03 (the office's)."""
     clock.now = at("2026-03-02T09:00")
     rental = place_of(session, units, "grid-a-1-1", "rental")
     hid = report(c, login(c, "worker-a1"), rental.id, at("2026-03-02T08:00"))["hazard_id"]
@@ -28,6 +27,13 @@ def test_an_owners_report_from_before_a_reopening_does_not_make_a_late_fix_on_ti
     action(c, hid, "office-a", action="order_rectification", deadline=at("2026-03-06T18:00").isoformat())
     clock.now = at("2026-03-03T10:00")
     action(c, hid, "office-a", action="owner_reported_fixed")
+    return hid
+
+
+def test_an_owners_report_from_before_a_reopening_does_not_make_a_late_fix_on_time(clocked_client, clock, session,
+                                                                                    units):
+    c = clocked_client
+    hid = _owner_reported_fixed_on_time(c, clock, session, units)
     clock.now = at("2026-03-03T11:00")
     action(c, hid, "office-a", action="close", override_reason="业主已整改，电话确认")
     clock.now = at("2026-03-03T12:00")
@@ -44,13 +50,7 @@ def test_an_owners_report_from_before_a_reopening_does_not_make_a_late_fix_on_ti
 def test_an_owners_report_to_the_previous_holder_does_not_make_a_late_fix_on_time(clocked_client, clock, session,
                                                                                  units):
     c = clocked_client
-    clock.now = at("2026-03-02T09:00")
-    rental = place_of(session, units, "grid-a-1-1", "rental")
-    hid = report(c, login(c, "worker-a1"), rental.id, at("2026-03-02T08:00"))["hazard_id"]
-    action(c, hid, "office-a", action="accept")
-    action(c, hid, "office-a", action="order_rectification", deadline=at("2026-03-06T18:00").isoformat())
-    clock.now = at("2026-03-03T10:00")
-    action(c, hid, "office-a", action="owner_reported_fixed")
+    hid = _owner_reported_fixed_on_time(c, clock, session, units)
     clock.now = at("2026-03-03T11:00")
     action(c, hid, "office-a", action="escalate", reason="业主不配合，提请派出所处理")
     action(c, hid, "police-a", action="accept")
