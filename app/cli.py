@@ -330,6 +330,46 @@ def calendar_retime(year: Annotated[int, typer.Argument(help="the year the upgra
     typer.echo(f"{len(moved)} hazards' clocks re-timed for {year}")
 
 
+@cli.command()
+def backup(
+    out: Annotated[Path, typer.Option(help="the backup directory (kept across runs: photos are copied once)")],
+    photos: Annotated[bool, typer.Option(help="copy the photos too (after the database)")] = True,
+) -> None:
+    """Copy the SQLite database (one consistent snapshot, while the server runs), then the photos not yet
+    in OUT, each checked against its hash; exit 1 if a photo in the store is damaged. PostgreSQL: pg_dump
+    it first; this then copies the photos."""
+    from app.backup import BackupError, BackupReport, backup_database, backup_photos, exclusive, sqlite_path
+    from app.db import utcnow
+
+    settings = get_settings()
+    report = BackupReport()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        db_file = sqlite_path(settings.database_url)
+        with exclusive(out):
+            if db_file is None:
+                typer.echo("database: not SQLite, not copied: back it up with pg_dump before this command "
+                           "(docs/DEPLOY.md)", err=True)
+            else:
+                report.database, report.database_bytes, report.revision = backup_database(db_file, out, utcnow())
+                typer.echo(f"database: {report.database} ({report.database_bytes:,} bytes, revision "
+                           f"{report.revision or 'none'}, checked)")
+            if photos:
+                backup_photos(settings.storage_dir, out, report, progress=lambda r: typer.echo(
+                    f"  … {r.photos_copied:,} photos copied", err=True))
+    except (BackupError, OSError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2)
+    for name in report.photos_damaged:
+        typer.echo(f"photo {name}: its bytes no longer hash to its name: damaged in the store, not copied",
+                   err=True)
+    if photos:
+        typer.echo(f"photos: {report.photos_copied:,} copied, {report.photos_present:,} already there, "
+                   f"{len(report.photos_damaged)} damaged")
+    if report.photos_damaged:
+        raise typer.Exit(1)
+
+
 audit_cli = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
 cli.add_typer(audit_cli, name="audit")
 

@@ -1,0 +1,173 @@
+"""`firegrid backup`: the SQLite database copied as one snapshot while it is written, then the photos, each
+checked against its name; the copy restores (migrate and audit verify on it)."""
+
+import hashlib
+import io
+import sqlite3
+import threading
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from app.backup import exclusive
+from app.cli import cli
+from app.config import get_settings
+from app.photos.storage import FilesystemBlobStore
+from tests.test_cli import env_db  # noqa: F401 (fixture)
+
+
+@pytest.fixture
+def site(env_db, tmp_path, monkeypatch):  # noqa: F811
+    """A migrated, seeded SQLite file and a photo store with three photos; yields (db file, store root, names)."""
+    store_root = tmp_path / "blobs"
+    monkeypatch.setenv("FIREGRID_STORAGE_DIR", str(store_root))
+    get_settings.cache_clear()
+    runner = CliRunner()
+    assert runner.invoke(cli, ["migrate"]).exit_code == 0
+    assert runner.invoke(cli, ["seed-demo"]).exit_code == 0
+    store = FilesystemBlobStore(store_root)
+    names = [put_photo(store, colour) for colour in ("red", "green", "blue")]
+    yield tmp_path / "cli.db", store_root, names
+    get_settings.cache_clear()
+
+
+def put_photo(store: FilesystemBlobStore, colour: str) -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(buf, "JPEG")
+    data = buf.getvalue()
+    name = hashlib.sha256(data).hexdigest()
+    store.put_stream(name, [data], 1 << 20)
+    return name
+
+
+def backed_up(out, name: str):
+    return out / "blobs" / name[:2] / name[2:4] / name
+
+
+def run_backup(out, *extra):
+    return CliRunner().invoke(cli, ["backup", "--out", str(out), *extra])
+
+
+def test_backup_copies_the_database_and_photos_and_restores(site, tmp_path, monkeypatch):
+    db_file, store_root, names = site
+    out = tmp_path / "backup"
+    first = run_backup(out)
+    assert first.exit_code == 0, first.output
+    assert "photos: 3 copied, 0 already there, 0 damaged" in first.output
+    copies = list(out.glob("firegrid-*.db"))
+    assert len(copies) == 1 and copies[0].stat().st_mode & 0o077 == 0  # not readable by others
+    for name in names:
+        assert backed_up(out, name).read_bytes() == (store_root / name[:2] / name[2:4] / name).read_bytes()
+    conn = sqlite3.connect(copies[0])
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "delete"  # one file, whole by itself
+    live = sqlite3.connect(db_file)
+    for table in ("hazards", "hazard_events", "places", "users"):
+        assert conn.execute(f"SELECT count(*) FROM {table}").fetchone() == live.execute(
+            f"SELECT count(*) FROM {table}").fetchone()
+    conn.close()
+    live.close()
+
+    # restored: the server's commands run on the copy as on the original
+    monkeypatch.setenv("FIREGRID_DATABASE_URL", f"sqlite:///{copies[0]}")
+    get_settings.cache_clear()
+    assert CliRunner().invoke(cli, ["migrate"]).exit_code == 0
+    verified = CliRunner().invoke(cli, ["audit", "verify"])
+    assert verified.exit_code == 0 and ": OK" in verified.output, verified.output
+
+
+def test_a_second_run_copies_only_new_photos_and_redoes_a_cut_copy(site, tmp_path):
+    _, store_root, names = site
+    out = tmp_path / "backup"
+    assert run_backup(out).exit_code == 0
+    backed_up(out, names[0]).write_bytes(b"cut sho")  # an earlier copy damaged or cut short
+    new = put_photo(FilesystemBlobStore(store_root), "white")
+    again = run_backup(out)
+    assert again.exit_code == 0, again.output
+    assert "photos: 2 copied, 2 already there, 0 damaged" in again.output
+    assert hashlib.sha256(backed_up(out, names[0]).read_bytes()).hexdigest() == names[0]
+    assert backed_up(out, new).is_file()
+    assert len(list(out.glob("firegrid-*.db"))) == 2  # never overwritten, even within the same second
+
+
+def test_a_damaged_photo_is_named_and_not_copied(site, tmp_path):
+    _, store_root, names = site
+    stored = store_root / names[1][:2] / names[1][2:4] / names[1]
+    data = bytearray(stored.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # bit rot on the photo volume
+    stored.write_bytes(bytes(data))
+    out = tmp_path / "backup"
+    result = run_backup(out)
+    assert result.exit_code == 1
+    assert f"photo {names[1]}: its bytes no longer hash to its name" in result.output
+    assert "photos: 2 copied, 0 already there, 1 damaged" in result.output
+    assert not backed_up(out, names[1]).exists() and backed_up(out, names[0]).is_file()
+    assert list(out.glob("firegrid-*.db"))  # the database is copied all the same
+    assert not list((out / "blobs" / "tmp").iterdir())
+
+
+def test_the_copy_is_one_snapshot_while_the_database_is_written(site, tmp_path):
+    """A writer commits pairs of rows all along: the copy holds every pair committed before the backup started,
+    and only whole pairs (one transaction's rows, never half of one)."""
+    db_file, _, _ = site
+    setup = sqlite3.connect(db_file)
+    setup.execute("CREATE TABLE backup_probe (n INTEGER, half TEXT)")
+    setup.commit()
+    setup.close()
+    stop = threading.Event()
+    committed = [0]
+
+    def write():
+        conn = sqlite3.connect(db_file, timeout=10)
+        n = 0
+        while not stop.is_set():
+            n += 1
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO backup_probe VALUES (?, 'a')", (n,))
+            conn.execute("INSERT INTO backup_probe VALUES (?, 'b')", (n,))
+            conn.execute("COMMIT")
+            committed[0] = n
+        conn.close()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        while committed[0] < 50:
+            stop.wait(0.01)
+        before = committed[0]
+        result = run_backup(tmp_path / "backup", "--no-photos")
+    finally:
+        stop.set()
+        writer.join()
+    assert result.exit_code == 0, result.output
+    copy = sqlite3.connect(next((tmp_path / "backup").glob("firegrid-*.db")))
+    rows = copy.execute("SELECT n, count(*) FROM backup_probe GROUP BY n ORDER BY n").fetchall()
+    assert len(rows) >= before
+    assert [n for n, _ in rows] == list(range(1, len(rows) + 1))
+    assert all(count == 2 for _, count in rows)
+    assert copy.execute("PRAGMA quick_check").fetchone()[0] == "ok"
+
+
+def test_postgresql_database_is_left_to_pg_dump_and_the_photos_copied(site, tmp_path, monkeypatch):
+    _, _, names = site
+    monkeypatch.setenv("FIREGRID_DATABASE_URL", "postgresql+psycopg://firegrid@db.invalid/firegrid")
+    get_settings.cache_clear()
+    out = tmp_path / "backup"
+    result = run_backup(out)
+    assert result.exit_code == 0, result.output
+    assert "not SQLite, not copied: back it up with pg_dump" in result.output
+    assert not list(out.glob("firegrid-*.db")) and all(backed_up(out, n).is_file() for n in names)
+
+
+def test_operator_errors_are_one_line_and_exit_2(site, tmp_path):
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("")
+    bad = run_backup(a_file / "backup")
+    assert bad.exit_code == 2 and bad.output.startswith("error: ")
+
+    out = tmp_path / "backup"
+    out.mkdir()
+    with exclusive(out):  # a cron run still going
+        busy = run_backup(out)
+    assert busy.exit_code == 2 and "another `firegrid backup`" in busy.output
+    assert not list(out.glob("firegrid-*.db"))
