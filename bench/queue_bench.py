@@ -240,7 +240,7 @@ def hazard_rows(world: World, n: int, rng: random.Random) -> Iterator[tuple[list
             ("police_station" if tier == "brigade" else "town_office") if escalated else None,
             ack_due, order_due, rectify_due, reinspect_due, listed, evidence, next_due, escalate_at, None,
             rule, reason_zh, reason_en, POLICY_VERSION, None, None, 0, created, closed_at or created, closed_at,
-            deadline_met, deadline_met is False, seq, f"{bits(256):064x}", seq,
+            deadline_met, deadline_met is False, created if listed else None, None, seq, f"{bits(256):064x}", seq,
         ))
         # copies (抄送): the town office whenever another tier holds it; the police station on majors
         is_open = status in OPEN_STATUS_VALUES  # the copies carry the hazard's urgency and openness
@@ -262,7 +262,7 @@ def _check_columns() -> None:
                 "rectify_due", "reinspect_due", "listed_supervision", "has_rectified_evidence", "next_due",
                 "escalate_at", "clock_basis", "rule", "reason_zh", "reason_en", "policy_version", "duplicate_of_id",
                 "merged_into_id", "attention", "created_at", "updated_at", "closed_at", "deadline_met",
-                "rectify_missed", "event_seq", "last_event_hash", "version"]
+                "rectify_missed", "listed_at", "listing_raised_at", "event_seq", "last_event_hash", "version"]
     if HAZARD_COLS != expected:
         sys.exit(f"the hazards table changed; update bench.queue_bench.hazard_rows:\n  {HAZARD_COLS}")
 
