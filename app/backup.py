@@ -5,7 +5,9 @@ commits live in `firegrid.db-wal`, and a copy taken while a push commits is torn
 through SQLite's backup API in one step, i.e. one read transaction: one snapshot, while the server goes
 on writing (a reader never blocks a writer in WAL mode; a stepwise copy would start over at every commit
 of another connection and, under a steady load, need never finish). The copy is checked
-(`PRAGMA quick_check`) and made a single self-contained file before it takes its final name.
+(`PRAGMA quick_check`) and made a single self-contained file before it takes its final name. It gets a
+change-feed epoch of its own: restored, it refuses the phones' cursors, and tells those of the database it
+copied that it was restored (app/sync/feed.py mark_backup_copy).
 
 Photos are copied after the database, so every photo a row of the copy names is there: a photo is
 published before its row commits (photos/service.py), hence before the snapshot. They are
@@ -29,9 +31,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from app.photos.storage import validate_sha256
+from app.sync.feed import ChangeFeedState, mark_backup_copy
 
 _HEX2 = re.compile(r"[0-9a-f]{2}")
 _CHUNK = 1 << 20
@@ -104,6 +108,7 @@ def backup_database(db_file: Path, out_dir: Path, now: datetime) -> tuple[Path, 
             dst = sqlite3.connect(part)
             try:
                 src.backup(dst)  # all pages in one step: one snapshot (see the module's docstring)
+                _mark_copy(dst, now)
                 # a copy of a WAL database is one too; a backup should be one file, whole by itself
                 dst.execute("PRAGMA journal_mode=DELETE")
                 check = [row[0] for row in dst.execute("PRAGMA quick_check")]
@@ -124,6 +129,19 @@ def backup_database(db_file: Path, out_dir: Path, now: datetime) -> tuple[Path, 
         part.unlink(missing_ok=True)
         raise
     return dest, dest.stat().st_size, revision
+
+
+def _mark_copy(dst: sqlite3.Connection, now: datetime) -> None:
+    """The copy's own feed epoch (app/sync/feed.py mark_backup_copy), written through SQLAlchemy on the copy's
+    open connection: the column types as the app writes them, and none of the app's connection set-up."""
+    engine = sa.create_engine("sqlite://", creator=lambda: dst, poolclass=sa.pool.StaticPool)
+    try:
+        with engine.connect() as conn:
+            if sa.inspect(conn).has_table(ChangeFeedState.__tablename__):  # else never migrated: no cursors
+                mark_backup_copy(conn, now)
+                conn.commit()
+    finally:
+        engine.dispose(close=False)  # the connection is the caller's
 
 
 def _revision(conn: sqlite3.Connection) -> str | None:

@@ -1,19 +1,29 @@
 """`firegrid backup`: the SQLite database copied as one snapshot while it is written, then the photos, each
 checked against its name; the copy restores (migrate and audit verify on it)."""
 
+import dataclasses
 import hashlib
 import io
 import sqlite3
 import threading
+from datetime import datetime, timezone
 
 import pytest
+from fastapi.testclient import TestClient
 from PIL import Image
 from typer.testing import CliRunner
 
-from app.backup import exclusive
+from app import migrate
+from app.backup import backup_database, exclusive
 from app.cli import cli
-from app.config import get_settings
+from app.config import Settings, get_settings
+from app.db import Database, make_engine
+from app.demo import seed_demo
+from app.main import create_app
 from app.photos.storage import FilesystemBlobStore
+from app.sync.pull import Cursor
+from tests.conftest import login
+from tests.helpers import hazard_data, op, push
 from tests.test_cli import env_db  # noqa: F401 (fixture)
 
 
@@ -171,3 +181,61 @@ def test_operator_errors_are_one_line_and_exit_2(site, tmp_path):
         busy = run_backup(out)
     assert busy.exit_code == 2 and "another `firegrid backup`" in busy.output
     assert not list(out.glob("firegrid-*.db"))
+
+
+def test_a_restored_backup_tells_phones_to_send_again_what_it_lost(tmp_path):
+    """Restored from a backup, the server refuses the cursors of before (its change seqs are handed out again)
+    and tells a phone whose cursor is of the copied database that it was restored; the phone sends again what
+    it sent: what the copy holds answers duplicate, what it lost is applied."""
+    live = tmp_path / "live.db"
+    url = f"sqlite:///{live}"
+    migrate.upgrade(url)
+    settings = Settings(database_url=url, storage_dir=tmp_path / "blobs", secret_key="t" * 40,
+                        sweep_interval_seconds=0)
+
+    def serving():
+        db = Database(make_engine(url))
+        return db, TestClient(create_app(settings, db))
+
+    db, c = serving()
+    with db.session(write=True) as s:
+        seed_demo(s, with_hazards=False)
+        s.commit()
+    found = datetime.now(timezone.utc)
+    with c:
+        worker = login(c, "worker-a1", device="phone-1")
+        place = c.get("/api/v1/places", headers=worker).json()["items"][0]["id"]
+        kept = op("hazard.report", hazard_data(place, found))
+        assert push(c, worker, kept)[0]["status"] == "applied"
+        copy, _, _ = backup_database(live, tmp_path, datetime.now(timezone.utc))
+        lost = op("hazard.report", hazard_data(place, found))
+        assert push(c, worker, lost)[0]["status"] == "applied"
+        cursor = c.get("/api/v1/sync/pull", headers=worker).json()["cursor"]  # a whole pull: both hazards
+    db.engine.dispose()
+
+    for f in (live, live.with_name("live.db-wal"), live.with_name("live.db-shm")):  # the disk is lost
+        f.unlink(missing_ok=True)
+    copy.replace(live)  # DEPLOY.md: the copy where FIREGRID_DATABASE_URL points
+    migrate.upgrade(url)
+    db, c = serving()
+    with c:
+        worker = login(c, "worker-a1", device="phone-1")
+        refused = c.get("/api/v1/sync/pull", params={"cursor": cursor}, headers=worker)
+        assert refused.status_code == 410, refused.text
+        err = refused.json()["error"]
+        assert err["reason"] == "restored" and datetime.fromisoformat(err["backup_taken_at"]) <= datetime.now(timezone.utc)
+        again = push(c, worker, kept, lost)
+        assert [r["status"] for r in again] == ["duplicate", "applied"]
+        page = c.get("/api/v1/sync/pull", params={"limit": 500}, headers=worker).json()
+        hazards = {ch["id"] for ch in page["changes"] if ch["type"] == "hazard" and not ch["deleted"]}
+        assert {kept["data"]["id"], lost["data"]["id"]} <= hazards
+    db.engine.dispose()
+
+
+def test_a_cursor_of_another_database_is_not_taken_for_a_restore(tmp_path, client):
+    """Only the copied database's cursors hear "restored": any other epoch is still other_feed."""
+    worker = login(client, "worker-a1")
+    cursor = Cursor.decode(client.get("/api/v1/sync/pull", headers=worker).json()["cursor"])
+    forged = dataclasses.replace(cursor, e="0" * 32).encode()
+    r = client.get("/api/v1/sync/pull", params={"cursor": forged}, headers=worker)
+    assert r.status_code == 410 and r.json()["error"]["reason"] == "other_feed", r.text

@@ -118,6 +118,8 @@ class ChangeFeedState(SQLModel, table=True):
 
     ``epoch`` is made when the table is created: a cursor from another database (restored, rebuilt)
     is refused instead of silently skipping. ``pruned_through``: every seq at or below it may be gone.
+    ``backup_of``/``backup_taken_at``: in a copy made by `firegrid backup`, the epoch of the database it
+    copied and when (mark_backup_copy).
     """
 
     __tablename__ = "change_feed_state"
@@ -125,6 +127,8 @@ class ChangeFeedState(SQLModel, table=True):
     id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     epoch: str = Field(max_length=32)
     pruned_through: int = Field(default=0, sa_type=sa.BigInteger)
+    backup_of: str | None = Field(default=None, max_length=32)
+    backup_taken_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
 
 
 # -- payloads: what a device stores for each record --------------------------------------------
@@ -608,6 +612,23 @@ def new_epoch() -> str:
 
 
 _STATE = sa.select(ChangeFeedState.epoch, ChangeFeedState.pruned_through).where(ChangeFeedState.id == 1)
+
+
+def mark_backup_copy(conn: sa.Connection, taken_at: datetime) -> None:
+    """In a backup's copy of the database: a new epoch, and the one it copied. Restored, the copy refuses
+    every cursor made before: the seqs above its newest change will be handed out again, to other changes,
+    and a cursor past them would skip those. A cursor of the copied epoch learns that the server was
+    restored (pull.py, reason ``restored``): what its phone sent after ``taken_at`` may be gone."""
+    state = ChangeFeedState.__table__
+    conn.execute(state.update().where(state.c.id == 1).values(
+        backup_of=state.c.epoch, epoch=new_epoch(), backup_taken_at=taken_at))
+
+
+def backup_origin(session: Session) -> tuple[str | None, datetime | None]:
+    """(the epoch this database is a backup copy of, when the copy was taken), or Nones."""
+    row = session.execute(sa.select(ChangeFeedState.backup_of, ChangeFeedState.backup_taken_at)
+                          .where(ChangeFeedState.id == 1)).first()
+    return (row.backup_of, row.backup_taken_at) if row else (None, None)
 
 
 def read_state(session: Session) -> tuple[str, int]:

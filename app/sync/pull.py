@@ -49,8 +49,8 @@ from app.hazards.models import Hazard
 from app.inspections.models import Inspection
 from app.places.models import PLACE_CLASS_NAMES, Place, key_unit_level
 from app.referrals.policy import Category, Policy
-from app.sync.feed import (Change, hazard_data, inspection_data, is_addressed_copy, place_data, read_head,
-                           read_state)
+from app.sync.feed import (Change, backup_origin, hazard_data, inspection_data, is_addressed_copy, place_data,
+                           read_head, read_state)
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
@@ -237,6 +237,18 @@ def clamp_limit(limit: int | None) -> int:
     return max(1, min(int(limit or DEFAULT_LIMIT), MAX_LIMIT))
 
 
+def _refuse_if_restored(session: Session, cursor_epoch: str) -> None:
+    """A cursor of the database this one is a backup copy of: the server was restored from that backup, and
+    what the phone sent after it was taken may be gone. Its phone sends again every op it sent since (each is
+    applied once: those the copy holds answer duplicate), then starts over."""
+    backup_of, taken_at = backup_origin(session)
+    if backup_of is not None and cursor_epoch == backup_of:
+        raise CursorExpired(
+            f"cursor: this server was restored from a backup taken at {taken_at.isoformat()}; send again every "
+            "op sent since then (each is applied once), then start over with a pull without a cursor",
+            reason="restored", backup_taken_at=taken_at.isoformat())
+
+
 def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | None = None,
          cursor: str | None = None, limit: int | None = DEFAULT_LIMIT) -> PullPage:
     limit = clamp_limit(limit)
@@ -248,6 +260,7 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
     else:
         c = Cursor.decode(cursor)
         if c.e != epoch:
+            _refuse_if_restored(session, c.e)
             raise CursorExpired("cursor: made by another database; start over with a pull without a cursor",
                                 reason="other_feed")
         if c.f != fp:
