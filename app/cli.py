@@ -370,6 +370,29 @@ def backup(
         raise typer.Exit(1)
 
 
+@cli.command()
+def restored(
+    taken_at: Annotated[str, typer.Option(help="when the backup was taken, ISO-8601 with its offset")],
+) -> None:
+    """Once, after restoring the database from a backup `firegrid backup` did not make (pg_dump, a disk
+    snapshot), before the server starts: the phones' cursors are refused, and told to send again what they
+    sent since TAKEN_AT (a copy made by `firegrid backup` is marked so already)."""
+    from datetime import datetime
+
+    from app.sync.feed import mark_backup_copy
+
+    try:
+        at = datetime.fromisoformat(taken_at)
+    except ValueError:
+        at = None
+    if at is None or at.tzinfo is None:
+        typer.echo(f"error: --taken-at {taken_at!r}: not an ISO-8601 time with its offset", err=True)
+        raise typer.Exit(2)
+    with _db().connect(write=True) as conn:
+        mark_backup_copy(conn, at)
+    typer.echo(f"the change feed starts anew; phones send again what they sent since {at.isoformat()}")
+
+
 audit_cli = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)
 cli.add_typer(audit_cli, name="audit")
 

@@ -239,3 +239,18 @@ def test_a_cursor_of_another_database_is_not_taken_for_a_restore(tmp_path, clien
     forged = dataclasses.replace(cursor, e="0" * 32).encode()
     r = client.get("/api/v1/sync/pull", params={"cursor": forged}, headers=worker)
     assert r.status_code == 410 and r.json()["error"]["reason"] == "other_feed", r.text
+
+
+def test_firegrid_restored_marks_a_database_restored_by_other_means(site):
+    """pg_dump or a disk snapshot keep the epoch: `firegrid restored` renews it, remembering the old one."""
+    db_file, _, _ = site
+    conn = sqlite3.connect(db_file)
+    (before,) = conn.execute("SELECT epoch FROM change_feed_state").fetchone()
+    bad = CliRunner().invoke(cli, ["restored", "--taken-at", "2026-12-01 03:00"])  # no offset: which 3 o'clock?
+    assert bad.exit_code == 2 and "with its offset" in bad.output
+    assert conn.execute("SELECT epoch, backup_of FROM change_feed_state").fetchone() == (before, None)
+    ok = CliRunner().invoke(cli, ["restored", "--taken-at", "2026-12-01T03:00:00+08:00"])
+    assert ok.exit_code == 0, ok.output
+    epoch, backup_of, taken_at = conn.execute("SELECT epoch, backup_of, backup_taken_at FROM change_feed_state").fetchone()
+    assert epoch != before and backup_of == before and taken_at.startswith("2026-11-30 19:00:00")
+    conn.close()
