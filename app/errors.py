@@ -201,13 +201,22 @@ def body_problem(cause: BaseException | None) -> str:
     return "the request body could not be read as JSON"
 
 
+def route_methods(app: FastAPI, scope: dict) -> set[str]:
+    """Every method some API route (``app.state.api_routes``) takes at this scope's path, as the routes
+    name them."""
+    methods: set[str] = set()
+    for route in getattr(app.state, "api_routes", ()):
+        if isinstance(route, Route) and route.methods and route.matches(scope)[0] != Match.NONE:
+            methods |= route.methods
+    return methods
+
+
 def _methods_for(request: Request) -> list[str]:
     """Every method some route takes at this path: Starlette's 405 names only the first route that matched
     the path (GET of ``/places``, not the POST of another route on the same path)."""
-    methods: set[str] = set()
-    for route in getattr(request.app.state, "api_routes", ()):
-        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
-            methods |= route.methods
+    methods = route_methods(request.app, request.scope)
+    if "GET" in methods:
+        methods.add("HEAD")  # answered wherever GET is (app.main.HeadAsGet), though no route names it
     return sorted(methods)
 
 

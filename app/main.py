@@ -12,6 +12,7 @@ from urllib.parse import parse_qsl
 import sqlalchemy as sa
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel
 from sqlmodel import select
@@ -26,7 +27,7 @@ from app.auth.models import User
 from app.auth.router import router as auth_router
 from app.config import Settings, check_production_safety, get_settings
 from app.db import Database, utcnow
-from app.errors import BodyTooLarge, error_body, install_error_handlers
+from app.errors import BodyTooLarge, error_body, install_error_handlers, route_methods
 from app.hazards.router import router as hazards_router
 from app.org.router import router as org_router
 from app.places.router import router as places_router
@@ -112,10 +113,13 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
                referrals_router, devices_router)
     for router in routers:
         app.include_router(router)
-    app.state.api_routes = [route for router in routers for route in router.routes]  # a 405's Allow header
+    # a 405's Allow header, and where HEAD is answered as GET (/healthz, the app's own route, too)
+    app.state.api_routes = [*(route for route in app.router.routes if isinstance(route, APIRoute)),
+                            *(route for router in routers for route in router.routes)]
     _document_bodies_read_by_hand(app, PushRequest)
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(NoNulInQuery)
+    app.add_middleware(HeadAsGet)
 
     # Last: the PWA owns every path the API does not.
     app.router.routes.append(PwaMount("/", app=StaticFiles(directory=PWA_DIR, html=True), name="pwa"))
@@ -189,6 +193,36 @@ class BodyLimit:
             return message
 
         await self.app(scope, counted, send)
+
+
+class HeadAsGet:
+    """HEAD as GET, without the body, wherever an API route takes GET and none takes HEAD (the photos' routes
+    do, so as not to read the file): HTTP requires HEAD wherever GET is (RFC 9110 §9.3.2), and FastAPI's routes
+    take only the methods they name. Here rather than as a HEAD route beside each GET one: no route can be
+    left out, and the OpenAPI document stays as it is (FastAPI would list each operation twice). The GET runs
+    whole (auth, scope: the same 401 and 404), so its status and headers, Content-Length too, are HEAD's."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD" or not _answers_get_only(scope):
+            await self.app(scope, receive, send)
+            return
+
+        async def without_body(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, without_body)
+
+
+def _answers_get_only(scope: Scope) -> bool:
+    methods = route_methods(scope["app"], scope)
+    return "GET" in methods and "HEAD" not in methods
 
 
 class NoNulInQuery:

@@ -76,7 +76,8 @@ def change_password(body: PasswordChange, request: Request, p: CurrentPrincipal,
     revoked; this one goes on."""
     service.check_password_rules(body.new_password, field="new_password")
     if body.new_password == body.current_password:
-        raise Invalid("new_password must differ from the current password", code="same_password")
+        raise Invalid("new_password must differ from the current password", code="same_password",
+                      field="new_password")
     user_id, username, token_id, stored_hash = p.user.id, p.user.username, p.token.id, p.user.password_hash
     session.commit()  # end the read transaction before writing (it has nothing to commit)
     address = request.client.host if request.client else "unknown"
@@ -85,7 +86,7 @@ def change_password(body: PasswordChange, request: Request, p: CurrentPrincipal,
         service.begin_attempt(attempt, settings, username, address, now)
         attempt.commit()
     if not service.verify_password(stored_hash, body.current_password):  # counted already, as a failure
-        raise Forbidden("the current password is wrong", code="wrong_password")
+        raise Forbidden("the current password is wrong", code="wrong_password", field="current_password")
     new_hash = service.hash_password(body.new_password)  # argon2 out here too, not under the write lock
     with request.app.state.db.session(write=True) as writer:
         change = service.change_own_password(writer, user_id=user_id, token_id=token_id, verified_hash=stored_hash,
@@ -137,7 +138,7 @@ def revoke_device(device_id: str, p: CurrentPrincipal, session: SessionDep):
 @router.post("/users", response_model=UserPublic, status_code=201)
 def create_user(body: UserCreate, p: CurrentPrincipal, session: SessionDep):
     p.require_role(Role.admin)
-    unit = require_unit(session, body.org_unit_id)
+    unit = require_unit(session, body.org_unit_id, field="org_unit_id")
     return service.create_user(session, username=body.username, password=body.password, role=body.role, unit=unit,
                                display_name=body.display_name)
 

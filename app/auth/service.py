@@ -80,9 +80,10 @@ def check_password_rules(password: str, *, field: str = "password") -> None:
     """What any password must be, made by create_user or set later (422 weak_password, password_too_long)."""
     if sum(not c.isspace() for c in password) < MIN_PASSWORD_LENGTH:  # twelve spaces are no password
         raise Invalid(f"{field} must have at least {MIN_PASSWORD_LENGTH} characters other than spaces",
-                      code="weak_password")
+                      code="weak_password", field=field)
     if len(password) > MAX_PASSWORD_LENGTH:
-        raise Invalid(f"{field} must be at most {MAX_PASSWORD_LENGTH} characters", code="password_too_long")
+        raise Invalid(f"{field} must be at most {MAX_PASSWORD_LENGTH} characters", code="password_too_long",
+                      field=field)
 
 
 def create_user(
@@ -90,12 +91,13 @@ def create_user(
     is_demo: bool = False, id: str | None = None,
 ) -> User:
     if not USERNAME_RE.fullmatch(username):
-        raise Invalid("username must be 2 to 64 letters, digits, '_', '.' or '-'", code="bad_username")
+        raise Invalid("username must be 2 to 64 letters, digits, '_', '.' or '-'", code="bad_username",
+                      field="username")
     check_password_rules(password)
     if unit.kind not in ROLE_UNIT_KINDS[role]:
         raise Invalid(
             f"a {role.value} must belong to a unit of kind {' or '.join(ROLE_UNIT_KINDS[role])}, not {unit.kind}",
-            code="bad_unit",
+            code="bad_unit", field="org_unit_id",
         )
     taken = session.exec(select(User.username).where(_same_username(username))).first()
     if taken is not None:
@@ -131,7 +133,7 @@ def _violates_username_unique(exc: sa.exc.IntegrityError) -> bool:
 
 def _username_taken(username: str, taken: str | None) -> Conflict:
     also = f" (as {taken!r}: usernames are the same in any case)" if taken not in (None, username) else ""
-    return Conflict(f"username {username!r} is taken{also}", code="username_taken")
+    return Conflict(f"username {username!r} is taken{also}", code="username_taken", field="username")
 
 
 @dataclass
@@ -229,7 +231,8 @@ def issue_token(session: Session, settings: Settings, user_id: str, *, device_ke
         session.add(device)
         session.flush()
     elif device.revoked_at is not None:
-        raise Forbidden("this device was revoked; ask your town office to register a new one", code="device_revoked")
+        raise Forbidden("this device was revoked; ask your town office to register a new one", code="device_revoked",
+                        field="device_id")
     elif device_name:
         device.name = device_name[:100]
     device.last_seen_at = now

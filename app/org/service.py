@@ -43,10 +43,11 @@ def get_by_code(session: Session, code: str) -> OrgUnit | None:
     return session.exec(select(OrgUnit).where(OrgUnit.code == code)).first()
 
 
-def require_unit(session: Session, unit_id: str) -> OrgUnit:
+def require_unit(session: Session, unit_id: str, *, field: str | None = None) -> OrgUnit:
+    """``field``: the request's field that named the unit, when one did (named in the 404)."""
     unit = session.get(OrgUnit, unit_id)
     if unit is None:
-        raise NotFound(f"org unit {unit_id} not found")
+        raise NotFound(f"org unit {unit_id} not found", **({"field": field} if field else {}))
     return unit
 
 

@@ -24,7 +24,7 @@ from app.referrals.policy import Policy
 from app.referrals.service import Rules, calendar_for_writing, load_calendar
 from app.sync import health, service
 from app.auth.models import Role
-from app.sync.schemas import DeviceHealthPublic, PushRequest, PushResponse
+from app.sync.schemas import MAX_OP_ID, DeviceHealthPublic, Op, OpError, OpResult, PushRequest, PushResponse
 
 router = APIRouter(prefix="/api/v1/sync", tags=["sync"])
 
@@ -149,18 +149,30 @@ def _push(db: Database, who: Pusher, raw: bytes, now: datetime) -> bytes:
                       field="device_id")
     offset = health.clock_offset(body.sent_at, now)
     service.check_batch_size(body.ops)
+    ops = [op for op in body.ops if op.op_id is not None]  # the others are refused as bad_op_id (Op.op_id)
     with _ONE_PUSH_PER_PROCESS:
-        rules, plan = _plan_ahead(db, who, body.ops, now) if service.plans_ahead(body.ops) else (None, None)
+        rules, plan = _plan_ahead(db, who, ops, now) if service.plans_ahead(ops) else (None, None)
         with db.session(write=True) as writer:
             writer.info["origin_device_id"] = who.device.id  # the change feed does not echo a phone's own writes
             calendar = None if rules is not None else calendar_for_writing(writer)
             ctx = service.PushContext(session=writer, rules=rules or Rules(policy=who.policy, calendar=calendar),
                                       scope=who.scope, user=who.user, device=who.device, now=now)
-            results = service.apply_push(ctx, body.ops, plan, writer, calendar=calendar)
+            results = service.apply_push(ctx, ops, plan, writer, calendar=calendar)
             health.record_push(writer, who.device.id, now, offset, body.app_version, who.token_id)
             writer.commit()
-    return PushResponse(results=results, server_time=now, clock_offset_s=offset,
+    return PushResponse(results=_in_order(body.ops, results), server_time=now, clock_offset_s=offset,
                         clock_flagged=health.clock_flagged(offset)).model_dump_json().encode()
+
+
+_BAD_OP_ID = OpResult(op_id=None, status="rejected", error=OpError(
+    code="bad_op_id", field="op_id", message=f"op_id: must be text of 1 to {MAX_OP_ID} characters without NUL, this "
+                                             "op's own id (a client-made UUID); this op was not applied"))
+
+
+def _in_order(ops: list[Op], results: list[OpResult]) -> list[OpResult]:
+    """One result per op, in order: those of the ops applied, and bad_op_id in the place of each of the others."""
+    applied = iter(results)
+    return [next(applied) if op.op_id is not None else _BAD_OP_ID for op in ops]
 
 
 def _plan_ahead(db: Database, who: Pusher, ops: list, now: datetime) -> tuple[Rules, "service._RunPlan | None"]:

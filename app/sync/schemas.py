@@ -102,23 +102,32 @@ def _text_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _documented_type(schema: dict[str, Any]) -> None:
-    # the contract (API.md): an op has a type, which is text; the model only refuses it op by op
+MAX_OP_ID = 64  # the op log's key column (app/sync/models.py SyncOp.op_id)
+
+
+def _usable_op_id(value: Any) -> str | None:
+    # text the op log can key it by (PostgreSQL stores no NUL), or None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_OP_ID and "\x00" not in value else None
+
+
+def _documented_envelope(schema: dict[str, Any]) -> None:
+    # the contract (API.md): an op has an op_id and a type, both text; the model only refuses them op by op
+    schema["properties"]["op_id"] = {"type": "string", "minLength": 1, "maxLength": MAX_OP_ID, "title": "Op Id"}
     schema["properties"]["type"] = {"type": "string", "title": "Type"}
-    schema["required"] = sorted({*schema.get("required", ()), "type"})
+    schema["required"] = sorted({*schema.get("required", ()), "op_id", "type"})
 
 
 class Op(BaseModel):
-    model_config = ConfigDict(json_schema_extra=_documented_type)
+    model_config = ConfigDict(json_schema_extra=_documented_envelope)
 
-    op_id: str = Field(min_length=1, max_length=64)
-    # type and data are checked op by op (unknown_op_type, validation_error): one malformed op must not
-    # turn the whole batch into a 422, which the phone would re-send, and be refused, for ever
-    # (missing, or not text: None, which apply_op rejects as this op's validation_error)
+    # op_id, type and data are checked op by op: one malformed op must not turn the whole batch into a 422,
+    # which the phone would re-send, and be refused, for ever, the good ops with it.
+    # op_id missing, not text, empty, too long or with a NUL: None, the op rejected as bad_op_id
+    # (app/sync/router.py), before anything is looked up or written under it
+    op_id: Annotated[str | None, BeforeValidator(_usable_op_id)] = None
+    # type missing, or not text: None, which apply_op rejects as this op's validation_error
     type: Annotated[str | None, BeforeValidator(_text_or_none)] = None
     data: Any = Field(default_factory=dict, description="an object, whose fields the op type defines")
-
-    _text = field_validator("op_id")(reject_nul)
 
 
 class PushRequest(BaseModel):
@@ -138,7 +147,10 @@ class OpError(BaseModel):
 
 
 class OpResult(BaseModel):
-    op_id: str
+    # null only for an op whose op_id was refused (bad_op_id): the results are one per op, in order, so the
+    # phone finds that op by its position. Not the value stringified (5 -> "5"): another op may have that
+    # op_id, and a phone matching by op_id would take this rejection for that op's answer and drop it.
+    op_id: str | None
     status: Literal["applied", "duplicate", "rejected"]
     error: OpError | None = None
     result: dict[str, Any] | None = None
