@@ -61,6 +61,14 @@ class TooManyRequests(DomainError):
     code = "rate_limited"
 
 
+class PreconditionFailed(DomainError):
+    """412 (RFC 9110 §13.1.1): a write's If-Match names a version the record is no longer at: someone changed
+    it after the caller read it. Raised before anything is written (the headers: app/conditional.py)."""
+
+    status = 412
+    code = "precondition_failed"
+
+
 class BodyTooLarge(StarletteHTTPException):
     """A request body past its limit (app.main.BodyLimit). An HTTP exception, not a DomainError: it is
     raised from inside a body read, and FastAPI turns anything else raised there into a 400."""

@@ -1,14 +1,19 @@
+import hashlib
+import re
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Header, Query, Response
 from pydantic import BeforeValidator
+from sqlmodel import Session
 
 from app.audit.service import Actor
-from app.auth.deps import CurrentPrincipal
+from app.auth.deps import CurrentPrincipal, Principal
 from app.db import SessionDep
-from app.errors import reject_number_as_time
+from app.conditional import not_modified, versions_named
+from app.errors import PreconditionFailed, reject_number_as_time
 from app.hazards import service
+from app.hazards.models import Hazard
 from app.hazards.schemas import ActionRequest, Figures, FiguresRow, HazardDetail, HazardItem, QueuePage
 from app.photos.service import register_refs
 from app.referrals.deps import NowDep, RulesDep
@@ -43,14 +48,56 @@ def get_queue(
     return QueuePage(items=[service.item(h, place, now) for h, place in rows], next_cursor=nxt)
 
 
-@router.get("/hazards/{hazard_id}", response_model=HazardDetail)
-def get_hazard(hazard_id: str, p: CurrentPrincipal, session: SessionDep, now: NowDep):
-    return service.detail(session, p.scope, service.visible_hazard(session, p.scope, hazard_id), now)
+# The ETag is strong and has two parts, "h-<version>.<digest>". The version is what If-Match compares: every
+# write to the hazard bumps it, and a write over one the desk has not seen is what If-Match is there to stop.
+# The digest, of the whole answer, is what If-None-Match compares: the answer also changes with no write at all
+# (a deadline passing turns `overdue`, a photo arriving leaves `photos_pending`, the premises renamed) and
+# differs by caller (`allowed_actions`); a tag of the version alone would have a desk polling with
+# If-None-Match show "not overdue" for ever after the deadline. Strong, as If-Match compares no weak tag.
+_TAG = re.compile(r"h-([0-9]{1,18})(?:\.[0-9a-f]{0,64})?")  # "h-7" alone too: what a script makes of `version`
+
+_ETAG_HEADER = {"ETag": {"description": 'the hazard\'s entity tag, "h-<version>.<digest>": send it back as If-Match '
+                                        "with an action, or as If-None-Match to poll", "schema": {"type": "string"}}}
 
 
-@router.post("/hazards/{hazard_id}/actions", response_model=HazardDetail)
+def _version_of(tag: str) -> int | None:
+    m = _TAG.fullmatch(tag)
+    return int(m[1]) if m else None
+
+
+def _etag(d: HazardDetail) -> str:
+    return f'"h-{d.version}.{hashlib.sha256(d.model_dump_json().encode()).hexdigest()[:16]}"'
+
+
+def _detail(session: Session, p: Principal, h: Hazard, now: datetime) -> tuple[HazardDetail, str]:
+    d = service.detail(session, p.scope, h, now)
+    return d, _etag(d)
+
+
+@router.get("/hazards/{hazard_id}", response_model=HazardDetail,
+            responses={200: {"headers": _ETAG_HEADER},
+                       304: {"description": "If-None-Match named the current ETag: the copy the caller holds is "
+                                            "the answer", "headers": _ETAG_HEADER}})
+def get_hazard(hazard_id: str, p: CurrentPrincipal, session: SessionDep, now: NowDep, response: Response,
+               if_none_match: Annotated[str | None, Header(description="an ETag of the hazard: 304 while it is "
+                                                                        "still the current one")] = None):
+    d, etag = _detail(session, p, service.visible_hazard(session, p.scope, hazard_id), now)
+    if not_modified(if_none_match, etag):
+        return Response(status_code=304, headers={"ETag": etag})
+    response.headers["ETag"] = etag
+    return d
+
+
+@router.post("/hazards/{hazard_id}/actions", response_model=HazardDetail,
+             responses={200: {"headers": _ETAG_HEADER},
+                        412: {"description": "If-Match named a version the hazard is no longer at "
+                                             "(`precondition_failed`, with `current_version`): someone acted on it "
+                                             "since; nothing was changed", "headers": _ETAG_HEADER}})
 def post_action(hazard_id: str, body: ActionRequest, p: CurrentPrincipal, session: SessionDep, now: NowDep,
-                rules: RulesDep):
+                rules: RulesDep, response: Response,
+                if_match: Annotated[str | None, Header(description="the ETag the action was decided on (or *): "
+                                                                   "412 if the hazard has changed since")] = None):
+    expected = versions_named(if_match, _version_of)
     service.visible_hazard(session, p.scope, hazard_id)  # 404 outside the scope
     action = Action(body.action)
     if action is Action.MERGE:
@@ -58,6 +105,13 @@ def post_action(hazard_id: str, body: ActionRequest, p: CurrentPrincipal, sessio
     h = service.lock_for_action(session, hazard_id, body.merge_into_id if action is Action.MERGE else None)
     service.require_may_act(p.scope, h, action)
     service.require_may_set_deadline(p.scope, h, action, body.deadline)
+    # on the row as locked (PostgreSQL: FOR UPDATE; SQLite: the request's write transaction holds the database
+    # from its start): a second desk sending the same If-Match waits here for the first to commit, then sees
+    # its version
+    if expected is not None and h.version not in expected:
+        raise PreconditionFailed(f"hazard {h.id} has changed since you read it: it is at version {h.version} now; "
+                                 "read it again before you act", current_version=h.version,
+                                 headers={"ETag": _detail(session, p, h, now)[1]})
     params = ActionParams(
         deadline=body.deadline, reason=body.reason, to_unit_id=body.to_unit_id, rectified=body.rectified,
         photos=len(body.photos), override_reason=body.override_reason, merge_into_id=body.merge_into_id,
@@ -70,7 +124,9 @@ def post_action(hazard_id: str, body: ActionRequest, p: CurrentPrincipal, sessio
     if body.photos:  # the action event's own number names the record the photos belong to
         register_refs(session, h.id, "action", f"{h.id}:{h.event_seq}", body.photos, added_by=p.user.id,
                       scope=p.scope)
-    return service.detail(session, p.scope, h, now)
+    d, etag = _detail(session, p, h, now)
+    response.headers["ETag"] = etag
+    return d
 
 
 @router.get("/supervision", response_model=list[HazardItem])

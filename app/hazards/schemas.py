@@ -65,6 +65,7 @@ class HazardDetail(HazardItem):
     reinspections: list[dict[str, Any]]
     timeline: list[dict[str, Any]]
     allowed_actions: list[str]
+    version: int  # bumped by every change of the hazard; the ETag names it, and If-Match is compared with it
 
 
 class ActionRequest(BaseModel):

@@ -229,7 +229,7 @@ def detail(session: Session, scope: Scope, h: Hazard, now: datetime) -> HazardDe
         reinspections=[r.model_dump(exclude={"hazard_id"}) for r in reins],
         # the chain's hashes are shown (anyone may check them); its seals are the server's own business
         timeline=[e.model_dump(exclude={"id", "hazard_id", "mac"}) for e in timeline(session, h.id)],
-        allowed_actions=allowed,
+        allowed_actions=allowed, version=h.version,
     )
 
 

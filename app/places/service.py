@@ -6,6 +6,7 @@ import base64
 import csv
 import io
 import json
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -19,7 +20,7 @@ from app.audit.service import Actor
 from app.auth.models import Role
 from app.auth.scope import ROLE_TIER, Scope
 from app.db import utcnow
-from app.errors import Conflict, Forbidden, Invalid, NotFound, bindable
+from app.errors import Conflict, Forbidden, Invalid, NotFound, PreconditionFailed, bindable
 from app.org.models import OrgUnit, UnitKind
 from app.places.models import Place, PlaceCreate, PlaceUpdate
 from app.referrals.routing import TIER_ORDER, supervising_tier
@@ -87,7 +88,8 @@ def create_place(session: Session, scope: Scope | None, data: PlaceCreate, *, no
 
 def update_place(session: Session, scope: Scope | None, place: Place, data: PlaceUpdate, *,
                  rules: Rules | None = None, actor: Actor | None = None, now: datetime | None = None,
-                 offline_device_id: str | None = None, whole_position: bool = False) -> Place:
+                 offline_device_id: str | None = None, whole_position: bool = False,
+                 if_version: Collection[int] | None = None) -> Place:
     """Change a premises. Moved to another town or community, its hazards go to the bodies
     whose jurisdiction it now lies in; reclassed, those below the tier the policy names for the new class
     go up to it (never down): both by referrals.service.relocate, planned before anything changes, which
@@ -95,7 +97,8 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     it may (a police station or the brigade the class alone; a class a lower tier supervises only the body
     that supervises the premises now, one above it, or the admin). ``actor``: who changed it, the system
     if None. ``offline_device_id``: the phone whose synced edit this is (Place.field_versions: a later edit
-    it made offline has seen this one); an edit at a desk, online, names none."""
+    it made offline has seen this one); an edit at a desk, online, names none. ``if_version``: the versions
+    the caller's If-Match named (app/conditional.py): 412 if the premises, as locked, is at none of them."""
     from app.referrals.service import plan_relocation, relocate
 
     postgres = session.get_bind().dialect.name == "postgresql"
@@ -111,6 +114,10 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
             # moved out of the caller's jurisdiction between the caller's read and this lock: not theirs to
             # edit, nor to move back (SQLite's writer read it under its write lock already)
             raise NotFound(f"place {place.id} not found")
+    if if_version is not None and place.version not in if_version:
+        # on the row as locked: a second PATCH with the same If-Match waits for the first, then sees its version
+        raise PreconditionFailed(f"place {place.id} has changed since you read it: it is at version {place.version} "
+                                 "now; read it again before you change it", current_version=place.version)
     changes = data.model_dump(exclude_unset=True)
     if postgres and (changes.get("grid_id", place.grid_id) != place.grid_id
                      or changes.get("place_class", place.place_class) != place.place_class):
