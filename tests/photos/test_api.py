@@ -156,6 +156,14 @@ def test_invalid_name_and_no_token(client, worker, png_image):
     # a stranger learns nothing, not even that a name is malformed
     r = client.put(f"{URL}/not-a-hash", content=png_image, headers={"Authorization": "Bearer not-a-token"})
     assert r.status_code == 401, r.text
+    r = client.put(f"{URL}/{sha256_hex(png_image)}", content=png_image, headers={"Authorization": "Basic d29ya2Vy"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer", r.text
+
+
+def test_the_upload_documents_its_bearer_token(client):
+    """The PUT reads its token without a dependency (app/photos/router.py): the schema still says it takes one."""
+    put_op = client.get("/openapi.json").json()["paths"]["/api/v1/blobs/{sha256}"]["put"]
+    assert put_op["security"] == [{"HTTPBearer": []}]
 
 
 def test_an_upload_of_a_new_photo_checks_token_and_name_in_one_statement(client, worker, png_image, db):
