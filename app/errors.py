@@ -209,6 +209,11 @@ def body_problem(cause: BaseException | None) -> str:
     return "the request body could not be read as JSON"
 
 
+# set in the scope of a HEAD answered as a GET (app.main.HeadAsGet): a route with a side effect of being read
+# (a pull records the phone's sync) leaves it out for a HEAD, which brings the phone nothing
+HEAD_AS_GET = "firegrid.head_as_get"
+
+
 def route_methods(app: FastAPI, scope: dict) -> set[str]:
     """Every method some API route (``app.state.api_routes``) takes at this scope's path, as the routes
     name them."""

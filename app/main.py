@@ -27,7 +27,7 @@ from app.auth.models import User
 from app.auth.router import router as auth_router
 from app.config import Settings, check_production_safety, get_settings
 from app.db import Database, utcnow
-from app.errors import BodyTooLarge, error_body, install_error_handlers, route_methods
+from app.errors import HEAD_AS_GET, BodyTooLarge, error_body, install_error_handlers, route_methods
 from app.hazards.router import router as hazards_router
 from app.org.router import router as org_router
 from app.places.router import router as places_router
@@ -217,7 +217,7 @@ class HeadAsGet:
                 message = {"type": "http.response.body", "body": b""}
             await send(message)
 
-        await self.app({**scope, "method": "GET"}, receive, without_body)
+        await self.app({**scope, "method": "GET", HEAD_AS_GET: True}, receive, without_body)
 
 
 def _answers_get_only(scope: Scope) -> bool:

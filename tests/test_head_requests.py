@@ -5,7 +5,9 @@ import asyncio
 import re
 
 from fastapi.routing import APIRoute
+from sqlmodel import select
 
+from app.auth.models import Device
 from tests.conftest import login
 from tests.helpers import place_of, report
 
@@ -92,3 +94,20 @@ def test_head_where_no_route_takes_get_is_still_a_405(client):
 def test_a_photos_own_head_route_still_answers(client):
     r = client.head("/api/v1/blobs/" + "a" * 64, headers=login(client, "office-a"))
     assert r.status_code == 404 and r.content == b""
+
+
+def test_head_of_the_pull_is_not_recorded_as_the_phone_syncing(client, session):
+    """(Failed before its fix, a review.) HeadAsGet runs the whole GET of /sync/pull, its BackgroundTask too: a HEAD records last_pull_at (and
+    last_seen_at), so GET /devices/health shows the phone synced (`stale` false, `days_since_sync` 0) though
+    it received no change at all. A connectivity probe or monitor doing HEAD would hide a phone that has not
+    synced for weeks from the office's stale-phones list. Fix: skip _record_pull when the request was a HEAD
+    (mark the rewritten scope, e.g. scope["head_as_get"] = True, and check it in the pull route)."""
+    worker = login(client, "worker-a1", device="head-probe-phone")
+    r = client.head("/api/v1/sync/pull", headers=worker)
+    assert r.status_code == 200
+    session.expire_all()
+    device = session.exec(select(Device).where(Device.device_key == "head-probe-phone")).one()
+    assert device.last_pull_at is None
+    [row] = [d for d in client.get("/api/v1/devices/health", headers=login(client, "office-a")).json()
+             if d["device_id"] == device.id]
+    assert row["last_sync_at"] is None and row["stale"] is True, row

@@ -79,7 +79,7 @@ def _detail(session: Session, p: Principal, h: Hazard, now: datetime) -> tuple[H
                        304: {"description": "If-None-Match named the current ETag: the copy the caller holds is "
                                             "the answer", "headers": _ETAG_HEADER}})
 def get_hazard(hazard_id: str, p: CurrentPrincipal, session: SessionDep, now: NowDep, response: Response,
-               if_none_match: Annotated[str | None, Header(description="an ETag of the hazard: 304 while it is "
+               if_none_match: Annotated[list[str] | None, Header(description="an ETag of the hazard: 304 while it is "
                                                                         "still the current one")] = None):
     d, etag = _detail(session, p, service.visible_hazard(session, p.scope, hazard_id), now)
     if not_modified(if_none_match, etag):
@@ -95,9 +95,8 @@ def get_hazard(hazard_id: str, p: CurrentPrincipal, session: SessionDep, now: No
                                              "since; nothing was changed", "headers": _ETAG_HEADER}})
 def post_action(hazard_id: str, body: ActionRequest, p: CurrentPrincipal, session: SessionDep, now: NowDep,
                 rules: RulesDep, response: Response,
-                if_match: Annotated[str | None, Header(description="the ETag the action was decided on (or *): "
-                                                                   "412 if the hazard has changed since")] = None):
-    expected = versions_named(if_match, _version_of)
+                if_match: Annotated[list[str] | None, Header(description="the ETag the action was decided on (or "
+                                                                         "*): 412 if the hazard has changed since")] = None):
     service.visible_hazard(session, p.scope, hazard_id)  # 404 outside the scope
     action = Action(body.action)
     if action is Action.MERGE:
@@ -105,9 +104,10 @@ def post_action(hazard_id: str, body: ActionRequest, p: CurrentPrincipal, sessio
     h = service.lock_for_action(session, hazard_id, body.merge_into_id if action is Action.MERGE else None)
     service.require_may_act(p.scope, h, action)
     service.require_may_set_deadline(p.scope, h, action, body.deadline)
-    # on the row as locked (PostgreSQL: FOR UPDATE; SQLite: the request's write transaction holds the database
-    # from its start): a second desk sending the same If-Match waits here for the first to commit, then sees
-    # its version
+    # after the 404 and the 403s, whatever the header says; on the row as locked (PostgreSQL: FOR UPDATE; SQLite:
+    # the request's write transaction holds the database from its start): a second desk sending the same
+    # If-Match waits here for the first to commit, then sees its version
+    expected = versions_named(if_match, _version_of)
     if expected is not None and h.version not in expected:
         raise PreconditionFailed(f"hazard {h.id} has changed since you read it: it is at version {h.version} now; "
                                  "read it again before you act", current_version=h.version,

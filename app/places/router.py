@@ -67,7 +67,7 @@ def _etag(place: Place) -> str:
                        304: {"description": "If-None-Match named the current ETag: the copy the caller holds is "
                                             "the answer", "headers": _ETAG_HEADER}})
 def get_place(place_id: str, p: CurrentPrincipal, session: SessionDep, response: Response,
-              if_none_match: Annotated[str | None, Header(description="an ETag of the premises: 304 while it is "
+              if_none_match: Annotated[list[str] | None, Header(description="an ETag of the premises: 304 while it is "
                                                                        "still the current one")] = None):
     place = visible_place(session, p.scope, place_id)
     etag = _etag(place)
@@ -84,16 +84,17 @@ def get_place(place_id: str, p: CurrentPrincipal, session: SessionDep, response:
                                               "since; nothing was changed", "headers": _ETAG_HEADER}})
 def update_place(place_id: str, body: PlaceUpdate, p: CurrentPrincipal, session: SessionDep, now: NowDep,
                  rules: RulesDep, response: Response,
-                 if_match: Annotated[str | None, Header(description="the ETag the change was made on (or *): 412 "
-                                                                    "if the premises has changed since")] = None):
+                 if_match: Annotated[list[str] | None, Header(description="the ETag the change was made on (or "
+                                                                          "*): 412 if the premises has changed since")]
+                 = None):
     """Change a premises. Moved to another town or police beat, its hazards pass to the bodies there
     (`relocated` on each one's timeline); reclassed to a class a higher tier supervises, those below that
     tier go up to it (`reclassified`); 422 `routing_failed` if the new location or class lacks a body that
     must take an open one over. A police station or the brigade may change the class only; a class a
     lower tier supervises only the body that supervises the premises now, one above it, or the admin
     (403 `not_allowed`)."""
-    expected = versions_named(if_match, _version_of)
     place = visible_place(session, p.scope, place_id)  # who may change what: service.update_place
+    expected = versions_named(if_match, _version_of)  # after the 404, whatever the header says
     try:
         place = service.update_place(session, p.scope, place, body, rules=rules, now=now,
                                      actor=Actor(p.user.id, p.user.org_unit_id, p.device.id), whole_position=True,

@@ -114,10 +114,6 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
             # moved out of the caller's jurisdiction between the caller's read and this lock: not theirs to
             # edit, nor to move back (SQLite's writer read it under its write lock already)
             raise NotFound(f"place {place.id} not found")
-    if if_version is not None and place.version not in if_version:
-        # on the row as locked: a second PATCH with the same If-Match waits for the first, then sees its version
-        raise PreconditionFailed(f"place {place.id} has changed since you read it: it is at version {place.version} "
-                                 "now; read it again before you change it", current_version=place.version)
     changes = data.model_dump(exclude_unset=True)
     if postgres and (changes.get("grid_id", place.grid_id) != place.grid_id
                      or changes.get("place_class", place.place_class) != place.place_class):
@@ -135,6 +131,11 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     reclassed = new_class != place.place_class
     if reclassed and scope is not None:
         _may_reclass(session, scope, place, new_class, rules)
+    if if_version is not None and place.version not in if_version:
+        # after the 403s, whatever the header says; on the row as locked, before anything is written: a second
+        # PATCH with the same If-Match waits for the first, then sees its version
+        raise PreconditionFailed(f"place {place.id} has changed since you read it: it is at version {place.version} "
+                                 "now; read it again before you change it", current_version=place.version)
     relocation = None
     if "grid_id" in changes:
         if changes["grid_id"] is None:

@@ -12,6 +12,7 @@ from starlette.background import BackgroundTask
 from app.auth.deps import CurrentPrincipal
 from app.auth.models import Device
 from app.db import Database, SessionDep
+from app.errors import HEAD_AS_GET
 from app.referrals.deps import NowDep
 from app.sync import pull as service
 
@@ -40,7 +41,7 @@ def pull(
     last = p.device.last_pull_at
     # once the answer is sent (the read session has ended by then): the phone does not wait for the write
     record = (BackgroundTask(_record_pull, request.app.state.db, p.device.id, now)
-              if last is None or now - last >= LAST_SEEN_GRAIN else None)
+              if (last is None or now - last >= LAST_SEEN_GRAIN) and not request.scope.get(HEAD_AS_GET) else None)
     # the changes are JSON-ready dicts already: skip re-validating every record against the model
     return JSONResponse({"changes": page.changes, "cursor": page.cursor, "more": page.more}, background=record)
 

@@ -165,8 +165,8 @@ def _push(db: Database, who: Pusher, raw: bytes, now: datetime) -> bytes:
 
 
 _BAD_OP_ID = OpResult(op_id=None, status="rejected", error=OpError(
-    code="bad_op_id", field="op_id", message=f"op_id: must be text of 1 to {MAX_OP_ID} characters without NUL, this "
-                                             "op's own id (a client-made UUID); this op was not applied"))
+    code="bad_op_id", field="op_id", message=f"op_id: missing, or not text of 1 to {MAX_OP_ID} characters (an op is an "
+                                             "object with an id of its own, a client-made UUID); this op was not applied"))
 
 
 def _in_order(ops: list[Op], results: list[OpResult]) -> list[OpResult]:

@@ -3,7 +3,7 @@
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from app.errors import reject_bool_as_number, reject_nul, reject_number_as_time
 from app.photos.schemas import Photos
@@ -106,8 +106,11 @@ MAX_OP_ID = 64  # the op log's key column (app/sync/models.py SyncOp.op_id)
 
 
 def _usable_op_id(value: Any) -> str | None:
-    # text the op log can key it by (PostgreSQL stores no NUL), or None
-    return value if isinstance(value, str) and 0 < len(value) <= MAX_OP_ID and "\x00" not in value else None
+    # text the op log can key it by (PostgreSQL stores no NUL), or None. Not with U+FFFD either: the body's
+    # parser put it for a lone surrogate (parse_push), so it is not the id the phone sent, and two such ids
+    # could become one
+    ok = isinstance(value, str) and 0 < len(value) <= MAX_OP_ID and "\x00" not in value and "\ufffd" not in value
+    return value if ok else None
 
 
 def _documented_envelope(schema: dict[str, Any]) -> None:
@@ -128,6 +131,12 @@ class Op(BaseModel):
     # type missing, or not text: None, which apply_op rejects as this op's validation_error
     type: Annotated[str | None, BeforeValidator(_text_or_none)] = None
     data: Any = Field(default_factory=dict, description="an object, whose fields the op type defines")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _an_object(cls, value: Any) -> Any:
+        # an op that is not an object at all has no op_id either: rejected alone as bad_op_id, in its place
+        return value if isinstance(value, dict) else {}
 
 
 class PushRequest(BaseModel):

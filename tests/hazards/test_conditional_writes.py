@@ -75,9 +75,9 @@ def test_if_match_star_matches_any_version(clocked_client, hazard):
     assert r.status_code == 200 and r.json()["status"] == "rectifying"
 
 
-@pytest.mark.parametrize("value", ["h-1", '"h-1', 'W/"h-1"', '"p-1"', '"1"', '"h-one"', '"h-1" "h-2"'],
-                         ids=["unquoted", "unclosed", "weak", "a-premises-tag", "bare-number", "no-number",
-                              "no-comma"])
+@pytest.mark.parametrize("value", ["h-1", '"h-1', '"p-1"', '"1"', '"h-one"', '"h-1" "h-2"', ",", '*, "h-1"'],
+                         ids=["unquoted", "unclosed", "a-premises-tag", "bare-number", "no-number", "no-comma",
+                              "no-tag", "star-in-a-list"])
 def test_a_malformed_if_match_is_422_naming_the_header(clocked_client, hazard, value):
     c = clocked_client
     before = as_seen(c, hazard)
@@ -85,6 +85,23 @@ def test_a_malformed_if_match_is_422_naming_the_header(clocked_client, hazard, v
     assert r.status_code == 422, r.text
     assert r.json()["error"]["field"] == "If-Match" and "If-Match" in r.json()["error"]["message"]
     assert as_seen(c, hazard) == before
+
+
+def test_a_weak_etag_names_its_version(clocked_client, hazard):
+    """A proxy compressing the answers (nginx's gzip) weakens the ETag the desk then sends back: its version still
+    counts (app/conditional.py), stale or current. Refused as malformed, that desk could never act."""
+    c = clocked_client
+    etag = get(c, hazard).headers["ETag"]
+    assert act_on(c, hazard, if_match=f"W/{etag}", action="accept").status_code == 200
+    r = act_on(c, hazard, if_match=f"W/{etag}", action="order_rectification", deadline=at("2026-03-20T17:00").isoformat())
+    assert r.status_code == 412 and r.json()["error"]["code"] == "precondition_failed", r.text
+
+
+def test_a_star_in_a_list_is_no_if_none_match_star(clocked_client, hazard):
+    """`*` is If-None-Match's value alone (RFC 9110 §13.1.2): in a list it is no tag, and matches nothing."""
+    c = clocked_client
+    r = get(c, hazard, **{"If-None-Match": '"h-0.0", *'})
+    assert r.status_code == 200 and r.json()["id"] == hazard
 
 
 def test_if_none_match_is_304_while_the_answer_is_the_same(clocked_client, hazard):
@@ -146,7 +163,7 @@ def test_two_desks_acting_on_one_version_at_once_cannot_both_pass(pg):
     def second_desk():
         try:
             return post_action(hid, ActionRequest(action="escalate", reason="需派出所处理"), desk, writer, NOW,
-                               pg.rules, Response(), if_match=seen)
+                               pg.rules, Response(), if_match=[seen])
         except PreconditionFailed as exc:
             return exc
 
@@ -158,3 +175,19 @@ def test_two_desks_acting_on_one_version_at_once_cannot_both_pass(pg):
     assert isinstance(out, PreconditionFailed) and out.extra["current_version"] == 2, out
     with Session(pg.engine) as s:
         assert s.get(Hazard, hid).status == "accepted"
+
+
+def test_a_malformed_if_match_does_not_outrank_the_hazards_404_or_403(clocked_client, hazard):
+    """(Failed before its fix, a review.) post_action parses If-Match (versions_named) before it looks the hazard up, so a caller who may not see
+    the hazard (office-b, another town) gets 422 naming If-Match instead of the 404 every other request about
+    it gets, and a caller who sees it but may not act (police-a) gets 422 instead of 403. The README promises
+    "a record the caller may not see is still 404, and an action its role may not take still 403, whatever
+    the headers say"; a client fixing its header after the 422 would only then learn the hazard is not its.
+    Fix: parse the header after visible_hazard / require_may_act (keep the parsed value for the compare)."""
+    c = clocked_client
+    before = as_seen(c, hazard)
+    r = act_on(c, hazard, "office-b", if_match='W/"h-1"', action="accept")
+    assert r.status_code == 404, r.text
+    r = act_on(c, hazard, "police-a", if_match='"h-one"', action="escalate", reason="需派出所处理")
+    assert r.status_code == 403, r.text
+    assert as_seen(c, hazard) == before

@@ -59,7 +59,7 @@ def test_the_current_etag_or_star_lets_the_patch_through(client, place_id):
     assert r.status_code == 200 and r.json()["owner_phone"] == "13900000004"
 
 
-@pytest.mark.parametrize("value", ["3", '"h-1"', 'W/"p-1"', '"p-"'])
+@pytest.mark.parametrize("value", ["3", '"h-1"', 'W/"h-1"', '"p-"'])
 def test_a_malformed_if_match_is_422_naming_the_header(client, place_id, value):
     before = get(client, place_id).json()
     r = patch(client, place_id, if_match=value, owner_phone="13900000005")
@@ -101,7 +101,7 @@ def test_two_desks_changing_one_version_at_once_cannot_both_pass(pg):
     def second_desk():
         try:
             return patch_place(pg.place_id, PlaceUpdate(owner_phone="13900000009"), desk, writer, NOW, pg.rules,
-                               Response(), if_match=seen)
+                               Response(), if_match=[seen])
         except PreconditionFailed as exc:
             return exc
 
@@ -113,3 +113,59 @@ def test_two_desks_changing_one_version_at_once_cannot_both_pass(pg):
     assert isinstance(out, PreconditionFailed), out
     with Session(pg.engine) as s:
         assert s.get(Place, pg.place_id).owner_phone == "13900000008"
+
+
+def test_a_malformed_if_match_does_not_outrank_the_premises_404(client, place_id):
+    """(Failed before its fix, a review.) PATCH /places/{id} parses If-Match before visible_place: a premises outside the caller's jurisdiction
+    answers 422 naming If-Match rather than 404 ("a record the caller may not see is still 404 ... whatever
+    the headers say"). Fix: call versions_named after visible_place."""
+    r = patch(client, place_id, "office-b", if_match="p-1", owner_phone="13900000007")
+    assert r.status_code == 404, r.text
+
+
+def test_a_stale_if_match_does_not_outrank_the_premises_403(client, place_id):
+    """(Failed before its fix, a review.) A police station may change a premises' class only. With a stale If-Match it is told 412 "read it again
+    before you change it"; read again and re-sent, the same edit is a 403. update_place compares the version
+    right after the lock, before scope.require_place_editor, while post_action (hazards) checks the role first
+    and the README says an action the role may not take is "still 403, whatever the headers say". Fix: compare
+    if_version after require_place_editor / _may_reclass (still on the locked row, before any write)."""
+    seen = get(client, place_id).headers["ETag"]
+    assert patch(client, place_id, owner_phone="13900000001").status_code == 200  # another desk, meanwhile
+    r = patch(client, place_id, "police-a", if_match=seen, name="改名的店")
+    assert r.status_code == 403, r.text
+
+
+def test_if_match_sent_on_two_header_lines_is_one_list(client, place_id):
+    """(Failed before its fix, a review.) RFC 9110 §5.3: a field sent on several lines means the same as one line listing them all. FastAPI's
+    Header(str) reads only the first line, so `If-Match: "p-1"` + `If-Match: "p-2"` on a premises at version 2
+    is a 412, though one of the tags it names is current (proxies and HTTP libraries do split lists this way).
+    Fix: read request.headers.getlist("If-Match") and join with ", " before versions_named."""
+    assert patch(client, place_id, owner_phone="13900000001").status_code == 200
+    v = get(client, place_id).json()["version"]
+    r = client.patch(f"/api/v1/places/{place_id}", json={"owner_phone": "13900000002"},
+                     headers=[*login(client, "office-a").items(), ("If-Match", f'"p-{v - 1}"'),
+                              ("If-Match", f'"p-{v}"')])
+    assert r.status_code == 200, r.text
+    assert r.json()["owner_phone"] == "13900000002"
+
+
+def test_if_none_match_sent_on_two_header_lines_is_one_list(client, place_id):
+    """(Failed before its fix, a review.) As If-Match: only the first If-None-Match line is read, so a client sending the current ETag on a second
+    line gets the whole body (200) instead of 304. Fix: join request.headers.getlist("If-None-Match")."""
+    h = login(client, "office-a")
+    etag = get(client, place_id).headers["ETag"]
+    r = client.get(f"/api/v1/places/{place_id}",
+                   headers=[*h.items(), ("If-None-Match", '"p-0"'), ("If-None-Match", etag)])
+    assert (r.status_code, r.headers.get("ETag")) == (304, etag)
+
+
+def test_if_match_with_an_empty_list_element_is_read_not_refused(client, place_id):
+    """(Failed before its fix, a review.) RFC 9110 §5.6.1.2: a recipient MUST accept (parse and ignore) empty list elements, e.g. `"p-1", ` or
+    `, "p-1"` (what a client joining tags or header lines naively sends). versions_named requires a tag after
+    every comma and before the first, so both are 422 naming If-Match although they name the current version.
+    Fix: skip empty elements (optional whitespace between commas) in versions_named's loop."""
+    v = get(client, place_id).json()["version"]
+    r = patch(client, place_id, if_match=f'"p-{v}", ', owner_phone="13900000003")
+    assert r.status_code == 200, r.text
+    r = patch(client, place_id, if_match=f', "p-{r.json()["version"]}"', owner_phone="13900000004")
+    assert r.status_code == 200, r.text

@@ -112,3 +112,34 @@ def test_the_schema_still_documents_op_id_as_required_text(client):
     assert schemas["Op"]["properties"]["op_id"] == {"type": "string", "minLength": 1, "maxLength": 64,
                                                     "title": "Op Id"}
     assert set(schemas["Op"]["required"]) == {"op_id", "type"}
+
+
+def test_an_op_that_is_not_an_object_is_rejected_alone(client, session, units):
+    """(Failed before its fix, a review.) `{"ops": [5, {...good op...}]}`: PushRequest.ops is list[Op], so an element that is not a JSON object
+    fails the model and the whole push is a 422 (`ops.0: Input should be an object`). The good op is never
+    applied, and the phone re-sends the batch, and is refused, for ever: exactly what rejecting a bad op_id
+    alone was meant to end (an op that is not an object has no usable op_id either). Fix: let Op accept any
+    JSON value (a model_validator(mode="before") turning a non-dict into an Op with op_id None) so it is
+    answered as bad_op_id in its place."""
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    good = op("hazard.report", hazard_data(place.id, FOUND))
+    r = client.post(PUSH, json={"ops": [5, good]}, headers=login(client, "worker-a1"))
+    assert r.status_code == 200, r.text[:300]
+    first, second = r.json()["results"]
+    assert first["op_id"] is None and first["status"] == "rejected", first
+    assert second["op_id"] == good["op_id"] and second["status"] == "applied", second
+
+
+def test_an_op_id_cut_in_a_surrogate_is_not_taken_for_another(client, session, units):
+    """A lone surrogate in an op_id is read as U+FFFD (the body's parser keeps the rest of the push): that is not
+    the id the phone sent, and two such ids would become one, so the op is rejected alone as bad_op_id."""
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    good = op("hazard.report", hazard_data(place.id, FOUND))
+    cut = json.dumps(op("hazard.report", hazard_data(place.id, FOUND), op_id="a1b2c3d4-PLACEHOLDER"))
+    body = '{"ops": [' + cut.replace("PLACEHOLDER", "\\ud800") + ", " + json.dumps(good) + "]}"
+    r = client.post(PUSH, content=body.encode(), headers={**login(client, "worker-a1"),
+                                                          "Content-Type": "application/json"})
+    assert r.status_code == 200, r.text[:300]
+    first, second = r.json()["results"]
+    assert (first["op_id"], first["status"], first["error"]["code"]) == (None, "rejected", "bad_op_id"), first
+    assert second["status"] == "applied"
