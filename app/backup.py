@@ -5,15 +5,17 @@ commits live in `firegrid.db-wal`, and a copy taken while a push commits is torn
 through SQLite's backup API in one step, i.e. one read transaction: one snapshot, while the server goes
 on writing (a reader never blocks a writer in WAL mode; a stepwise copy would start over at every commit
 of another connection and, under a steady load, need never finish). The copy is checked
-(`PRAGMA quick_check`) and made a single self-contained file before it takes its final name. It gets a
-change-feed epoch of its own: restored, it refuses the phones' cursors, and tells those of the database it
-copied that it was restored (app/sync/feed.py mark_backup_copy).
+(`PRAGMA quick_check`), made a single self-contained file, and marked as a backup taken then: its first
+start gives its change feed a new epoch, so the phones' cursors of before are refused and told to send
+again what they sent since (app/sync/feed.py start_restored).
 
 Photos are copied after the database, so every photo a row of the copy names is there: a photo is
 published before its row commits (photos/service.py), hence before the snapshot. They are
 content-addressed and written once, so a later run copies only the new ones, each hashed on the way:
-a photo whose bytes no longer hash to its name is damaged in the store and is named, not copied.
-Derivatives are not copied (they are made again on request).
+a photo whose bytes no longer hash to its name is damaged in the store and is named, not copied; one
+whose row is in the database but whose file is in neither the store nor the backup is named too.
+Derivatives are not copied (they are made again on request). The database copy takes its final name
+last: a run that fails part-way leaves nothing that looks like a whole backup.
 
 PostgreSQL is backed up with its own tools (pg_dump, before this command); the photos are still copied.
 """
@@ -34,6 +36,7 @@ from pathlib import Path
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
+from app.photos.models import Blob
 from app.photos.storage import validate_sha256
 from app.sync.feed import ChangeFeedState, mark_backup_copy
 
@@ -54,7 +57,13 @@ class BackupReport:
     revision: str | None = None
     photos_copied: int = 0
     photos_present: int = 0  # already in the backup from an earlier run
-    photos_damaged: list[str] = field(default_factory=list)
+    photos_repaired: int = 0  # in the backup, but no longer matching their name (--verify): copied again
+    photos_damaged: list[str] = field(default_factory=list)  # in the store, not matching their name
+    photos_lost: list[str] = field(default_factory=list)  # a row names them; in neither store nor backup
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.photos_damaged or self.photos_lost)
 
 
 def sqlite_path(database_url: str) -> Path | None:
@@ -65,6 +74,55 @@ def sqlite_path(database_url: str) -> Path | None:
     if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
         raise BackupError(f"FIREGRID_DATABASE_URL {database_url}: not a SQLite file this command can copy")
     return Path(url.database)
+
+
+def backup(database_url: str, store_root: Path, out_dir: Path, now: datetime, *, photos: bool = True,
+           verify: bool = False, progress: Callable[[BackupReport], None] | None = None) -> BackupReport:
+    """The whole run (see the module's docstring): the database (SQLite) as out_dir/firegrid-<time>.db, then
+    the photos into out_dir/blobs; ``verify``: hash the photos already in the backup too."""
+    db_file = sqlite_path(database_url)
+    if photos:
+        _check_places(store_root, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = BackupReport()
+    with exclusive(out_dir):
+        for left in out_dir.glob("firegrid-*.db.part*"):  # runs cut short: under the lock, none is being written
+            left.unlink(missing_ok=True)
+        part = dest = None
+        try:
+            if db_file is not None:
+                dest = _free_name(out_dir, now)
+                part = dest.with_name(dest.name + ".part")
+                report.database_bytes, report.revision = copy_database(db_file, part, now)
+            if photos:
+                backup_photos(store_root, out_dir, report, verify=verify, progress=progress)
+                report.photos_lost = _lost_photos(database_url, store_root, out_dir)
+            if part is not None:
+                part.replace(dest)  # last: only a run that got this far leaves a backup that looks whole
+                _fsync_path(out_dir)
+                report.database = dest
+        finally:
+            if part is not None:
+                part.unlink(missing_ok=True)
+    return report
+
+
+def _check_places(store_root: Path, out_dir: Path) -> None:
+    if not store_root.is_dir():
+        raise BackupError(f"the photo store {store_root} does not exist (FIREGRID_STORAGE_DIR; the server makes it "
+                          "at start-up): nothing to copy the photos from")
+    store, out = store_root.resolve(), out_dir.resolve()
+    if out == store or out.is_relative_to(store) or store.is_relative_to(out):
+        raise BackupError(f"the backup directory {out_dir} and the photo store {store_root} must not contain "
+                          "one another: choose a directory on another volume")
+
+
+def _free_name(out_dir: Path, now: datetime) -> Path:
+    # microseconds: two runs within a second sort by name in the order they were taken
+    dest = out_dir / f"firegrid-{now:%Y%m%dT%H%M%S.%fZ}.db"
+    while dest.exists():  # never overwrite a backup
+        dest = dest.with_name(dest.stem + "x.db")
+    return dest
 
 
 @contextmanager
@@ -89,18 +147,10 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def backup_database(db_file: Path, out_dir: Path, now: datetime) -> tuple[Path, int, str | None]:
-    """Copy the live SQLite database to out_dir/firegrid-<UTC time>.db; (path, bytes, alembic revision)."""
+def copy_database(db_file: Path, part: Path, now: datetime) -> tuple[int, str | None]:
+    """Copy the live SQLite database to ``part`` (mode 0600, fsynced); (bytes, alembic revision)."""
     if not db_file.is_file():
         raise BackupError(f"the database {db_file} does not exist (run `firegrid migrate` first?)")
-    stem = f"firegrid-{now:%Y%m%dT%H%M%SZ}"
-    dest = out_dir / f"{stem}.db"
-    n = 1
-    while dest.exists():  # two runs within a second: never overwrite a backup
-        n += 1
-        dest = out_dir / f"{stem}-{n}.db"
-    part = dest.with_name(dest.name + ".part")
-    part.unlink(missing_ok=True)  # a run cut short left it: nothing refers to it
     try:
         os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _DB_MODE))  # password hashes, phone numbers
         src = sqlite3.connect(db_file, timeout=10)  # only read; mode=ro could not open a WAL file at rest
@@ -117,23 +167,17 @@ def backup_database(db_file: Path, out_dir: Path, now: datetime) -> tuple[Path, 
                 dst.close()
         finally:
             src.close()
-        if check != ["ok"]:  # the copy is page for page: the damage is in the live database
-            raise BackupError(f"the database {db_file} fails SQLite's check: {'; '.join(check[:5])}")
-        _fsync_path(part)
-        part.replace(dest)
-        _fsync_path(out_dir)
     except sqlite3.Error as exc:
-        part.unlink(missing_ok=True)
         raise BackupError(f"copying the database {db_file}: {exc}") from exc
-    except BaseException:
-        part.unlink(missing_ok=True)
-        raise
-    return dest, dest.stat().st_size, revision
+    if check != ["ok"]:  # the copy is page for page: the damage is in the live database
+        raise BackupError(f"the database {db_file} fails SQLite's check: {'; '.join(check[:5])}")
+    _fsync_path(part)
+    return part.stat().st_size, revision
 
 
 def _mark_copy(dst: sqlite3.Connection, now: datetime) -> None:
-    """The copy's own feed epoch (app/sync/feed.py mark_backup_copy), written through SQLAlchemy on the copy's
-    open connection: the column types as the app writes them, and none of the app's connection set-up."""
+    """The copy marked as a backup taken now (app/sync/feed.py mark_backup_copy), written through SQLAlchemy on
+    the copy's open connection: the column types as the app writes them, and none of its connection set-up."""
     engine = sa.create_engine("sqlite://", creator=lambda: dst, poolclass=sa.pool.StaticPool)
     try:
         with engine.connect() as conn:
@@ -152,21 +196,30 @@ def _revision(conn: sqlite3.Connection) -> str | None:
     return row[0] if row else None
 
 
-def _stored_photos(root: Path):
-    """(name, path) of every photo in a filesystem store: root/ab/cd/<sha256>."""
-    for ab in sorted(os.scandir(root), key=lambda e: e.name) if root.is_dir() else ():
-        if not (_HEX2.fullmatch(ab.name) and ab.is_dir(follow_symlinks=False)):
+def _stored_photos(root: Path) -> Iterator[tuple[str, Path]]:
+    """(name, path) of every photo in a filesystem store: root/ab/cd/<sha256>. Symbolic links are followed, as
+    the server follows them (a part of the store moved to another disk)."""
+    for ab in sorted(os.scandir(root), key=lambda e: e.name):
+        if not (_HEX2.fullmatch(ab.name) and ab.is_dir()):
             continue  # tmp/, derivatives/
         for cd in sorted(os.scandir(ab.path), key=lambda e: e.name):
-            if not (_HEX2.fullmatch(cd.name) and cd.is_dir(follow_symlinks=False)):
+            if not (_HEX2.fullmatch(cd.name) and cd.is_dir()):
                 continue
             for f in os.scandir(cd.path):
                 try:
                     validate_sha256(f.name)
                 except ValueError:
                     continue
-                if f.name.startswith(ab.name + cd.name) and f.is_file(follow_symlinks=False):
+                if f.name.startswith(ab.name + cd.name) and f.is_file():
                     yield f.name, Path(f.path)
+
+
+def _hash_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _copy_verified(src: Path, name: str, tmp: Path) -> bool:
@@ -185,9 +238,11 @@ def _copy_verified(src: Path, name: str, tmp: Path) -> bool:
     return True
 
 
-def backup_photos(store_root: Path, out_dir: Path, report: BackupReport,
+def backup_photos(store_root: Path, out_dir: Path, report: BackupReport, *, verify: bool = False,
                   progress: Callable[[BackupReport], None] | None = None) -> None:
-    """Copy the photos not yet in out_dir/blobs (same layout as the store), each verified by its hash."""
+    """Copy the photos not yet in out_dir/blobs (same layout as the store), each verified by its hash. A copy
+    already there counts by its size, unless ``verify``: then it is hashed, and copied again if it no longer
+    matches (a bit flipped on the backup volume keeps the size)."""
     dest_root = out_dir / "blobs"
     tmp_dir = dest_root / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -200,9 +255,12 @@ def backup_photos(store_root: Path, out_dir: Path, report: BackupReport,
             size = path.stat().st_size
         except FileNotFoundError:
             continue
+        repair = False
         if target.is_file() and target.stat().st_size == size:
-            report.photos_present += 1
-            continue
+            if not verify or _hash_of(target) == name:
+                report.photos_present += 1
+                continue
+            repair = True
         tmp = tmp_dir / f"{name}.part"
         if not _copy_verified(path, name, tmp):
             report.photos_damaged.append(name)
@@ -211,10 +269,31 @@ def backup_photos(store_root: Path, out_dir: Path, report: BackupReport,
             if not d.is_dir():
                 d.mkdir(parents=True, exist_ok=True)
                 to_sync.add(d.parent)
-        tmp.replace(target)  # a damaged or cut-short copy from an earlier run is replaced whole
+        tmp.replace(target)  # a copy cut short (another size) or found damaged (verify) is replaced whole
         to_sync.add(target.parent)
-        report.photos_copied += 1
+        if repair:
+            report.photos_repaired += 1
+        else:
+            report.photos_copied += 1
         if progress is not None and report.photos_copied % 1000 == 0:
             progress(report)
     for d in sorted(to_sync, key=lambda p: len(p.parts), reverse=True):
         _fsync_path(d)
+
+
+def _lost_photos(database_url: str, store_root: Path, out_dir: Path) -> list[str]:
+    """The photos a ``blobs`` row of the live database names whose file is in neither the store nor the backup
+    (one uploaded since the copy was taken is in the store: not lost)."""
+    from app.db import make_engine
+
+    lost = []
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            for (name,) in conn.execution_options(yield_per=10_000).execute(sa.select(Blob.sha256)):
+                rel = Path(name[:2], name[2:4], name)
+                if not (out_dir / "blobs" / rel).is_file() and not (store_root / rel).is_file():
+                    lost.append(name)
+    finally:
+        engine.dispose()
+    return lost

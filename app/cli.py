@@ -334,39 +334,38 @@ def calendar_retime(year: Annotated[int, typer.Argument(help="the year the upgra
 def backup(
     out: Annotated[Path, typer.Option(help="the backup directory (kept across runs: photos are copied once)")],
     photos: Annotated[bool, typer.Option(help="copy the photos too (after the database)")] = True,
+    verify: Annotated[bool, typer.Option(help="hash the photos already in the backup too (reads them all)")] = False,
 ) -> None:
     """Copy the SQLite database (one consistent snapshot, while the server runs), then the photos not yet
-    in OUT, each checked against its hash; exit 1 if a photo in the store is damaged. PostgreSQL: pg_dump
-    it first; this then copies the photos."""
-    from app.backup import BackupError, BackupReport, backup_database, backup_photos, exclusive, sqlite_path
+    in OUT, each checked against its hash; exit 1 if a photo is damaged in the store or gone from it.
+    PostgreSQL: pg_dump it first; this then copies the photos."""
+    from app.backup import BackupError, backup as run_backup, sqlite_path
     from app.db import utcnow
 
     settings = get_settings()
-    report = BackupReport()
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        db_file = sqlite_path(settings.database_url)
-        with exclusive(out):
-            if db_file is None:
-                typer.echo("database: not SQLite, not copied: back it up with pg_dump before this command "
-                           "(docs/DEPLOY.md)", err=True)
-            else:
-                report.database, report.database_bytes, report.revision = backup_database(db_file, out, utcnow())
-                typer.echo(f"database: {report.database} ({report.database_bytes:,} bytes, revision "
-                           f"{report.revision or 'none'}, checked)")
-            if photos:
-                backup_photos(settings.storage_dir, out, report, progress=lambda r: typer.echo(
-                    f"  … {r.photos_copied:,} photos copied", err=True))
+        if sqlite_path(settings.database_url) is None:
+            typer.echo("database: not SQLite, not copied: back it up with pg_dump before this command "
+                       "(docs/DEPLOY.md)", err=True)
+        report = run_backup(settings.database_url, settings.storage_dir, out, utcnow(), photos=photos,
+                            verify=verify, progress=lambda r: typer.echo(f"  … {r.photos_copied:,} photos copied",
+                                                                         err=True))
     except (BackupError, OSError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2)
+    if report.database is not None:
+        typer.echo(f"database: {report.database} ({report.database_bytes:,} bytes, revision "
+                   f"{report.revision or 'none'}, checked)")
     for name in report.photos_damaged:
         typer.echo(f"photo {name}: its bytes no longer hash to its name: damaged in the store, not copied",
                    err=True)
+    for name in report.photos_lost:
+        typer.echo(f"photo {name}: a record names it, but it is in neither the store nor the backup", err=True)
     if photos:
-        typer.echo(f"photos: {report.photos_copied:,} copied, {report.photos_present:,} already there, "
-                   f"{len(report.photos_damaged)} damaged")
-    if report.photos_damaged:
+        repaired = f", {report.photos_repaired:,} copied again (damaged in the backup)" if verify else ""
+        typer.echo(f"photos: {report.photos_copied:,} copied, {report.photos_present:,} already there{repaired}, "
+                   f"{len(report.photos_damaged)} damaged, {len(report.photos_lost)} lost")
+    if report.failed:
         raise typer.Exit(1)
 
 
@@ -374,12 +373,12 @@ def backup(
 def restored(
     taken_at: Annotated[str, typer.Option(help="when the backup was taken, ISO-8601 with its offset")],
 ) -> None:
-    """Once, after restoring the database from a backup `firegrid backup` did not make (pg_dump, a disk
-    snapshot), before the server starts: the phones' cursors are refused, and told to send again what they
-    sent since TAKEN_AT (a copy made by `firegrid backup` is marked so already)."""
+    """After restoring the database from a backup `firegrid backup` did not make (pg_dump, a disk snapshot),
+    before the server starts: the phones' cursors are refused, and told to send again what they sent since
+    TAKEN_AT (a copy made by `firegrid backup` does this itself at its first start)."""
     from datetime import datetime
 
-    from app.sync.feed import mark_backup_copy
+    from app.sync.feed import start_restored
 
     try:
         at = datetime.fromisoformat(taken_at)
@@ -388,8 +387,11 @@ def restored(
     if at is None or at.tzinfo is None:
         typer.echo(f"error: --taken-at {taken_at!r}: not an ISO-8601 time with its offset", err=True)
         raise typer.Exit(2)
-    with _db().connect(write=True) as conn:
-        mark_backup_copy(conn, at)
+    with _db().session(write=True) as session:
+        if start_restored(session, at) is None:
+            typer.echo("error: the database has no change feed yet (run `firegrid migrate` first)", err=True)
+            raise typer.Exit(2)
+        session.commit()
     typer.echo(f"the change feed starts anew; phones send again what they sent since {at.isoformat()}")
 
 

@@ -39,6 +39,7 @@ from app.referrals.sweeper import periodic_sweep
 from app.photos.router import router as photos_router
 from app.photos.staging import Staging
 from app.photos.storage import FilesystemBlobStore
+from app.sync.feed import start_restored_copy
 from app.sync.pull_router import router as sync_pull_router
 from app.sync.router import devices_router
 from app.sync.router import router as sync_router
@@ -71,6 +72,10 @@ def create_app(settings: Settings | None = None, db: Database | None = None,
         # server showed healthy while every upload or every write failed
         await asyncio.to_thread(app.state.blob_store.check_writable)
         await asyncio.to_thread(db.check_writable)
+        restored = await asyncio.to_thread(start_restored_copy, db)
+        if restored is not None:
+            log.warning("this database is a copy of a backup taken at %s, started now: the phones' cursors of "
+                        "before are refused, and they send again what they sent since", restored.isoformat())
         # temp files of uploads cut short by a crash (a disconnect removes its own)
         await asyncio.to_thread(app.state.blob_store.cleanup_tmp)
         checkpointer = db.start_checkpointer()

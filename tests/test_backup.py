@@ -4,6 +4,7 @@ checked against its name; the copy restores (migrate and audit verify on it)."""
 import dataclasses
 import hashlib
 import io
+import json
 import sqlite3
 import threading
 from datetime import datetime, timezone
@@ -14,15 +15,15 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app import migrate
-from app.backup import backup_database, exclusive
+from app.backup import backup, exclusive
 from app.cli import cli
 from app.config import Settings, get_settings
 from app.db import Database, make_engine
 from app.demo import seed_demo
 from app.main import create_app
 from app.photos.storage import FilesystemBlobStore
-from app.sync.pull import Cursor
-from tests.conftest import login
+from app.sync.pull import RESEND_MARGIN, Cursor
+from tests.conftest import fresh_database_url, login
 from tests.helpers import hazard_data, op, push
 from tests.test_cli import env_db  # noqa: F401 (fixture)
 
@@ -64,7 +65,7 @@ def test_backup_copies_the_database_and_photos_and_restores(site, tmp_path, monk
     out = tmp_path / "backup"
     first = run_backup(out)
     assert first.exit_code == 0, first.output
-    assert "photos: 3 copied, 0 already there, 0 damaged" in first.output
+    assert "photos: 3 copied, 0 already there, 0 damaged, 0 lost" in first.output
     copies = list(out.glob("firegrid-*.db"))
     assert len(copies) == 1 and copies[0].stat().st_mode & 0o077 == 0  # not readable by others
     for name in names:
@@ -94,7 +95,7 @@ def test_a_second_run_copies_only_new_photos_and_redoes_a_cut_copy(site, tmp_pat
     new = put_photo(FilesystemBlobStore(store_root), "white")
     again = run_backup(out)
     assert again.exit_code == 0, again.output
-    assert "photos: 2 copied, 2 already there, 0 damaged" in again.output
+    assert "photos: 2 copied, 2 already there, 0 damaged, 0 lost" in again.output
     assert hashlib.sha256(backed_up(out, names[0]).read_bytes()).hexdigest() == names[0]
     assert backed_up(out, new).is_file()
     assert len(list(out.glob("firegrid-*.db"))) == 2  # never overwritten, even within the same second
@@ -110,7 +111,7 @@ def test_a_damaged_photo_is_named_and_not_copied(site, tmp_path):
     result = run_backup(out)
     assert result.exit_code == 1
     assert f"photo {names[1]}: its bytes no longer hash to its name" in result.output
-    assert "photos: 2 copied, 0 already there, 1 damaged" in result.output
+    assert "photos: 2 copied, 0 already there, 1 damaged, 0 lost" in result.output
     assert not backed_up(out, names[1]).exists() and backed_up(out, names[0]).is_file()
     assert list(out.glob("firegrid-*.db"))  # the database is copied all the same
     assert not list((out / "blobs" / "tmp").iterdir())
@@ -159,14 +160,20 @@ def test_the_copy_is_one_snapshot_while_the_database_is_written(site, tmp_path):
 
 
 def test_postgresql_database_is_left_to_pg_dump_and_the_photos_copied(site, tmp_path, monkeypatch):
+    """Skips without PostgreSQL: the photos' rows are read from it (a photo its rows name and no store has)."""
     _, _, names = site
-    monkeypatch.setenv("FIREGRID_DATABASE_URL", "postgresql+psycopg://firegrid@db.invalid/firegrid")
-    get_settings.cache_clear()
-    out = tmp_path / "backup"
-    result = run_backup(out)
-    assert result.exit_code == 0, result.output
-    assert "not SQLite, not copied: back it up with pg_dump" in result.output
-    assert not list(out.glob("firegrid-*.db")) and all(backed_up(out, n).is_file() for n in names)
+    url, cleanup = fresh_database_url("postgresql", tmp_path)
+    try:
+        migrate.upgrade(url)
+        monkeypatch.setenv("FIREGRID_DATABASE_URL", url)
+        get_settings.cache_clear()
+        out = tmp_path / "backup"
+        result = run_backup(out)
+        assert result.exit_code == 0, result.output
+        assert "not SQLite, not copied: back it up with pg_dump" in result.output
+        assert not list(out.glob("firegrid-*.db")) and all(backed_up(out, n).is_file() for n in names)
+    finally:
+        cleanup()
 
 
 def test_operator_errors_are_one_line_and_exit_2(site, tmp_path):
@@ -207,7 +214,7 @@ def test_a_restored_backup_tells_phones_to_send_again_what_it_lost(tmp_path):
         place = c.get("/api/v1/places", headers=worker).json()["items"][0]["id"]
         kept = op("hazard.report", hazard_data(place, found))
         assert push(c, worker, kept)[0]["status"] == "applied"
-        copy, _, _ = backup_database(live, tmp_path, datetime.now(timezone.utc))
+        copy = backup(url, tmp_path / "blobs", tmp_path / "backup", datetime.now(timezone.utc), photos=False).database
         lost = op("hazard.report", hazard_data(place, found))
         assert push(c, worker, lost)[0]["status"] == "applied"
         cursor = c.get("/api/v1/sync/pull", headers=worker).json()["cursor"]  # a whole pull: both hazards
@@ -224,6 +231,8 @@ def test_a_restored_backup_tells_phones_to_send_again_what_it_lost(tmp_path):
         assert refused.status_code == 410, refused.text
         err = refused.json()["error"]
         assert err["reason"] == "restored" and datetime.fromisoformat(err["backup_taken_at"]) <= datetime.now(timezone.utc)
+        # a push answered a little before the backup began may have committed after its snapshot
+        assert datetime.fromisoformat(err["resend_since"]) == datetime.fromisoformat(err["backup_taken_at"]) - RESEND_MARGIN
         again = push(c, worker, kept, lost)
         assert [r["status"] for r in again] == ["duplicate", "applied"]
         page = c.get("/api/v1/sync/pull", params={"limit": 500}, headers=worker).json()
@@ -248,9 +257,9 @@ def test_firegrid_restored_marks_a_database_restored_by_other_means(site):
     (before,) = conn.execute("SELECT epoch FROM change_feed_state").fetchone()
     bad = CliRunner().invoke(cli, ["restored", "--taken-at", "2026-12-01 03:00"])  # no offset: which 3 o'clock?
     assert bad.exit_code == 2 and "with its offset" in bad.output
-    assert conn.execute("SELECT epoch, backup_of FROM change_feed_state").fetchone() == (before, None)
+    assert conn.execute("SELECT epoch, restored_from FROM change_feed_state").fetchone() == (before, "[]")
     ok = CliRunner().invoke(cli, ["restored", "--taken-at", "2026-12-01T03:00:00+08:00"])
     assert ok.exit_code == 0, ok.output
-    epoch, backup_of, taken_at = conn.execute("SELECT epoch, backup_of, backup_taken_at FROM change_feed_state").fetchone()
-    assert epoch != before and backup_of == before and taken_at.startswith("2026-11-30 19:00:00")
+    epoch, restored_from = conn.execute("SELECT epoch, restored_from FROM change_feed_state").fetchone()
+    assert epoch != before and json.loads(restored_from) == [[before, "2026-12-01T03:00:00+08:00"]]
     conn.close()

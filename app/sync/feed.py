@@ -68,7 +68,7 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, aliased
 from sqlmodel import Field, SQLModel
 
-from app.db import ROWS_INSERTED, ROWS_PREPARED, PreparedInsert, UTCDateTime, insert_rows, utcnow
+from app.db import ROWS_INSERTED, ROWS_PREPARED, Database, PreparedInsert, UTCDateTime, insert_rows, utcnow
 from app.hazards.models import NO_DEADLINE, Hazard, HazardCC
 from app.inspections.models import Inspection
 from app.org.models import OrgUnit, UnitKind
@@ -118,8 +118,9 @@ class ChangeFeedState(SQLModel, table=True):
 
     ``epoch`` is made when the table is created: a cursor from another database (restored, rebuilt)
     is refused instead of silently skipping. ``pruned_through``: every seq at or below it may be gone.
-    ``backup_of``/``backup_taken_at``: in a copy made by `firegrid backup`, the epoch of the database it
-    copied and when (mark_backup_copy).
+    ``backup_taken_at``: set in a copy made by `firegrid backup` until its first start (start_restored).
+    ``restored_from``: the epochs this feed descends from through restores, oldest first, each with the time
+    the backup that ended it was taken: ``[[epoch, ISO-8601 time], ...]``.
     """
 
     __tablename__ = "change_feed_state"
@@ -127,8 +128,8 @@ class ChangeFeedState(SQLModel, table=True):
     id: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     epoch: str = Field(max_length=32)
     pruned_through: int = Field(default=0, sa_type=sa.BigInteger)
-    backup_of: str | None = Field(default=None, max_length=32)
     backup_taken_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    restored_from: list = Field(default_factory=list, sa_type=sa.JSON, sa_column_kwargs={"server_default": "[]"})
 
 
 # -- payloads: what a device stores for each record --------------------------------------------
@@ -615,20 +616,54 @@ _STATE = sa.select(ChangeFeedState.epoch, ChangeFeedState.pruned_through).where(
 
 
 def mark_backup_copy(conn: sa.Connection, taken_at: datetime) -> None:
-    """In a backup's copy of the database: a new epoch, and the one it copied. Restored, the copy refuses
-    every cursor made before: the seqs above its newest change will be handed out again, to other changes,
-    and a cursor past them would skip those. A cursor of the copied epoch learns that the server was
-    restored (pull.py, reason ``restored``): what its phone sent after ``taken_at`` may be gone."""
+    """In a backup's copy of the database: when it was taken. Its first start makes it a restored feed
+    (start_restored); the copy itself stays as it is, so a second restore of the same file starts anew too."""
     state = ChangeFeedState.__table__
-    conn.execute(state.update().where(state.c.id == 1).values(
-        backup_of=state.c.epoch, epoch=new_epoch(), backup_taken_at=taken_at))
+    conn.execute(state.update().where(state.c.id == 1).values(backup_taken_at=taken_at))
 
 
-def backup_origin(session: Session) -> tuple[str | None, datetime | None]:
-    """(the epoch this database is a backup copy of, when the copy was taken), or Nones."""
-    row = session.execute(sa.select(ChangeFeedState.backup_of, ChangeFeedState.backup_taken_at)
-                          .where(ChangeFeedState.id == 1)).first()
-    return (row.backup_of, row.backup_taken_at) if row else (None, None)
+def start_restored(session: Session, taken_at: datetime | None = None) -> datetime | None:
+    """Make a restored database's feed a new one: a new epoch, and the one it leaves kept in restored_from with
+    the time the backup was taken (``taken_at``, else the mark of mark_backup_copy; neither: nothing to do).
+    Every cursor of before is then refused: the seqs above the copy's newest change will be handed out again,
+    to other changes, and a cursor past them would skip those; a cursor of a kept epoch is told the server was
+    restored (pull.py). Returns the backup's time if it did so. The caller commits; several workers starting at
+    once do it once (the state row is locked, and the mark cleared)."""
+    state = session.get(ChangeFeedState, 1, with_for_update=True, populate_existing=True)
+    if state is None:
+        return None
+    taken_at = taken_at or state.backup_taken_at
+    if taken_at is None:
+        return None
+    state.restored_from = [*(state.restored_from or []), [state.epoch, taken_at.isoformat()]]
+    state.epoch = new_epoch()
+    state.backup_taken_at = None
+    session.add(state)
+    session.flush()
+    return taken_at
+
+
+def start_restored_copy(db: Database) -> datetime | None:
+    """At a server's start: if the database is a backup copy not started yet, start_restored (in a write
+    transaction only then). Returns the backup's time if this start made it a restored feed."""
+    with db.session() as session:
+        pending = session.execute(sa.select(ChangeFeedState.backup_taken_at)
+                                  .where(ChangeFeedState.id == 1)).scalar()
+    if pending is None:
+        return None
+    with db.session(write=True) as session:
+        taken_at = start_restored(session)
+        session.commit()
+    return taken_at
+
+
+def restored_at(session: Session, cursor_epoch: str) -> datetime | None:
+    """When the backup was taken that ended the feed of ``cursor_epoch``, if this database descends from it."""
+    row = session.execute(sa.select(ChangeFeedState.restored_from).where(ChangeFeedState.id == 1)).first()
+    for epoch, taken_at in (row.restored_from or []) if row else ():
+        if epoch == cursor_epoch:
+            return datetime.fromisoformat(taken_at)
+    return None
 
 
 def read_state(session: Session) -> tuple[str, int]:

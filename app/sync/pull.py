@@ -37,6 +37,7 @@ import binascii
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
+from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -49,8 +50,8 @@ from app.hazards.models import Hazard
 from app.inspections.models import Inspection
 from app.places.models import PLACE_CLASS_NAMES, Place, key_unit_level
 from app.referrals.policy import Category, Policy
-from app.sync.feed import (Change, backup_origin, hazard_data, inspection_data, is_addressed_copy, place_data,
-                           read_head, read_state)
+from app.sync.feed import (Change, hazard_data, inspection_data, is_addressed_copy, place_data,
+                           read_head, read_state, restored_at)
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
@@ -237,16 +238,22 @@ def clamp_limit(limit: int | None) -> int:
     return max(1, min(int(limit or DEFAULT_LIMIT), MAX_LIMIT))
 
 
+# A push answered (its server_time) this long before the backup began may have committed after the snapshot: the
+# phones send again what was answered since the backup's time less this (a push takes seconds; lock waits 10 s)
+RESEND_MARGIN = timedelta(minutes=10)
+
+
 def _refuse_if_restored(session: Session, cursor_epoch: str) -> None:
-    """A cursor of the database this one is a backup copy of: the server was restored from that backup, and
-    what the phone sent after it was taken may be gone. Its phone sends again every op it sent since (each is
-    applied once: those the copy holds answer duplicate), then starts over."""
-    backup_of, taken_at = backup_origin(session)
-    if backup_of is not None and cursor_epoch == backup_of:
+    """A cursor of a database this one was restored from: what the phone sent after that backup was taken may
+    be gone. Its phone sends again every op answered since ``resend_since`` (each is applied once: those the
+    copy holds answer duplicate), then starts over."""
+    taken_at = restored_at(session, cursor_epoch)
+    if taken_at is not None:
+        since = (taken_at - RESEND_MARGIN).isoformat()
         raise CursorExpired(
             f"cursor: this server was restored from a backup taken at {taken_at.isoformat()}; send again every "
-            "op sent since then (each is applied once), then start over with a pull without a cursor",
-            reason="restored", backup_taken_at=taken_at.isoformat())
+            f"op answered since {since} (each is applied once), then start over with a pull without a cursor",
+            reason="restored", backup_taken_at=taken_at.isoformat(), resend_since=since)
 
 
 def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | None = None,

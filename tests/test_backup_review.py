@@ -1,0 +1,283 @@
+"""`firegrid backup` / `firegrid restored` and the pull's `410 restored`, a review's findings: each test failed
+before its fix."""
+
+import errno
+import hashlib
+import os
+import shutil
+import sqlite3
+from contextlib import contextmanager
+from datetime import datetime, timezone
+
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from app.cli import cli
+from app.config import Settings, get_settings
+from app.db import Database, make_engine
+from app.main import create_app
+from app.photos.storage import FilesystemBlobStore
+from tests.conftest import login
+from tests.helpers import hazard_data, op, push
+from tests.test_backup import backed_up, run_backup, site  # noqa: F401 (fixture)
+from tests.test_cli import env_db  # noqa: F401 (fixture)
+
+
+@contextmanager
+def serving(db_file, tmp_path):
+    """The app on a SQLite file, as `firegrid serve` would run it."""
+    url = f"sqlite:///{db_file}"
+    settings = Settings(database_url=url, storage_dir=tmp_path / "blobs", secret_key="t" * 40,
+                        sweep_interval_seconds=0)
+    db = Database(make_engine(url))
+    try:
+        with TestClient(create_app(settings, db)) as c:
+            yield c
+    finally:
+        db.engine.dispose()
+
+
+def restore(copy, live):
+    """DEPLOY.md's restore: the copy where FIREGRID_DATABASE_URL points, its -wal/-shm removed, migrate."""
+    for f in (live, live.with_name(live.name + "-wal"), live.with_name(live.name + "-shm")):
+        f.unlink(missing_ok=True)
+    shutil.copyfile(copy, live)
+    assert CliRunner().invoke(cli, ["migrate"]).exit_code == 0
+
+
+def first_place(c, headers):
+    return c.get("/api/v1/places", headers=headers).json()["items"][0]["id"]
+
+
+def says_error(result) -> bool:
+    """Exit 2 and one line `error: …` (the database line may come before it: stdout and stderr are mixed)."""
+    return result.exit_code == 2 and any(line.startswith("error: ") for line in result.output.splitlines())
+
+
+def add_blob_row(db_file, name):
+    conn = sqlite3.connect(db_file)
+    conn.execute("INSERT INTO blobs (sha256, size, mime, width, height, created_at) "
+                 "VALUES (?, 100, 'image/jpeg', 64, 48, '2026-12-01 00:00:00.000000')", (name,))
+    conn.commit()
+    conn.close()
+
+
+# -- `firegrid restored` ------------------------------------------------------------------------------
+
+
+def test_restored_run_twice_forgets_the_epoch_the_phones_hold(site, tmp_path):
+    """`firegrid restored` overwrites backup_of with the database's current epoch every time it runs. Run a
+    second time (a retried runbook step, a script re-run, or run on a copy `firegrid backup` had already
+    marked), it records the epoch the first run made up, which no phone ever held: the phones' cursors of the
+    database that was backed up then get `410 other_feed` instead of `restored`, so they start over WITHOUT
+    sending again what they sent after the backup, and those reports are lost for good. The first copied epoch
+    should be kept (only set backup_of when it is not set, or refuse a second run)."""
+    db_file, _, _ = site
+    with serving(db_file, tmp_path) as c:
+        worker = login(c, "worker-a1", device="phone-1")
+        cursor = c.get("/api/v1/sync/pull", headers=worker).json()["cursor"]
+    for _ in range(2):
+        ran = CliRunner().invoke(cli, ["restored", "--taken-at", "2026-12-01T03:00:00+08:00"])
+        assert ran.exit_code in (0, 2), ran.output  # 2: a second run refused is a fine fix too
+    with serving(db_file, tmp_path) as c:
+        worker = login(c, "worker-a1", device="phone-1")
+        r = c.get("/api/v1/sync/pull", params={"cursor": cursor}, headers=worker)
+    assert r.status_code == 410 and r.json()["error"]["reason"] == "restored", r.text
+
+
+# -- the copy's feed epoch ------------------------------------------------------------------------------
+
+
+def test_restoring_the_same_copy_twice_lets_cursors_skip_changes(site, tmp_path):
+    """The copy's new epoch is made once, when `firegrid backup` writes it, not when it is restored. Restore the
+    same copy a second time (the first restore went wrong and is redone from the same file, a day later), and
+    every cursor the phones got from the first restored server is of the same epoch again: it is accepted, the
+    change seqs above the copy's newest are handed out again, and a phone whose cursor is past them never
+    receives those changes (here, a report from another phone) -- the very bug the epoch was
+    made to prevent. What worker-a1 pushed in between is also lost without it being told to send it again.
+    The epoch should be renewed on each restore (e.g. by the first `migrate`/start of a copy), or the copy
+    refuse to start twice."""
+    db_file, _, _ = site
+    found = datetime.now(timezone.utc)
+    with serving(db_file, tmp_path) as c:  # both phones were registered long before the backup
+        login(c, "worker-a1", device="phone-1")
+        login(c, "worker-a1", device="phone-2")
+    copy = run_backup(tmp_path / "backup", "--no-photos")
+    assert copy.exit_code == 0, copy.output
+    [copy] = (tmp_path / "backup").glob("firegrid-*.db")
+
+    restore(copy, db_file)  # the first restore
+    with serving(db_file, tmp_path) as c:
+        a1 = login(c, "worker-a1", device="phone-1")
+        place = first_place(c, a1)
+        assert push(c, a1, op("hazard.report", hazard_data(place, found)))[0]["status"] == "applied"
+        cursor = c.get("/api/v1/sync/pull", params={"limit": 1000}, headers=a1).json()
+        while cursor["more"]:
+            cursor = c.get("/api/v1/sync/pull", params={"cursor": cursor["cursor"], "limit": 1000}, headers=a1).json()
+        cursor = cursor["cursor"]
+
+    restore(copy, db_file)  # the same copy again
+    with serving(db_file, tmp_path) as c:
+        other = login(c, "worker-a1", device="phone-2")  # the worker's second phone, or a colleague's
+        a1 = login(c, "worker-a1", device="phone-1")
+        news = op("hazard.report", hazard_data(place, found))
+        assert push(c, other, news)[0]["status"] == "applied"
+        r = c.get("/api/v1/sync/pull", params={"cursor": cursor, "limit": 1000}, headers=a1)
+        got = {ch["id"] for ch in r.json().get("changes", [])} if r.status_code == 200 else set()
+    # either the stale cursor is refused, or it brings worker-a2's report: never a silent gap
+    assert r.status_code == 410 or news["data"]["id"] in got, r.text
+
+
+def test_a_backup_of_a_restored_server_forgets_the_first_restore(site, tmp_path):
+    """Each copy keeps only the epoch it copied. Restored once (copy 1 of epoch E0: a phone offline for weeks
+    still holds an E0 cursor and has not heard of the restore), then backed up (copy 2 keeps only E1) and
+    restored again: that phone's cursor now gets `410 other_feed`, not `restored`, so it never sends again
+    the reports it sent between the first backup and the first restore, which neither copy holds. Phones stay
+    offline for weeks (token TTL 720 h), so this is in reach. The copy should keep every epoch it descends
+    from (a list, or the oldest with its time) and answer `restored` to all of them."""
+    db_file, _, _ = site
+    with serving(db_file, tmp_path) as c:
+        worker = login(c, "worker-a1", device="phone-1")
+        old_cursor = c.get("/api/v1/sync/pull", headers=worker).json()["cursor"]  # epoch E0
+    assert run_backup(tmp_path / "b1", "--no-photos").exit_code == 0
+    [copy1] = (tmp_path / "b1").glob("firegrid-*.db")
+    restore(copy1, db_file)  # epoch E1, backup_of E0
+    assert run_backup(tmp_path / "b2", "--no-photos").exit_code == 0
+    [copy2] = (tmp_path / "b2").glob("firegrid-*.db")
+    restore(copy2, db_file)  # epoch E2, backup_of E1: E0 forgotten
+    with serving(db_file, tmp_path) as c:
+        worker = login(c, "worker-a1", device="phone-1")
+        r = c.get("/api/v1/sync/pull", params={"cursor": old_cursor}, headers=worker)
+    assert r.status_code == 410 and r.json()["error"]["reason"] == "restored", r.text
+
+
+# -- where the photos are ------------------------------------------------------------------------------
+
+
+def test_out_whose_blobs_is_the_photo_store_is_refused(site, tmp_path, monkeypatch):
+    """With the shipped layout (Dockerfile/compose: FIREGRID_STORAGE_DIR=/data/blobs on the volume /data; dev:
+    ./data/blobs beside ./data/firegrid.db), `firegrid backup --out /data` makes OUT/blobs the live photo store
+    itself. The run then reports success ("0 copied, N already there") though no photo was copied anywhere: a
+    backup that looks whole but dies with the photo volume. Worse, it "cleans up" OUT/blobs/tmp/*.part, which
+    are the server's uploads in progress (store/tmp/<sha>-XXXX.part): a grid worker's photo being received is
+    deleted under the server. OUT overlapping the store should be an operator error (`error: …`, exit 2)."""
+    _, store_root, _ = site
+    in_flight = store_root / "tmp" / "0123456789abcdef-upload.part"  # as FilesystemBlobStore._mkstemp names it
+    in_flight.parent.mkdir(parents=True, exist_ok=True)
+    in_flight.write_bytes(b"half a photo, still arriving")
+    result = run_backup(store_root.parent)  # OUT/blobs == the store
+    assert in_flight.exists(), "the backup deleted an upload in progress"
+    assert says_error(result), result.output
+
+
+def test_a_symlinked_photo_is_silently_left_out(site, tmp_path):
+    """A photo file (or a fan-out directory ab/ or ab/cd/) of the store that is a symlink, as an operator makes
+    it when moving part of the photo volume to another disk, is served by the server (the store follows
+    links) but skipped by the backup without a word (`is_file(follow_symlinks=False)`): exit 0, "0 damaged",
+    and the restored server has rows naming photos the backup does not have. A symlinked photo should be
+    copied (its bytes are checked against its name anyway), or at least named and the run fail."""
+    _, store_root, names = site
+    name = names[0]
+    stored = store_root / name[:2] / name[2:4] / name
+    elsewhere = tmp_path / "other-disk" / name
+    elsewhere.parent.mkdir()
+    shutil.move(stored, elsewhere)
+    stored.symlink_to(elsewhere)
+    assert FilesystemBlobStore(store_root).has(name)  # the server still serves it
+    out = tmp_path / "backup"
+    result = run_backup(out)
+    assert backed_up(out, name).is_file() or (result.exit_code != 0 and name in result.output), result.output
+
+
+def test_a_missing_photo_store_is_a_silent_success(site, tmp_path, monkeypatch):
+    """FIREGRID_STORAGE_DIR pointing where there is no store (unset in the cron's environment, a relative
+    ./data/blobs run from another directory, an unmounted volume) while the database names photos: the backup
+    prints "photos: 0 copied, 0 already there, 0 damaged" and exits 0, night after night, and no photo is ever
+    backed up. The server makes its store at start-up, so a missing store is a mistake the operator must hear
+    of: one line `error: …` and exit 2."""
+    db_file, _, names = site
+    for name in names:
+        add_blob_row(db_file, name)  # the photos were uploaded: their rows are in the database
+    monkeypatch.setenv("FIREGRID_STORAGE_DIR", str(tmp_path / "not-mounted" / "blobs"))
+    get_settings.cache_clear()
+    result = run_backup(tmp_path / "backup")
+    assert says_error(result), result.output
+
+
+def test_a_photo_gone_from_the_store_is_not_named(site, tmp_path):
+    """DEPLOY.md: "every photo a row of the copy names is in the backup", and a damaged photo is named with
+    exit 1. A photo whose file is gone from the store (deleted by hand, lost on the volume) while its `blobs`
+    row is in the copy is neither copied nor named: exit 0, and the operator learns only at restore time that
+    a hazard's evidence is gone. The backup should check the copy's `blobs` rows against OUT/blobs and name
+    the ones it lacks (exit 1), as it does a damaged one."""
+    db_file, store_root, names = site
+    for name in names:
+        add_blob_row(db_file, name)
+    lost = names[2]
+    (store_root / lost[:2] / lost[2:4] / lost).unlink()
+    out = tmp_path / "backup"
+    result = run_backup(out)
+    assert result.exit_code == 1 and lost in result.output, result.output
+
+
+# -- failures part-way ------------------------------------------------------------------------------
+
+
+def test_a_run_that_fails_copying_photos_leaves_a_database_copy_that_looks_whole(site, tmp_path, monkeypatch):
+    """The database copy takes its final name (firegrid-<time>.db) before any photo is copied. When the photo
+    copy then fails (disk full on the backup volume, here simulated), the run says `error: …` and exit 2, but
+    leaves a firegrid-*.db that looks like every other good backup while the photos its rows name are not in
+    OUT/blobs: the newest database copy, the one an operator restores, is not restorable whole. The copy
+    should keep a .part name (or be removed) until the photos are in, as the module promises ("nothing was
+    half written under a final name")."""
+    _, _, names = site
+    import app.backup as backup_mod
+
+    real = backup_mod._copy_verified
+    calls = []
+
+    def disk_full(src, name, tmp):
+        calls.append(name)
+        if len(calls) >= 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp))
+        return real(src, name, tmp)
+
+    monkeypatch.setattr(backup_mod, "_copy_verified", disk_full)
+    out = tmp_path / "backup"
+    result = run_backup(out)
+    assert says_error(result), result.output
+    assert not list(out.glob("firegrid-*.db")), "a database copy whose photos are not all in the backup"
+
+
+def test_a_backup_copy_damaged_at_the_same_size_is_never_noticed(site, tmp_path):
+    """A photo already in OUT/blobs is taken as present by its size alone. One damaged on the backup volume
+    without changing size (a flipped bit, a sector remapped) is counted "already there" by every later run,
+    never replaced from the good copy in the store and never named, though the code says "a damaged or
+    cut-short copy from an earlier run is replaced whole": the operator finds out at restore time. Photos in
+    the backup should be verified (hash, or at least a recorded size+mtime of a verified copy) or a periodic
+    full check offered."""
+    _, _, names = site
+    out = tmp_path / "backup"
+    assert run_backup(out).exit_code == 0
+    copy = backed_up(out, names[0])
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    copy.write_bytes(bytes(data))
+    again = run_backup(out, "--verify")
+    assert again.exit_code == 0 and "1 copied again (damaged in the backup)" in again.output, again.output
+    assert hashlib.sha256(copy.read_bytes()).hexdigest() == names[0]
+
+
+def test_a_database_copy_left_by_a_crashed_run_is_never_removed(site, tmp_path):
+    """A run killed while copying the database (OOM, reboot, a cron timeout) leaves firegrid-<time>.db.part
+    (the size of the database, with its password hashes and owners' phone numbers) and possibly its -wal. The
+    next run only removes a .part of its own name, i.e. of the same second, so the leftovers pile up on the
+    backup volume for ever (until it fills and the backups themselves fail). Under the OUT lock no other run
+    can be writing them: a run should remove every firegrid-*.db.part (and -wal/-journal) it finds."""
+    out = tmp_path / "backup"
+    out.mkdir()
+    left = out / "firegrid-20261130T190000Z.db.part"
+    left.write_bytes(b"SQLite format 3\x00" + b"\x00" * 4080)
+    result = run_backup(out, "--no-photos")
+    assert result.exit_code == 0, result.output
+    assert not left.exists()
