@@ -281,3 +281,49 @@ def test_a_database_copy_left_by_a_crashed_run_is_never_removed(site, tmp_path):
     result = run_backup(out, "--no-photos")
     assert result.exit_code == 0, result.output
     assert not left.exists()
+
+
+def jpeg(colour: str) -> tuple[str, bytes]:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), colour).save(buf, "JPEG")
+    return hashlib.sha256(buf.getvalue()).hexdigest(), buf.getvalue()
+
+
+def test_a_photo_uploaded_after_the_snapshot_is_the_phones_again_after_the_restore(site, tmp_path):
+    """A photo uploaded after the database snapshot is in the photo store, but its `blobs` row is not in the copy.
+    Restored, the phone sends its report again, as told, and asks which photos are missing: the file, hashed to
+    its name and named by the phone's own record, gets its row back and is not missing (POST /blobs/missing). A
+    phone that freed the photo once the server had it could never send it again: the evidence was lost."""
+    db_file, store_root, _ = site
+    found = datetime.now(timezone.utc)
+    with serving(db_file, tmp_path) as c:
+        login(c, "worker-a1", device="phone-1")
+    assert run_backup(tmp_path / "backup").exit_code == 0
+    [copy] = (tmp_path / "backup").glob("firegrid-*.db")
+    name, body = jpeg("orange")
+    forged, forged_body = jpeg("purple")
+    with serving(db_file, tmp_path) as c:  # after the backup: the photos, then the report naming them
+        worker = login(c, "worker-a1", device="phone-1")
+        for n, b in ((name, body), (forged, forged_body)):
+            put = c.put(f"/api/v1/blobs/{n}", content=b, headers={**worker, "Content-Type": "image/jpeg"})
+            assert put.status_code == 201, put.text
+        sent = op("hazard.report", hazard_data(first_place(c, worker), found, photos=[name, forged]))
+        assert push(c, worker, sent)[0]["status"] == "applied"
+    stored = store_root / forged[:2] / forged[2:4] / forged
+    stored.write_bytes(forged_body[:-10] + b"\x00" * 10)  # damaged on the volume since: stays missing
+
+    restore(copy, db_file)  # the database disk is lost; the photo volume is not
+    with serving(db_file, tmp_path) as c:
+        worker = login(c, "worker-a1", device="phone-1")
+        other = login(c, "worker-a2", device="phone-2")
+        assert c.post("/api/v1/blobs/missing", json={"sha256": [name]}, headers=other).json()["missing"] == [name]
+        assert push(c, worker, sent)[0]["status"] == "applied"  # sent again, as the 410 asked
+        missing = c.post("/api/v1/blobs/missing", json={"sha256": [name, forged]}, headers=worker).json()["missing"]
+        hazard = c.get(f"/api/v1/hazards/{sent['data']['id']}", headers=worker).json()
+        shown = c.get(f"/api/v1/blobs/{name}", headers=worker)
+    assert missing == [forged] and hazard["photos_pending"] == [forged], (missing, hazard["photos_pending"])
+    assert shown.status_code == 200 and shown.content == body

@@ -82,15 +82,19 @@ def post_missing(body: MissingQuery, request: Request, creds: BearerDep, store: 
     A stored photo the caller neither holds nor may see is missing for them: they prove they have it by
     sending it."""
     seen: set[str] = set()
-    with request.app.state.db.session() as session:  # a short read session: no write lock for a question
-        user, unit = _authenticate(request, session, creds)
+    db = request.app.state.db
+    with db.session() as session:  # a short read session: no write lock for a question
+        user, device, _, unit = auth_service.authenticate(session, request.app.state.settings, require_bearer(creds))
         for i, sha in enumerate(body.sha256):
             service.valid_name(sha, field=f"sha256.{i}")
-        answer = MissingAnswer(missing=service.missing(session, body.sha256, store=store,
-                                                       scope=scope_for(session, user, unit), seen_out=seen))
+        missing = service.missing(session, body.sha256, store=store, scope=scope_for(session, user, unit),
+                                  seen_out=seen)
     if seen:  # stored photos they may see but had not proven they hold: seeing is as good (a rare write)
-        service.hold_seen(request.app.state.db, user.id, seen)
-    return answer
+        service.hold_seen(db, user.id, seen)
+    if missing:  # files in the store without their row (a restored backup): theirs again, if their records name them
+        adopted = service.adopt_stored(db, store, service.Uploader(user.id, device.id), missing)
+        missing = [s for s in missing if s not in adopted]
+    return MissingAnswer(missing=missing)
 
 
 _IMAGE_BODY = {"required": True, "content": {m: {"schema": {"type": "string", "format": "binary"}}

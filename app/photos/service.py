@@ -17,6 +17,7 @@ phone: the phone that named it is told it is missing and must send the bytes.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import threading
 import zlib
@@ -228,6 +229,45 @@ def missing(session: Session, shas: Sequence[str], store: BlobStore | None = Non
         if seen_out is not None:
             seen_out |= seen
     return [s for s in shas if not held.get(s)]
+
+
+def adopt_stored(db: Database, store: BlobStore, uploader: Uploader, shas: Sequence[str],
+                 now: datetime | None = None) -> set[str]:
+    """Those of ``shas`` (missing for the uploader) whose file is in the store with no ``blobs`` row, and which a
+    record of the uploader's own names: given their row back, the uploader as theirs, and returned. A restored
+    backup lacks the rows of the photos uploaded after it, while their files stayed in the store; the phone
+    sends its records again when told to, and may no longer hold the photos to send (a crash between
+    publishing and the row leaves such a file too). The file is hashed against its name and checked as an
+    upload is; one that fails stays missing. Blocking (hashing, decoding): call from a worker thread."""
+    candidates = [s for s in _dedupe(shas) if store.path(s) is not None]
+    if not candidates:
+        return set()
+    with db.session() as session:
+        own = set(session.execute(
+            select(PhotoRef.sha256).outerjoin(Blob, Blob.sha256 == PhotoRef.sha256)
+            .where(PhotoRef.sha256.in_(candidates), PhotoRef.added_by_user_id == uploader.user_id,
+                   Blob.sha256.is_(None)).distinct()).scalars())
+    adopted: set[str] = set()
+    for sha in candidates:
+        path = store.path(sha)
+        if sha not in own or path is None or _file_sha256(path) != sha:
+            continue
+        try:
+            info = _validate(path)
+        except ImageRejected:
+            continue
+        _record_blob(db, PutResult(sha256=sha, size=path.stat().st_size, created=False, info=info), uploader,
+                     now or utcnow())
+        adopted.add(sha)
+    return adopted
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def hold_seen(db: Database, user_id: str, shas: Iterable[str]) -> None:
