@@ -14,6 +14,21 @@ from app.errors import Invalid
 _TAG = re.compile(r'(W/)?"([\x21\x23-\x7e\x80-\xff]*)"')
 
 
+def tag_versions(pattern: str) -> Callable[[str], int | None]:
+    """A router's ``version_of``: the version a tag of its records names (the pattern's first group), or None."""
+    regex = re.compile(pattern)
+
+    def version_of(tag: str) -> int | None:
+        m = regex.fullmatch(tag)
+        return int(m[1]) if m else None
+    return version_of
+
+
+def etag_header(description: str) -> dict:
+    """The ETag response header, for a route's OpenAPI ``responses``."""
+    return {"ETag": {"description": description, "schema": {"type": "string"}}}
+
+
 def _elements(lines: list[str] | None) -> list[str]:
     """The list's elements, empty ones left out (§5.6.1.2: a recipient MUST accept and ignore them)."""
     return [e.strip() for line in lines or () for e in line.split(",") if e.strip()]

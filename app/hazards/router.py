@@ -1,5 +1,4 @@
 import hashlib
-import re
 from datetime import datetime
 from typing import Annotated
 
@@ -10,7 +9,7 @@ from sqlmodel import Session
 from app.audit.service import Actor
 from app.auth.deps import CurrentPrincipal, Principal
 from app.db import SessionDep
-from app.conditional import not_modified, versions_named
+from app.conditional import etag_header, not_modified, tag_versions, versions_named
 from app.errors import PreconditionFailed, reject_number_as_time
 from app.hazards import service
 from app.hazards.models import Hazard
@@ -54,15 +53,9 @@ def get_queue(
 # (a deadline passing turns `overdue`, a photo arriving leaves `photos_pending`, the premises renamed) and
 # differs by caller (`allowed_actions`); a tag of the version alone would have a desk polling with
 # If-None-Match show "not overdue" for ever after the deadline. Strong, as If-Match compares no weak tag.
-_TAG = re.compile(r"h-([0-9]{1,18})(?:\.[0-9a-f]{0,64})?")  # "h-7" alone too: what a script makes of `version`
-
-_ETAG_HEADER = {"ETag": {"description": 'the hazard\'s entity tag, "h-<version>.<digest>": send it back as If-Match '
-                                        "with an action, or as If-None-Match to poll", "schema": {"type": "string"}}}
-
-
-def _version_of(tag: str) -> int | None:
-    m = _TAG.fullmatch(tag)
-    return int(m[1]) if m else None
+_version_of = tag_versions(r"h-([0-9]{1,18})(?:\.[0-9a-f]{0,64})?")  # "h-7" alone too: a script's `version`
+_ETAG_HEADER = etag_header('the hazard\'s entity tag, "h-<version>.<digest>": send it back as If-Match with an '
+                           "action, or as If-None-Match to poll")
 
 
 def _etag(d: HazardDetail) -> str:

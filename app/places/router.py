@@ -1,4 +1,3 @@
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Response
@@ -7,7 +6,7 @@ from app.audit.service import Actor
 from app.auth.deps import CurrentPrincipal
 from app.auth.scope import visible_place
 from app.db import SessionDep
-from app.conditional import not_modified, versions_named
+from app.conditional import etag_header, not_modified, tag_versions, versions_named
 from app.errors import PreconditionFailed
 from app.places import service
 from app.referrals.deps import NowDep, RulesDep
@@ -47,15 +46,9 @@ def create_place(body: PlaceCreate, p: CurrentPrincipal, session: SessionDep, no
 # The ETag is strong and the version alone, "p-<version>": the answer is the row and nothing else (no clock,
 # nothing of the caller's), and every change of the row bumps its version (service.update_place), the one
 # phones name as base_version. If-Match compares it; If-None-Match compares the whole tag, which is the same.
-_TAG = re.compile(r"p-([0-9]{1,18})")
-
-_ETAG_HEADER = {"ETag": {"description": 'the premises\' entity tag, "p-<version>": send it back as If-Match with '
-                                        "a change, or as If-None-Match to poll", "schema": {"type": "string"}}}
-
-
-def _version_of(tag: str) -> int | None:
-    m = _TAG.fullmatch(tag)
-    return int(m[1]) if m else None
+_version_of = tag_versions(r"p-([0-9]{1,18})")
+_ETAG_HEADER = etag_header('the premises\' entity tag, "p-<version>": send it back as If-Match with a change, or as '
+                           "If-None-Match to poll")
 
 
 def _etag(place: Place) -> str:

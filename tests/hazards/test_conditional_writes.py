@@ -3,11 +3,9 @@ If-None-Match on its GET (304 while the answer is the same)."""
 
 import pytest
 from fastapi import Response
-from sqlmodel import Session, select
+from sqlmodel import Session
 
 from app.audit.service import Actor
-from app.auth.deps import Principal
-from app.auth.models import Device, User
 from app.errors import PreconditionFailed
 from app.hazards.models import Hazard
 from app.hazards.router import post_action
@@ -17,6 +15,7 @@ from app.referrals.service import act, lock_hazard
 from tests.conftest import login
 from tests.hazards.test_actions import at, hazard  # noqa: F401  (hazard: a fixture)
 from tests.helpers import race_behind_lock
+from tests.places.test_conditional_writes import admins_desk
 from tests.referrals.test_relocation import NOW
 from tests.referrals.test_relocation_races import pg  # noqa: F401  (fixture: a fresh PostgreSQL, two writers)
 
@@ -156,9 +155,7 @@ def test_two_desks_acting_on_one_version_at_once_cannot_both_pass(pg):
     act(held, pg.rules, h, Action.ACCEPT, ActionParams(), Actor.system(), NOW)
     held.flush()
     writer = pg.session()
-    admin = writer.exec(select(User).where(User.username == "admin")).one()
-    device = writer.exec(select(Device).where(Device.device_key == "race-phone")).one()
-    desk = Principal(user=admin, device=device, token=None, session=writer)
+    desk = admins_desk(writer)
 
     def second_desk():
         try:

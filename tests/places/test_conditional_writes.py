@@ -85,6 +85,13 @@ def test_the_openapi_document_shows_the_412(client):
     assert "412" in patch_["responses"] and "ETag" in patch_["responses"]["200"]["headers"]
 
 
+def admins_desk(session: Session) -> Principal:
+    """The admin acting at a desk, on the race fixture's device (tests/referrals/test_relocation_races.py)."""
+    admin = session.exec(select(User).where(User.username == "admin")).one()
+    device = session.exec(select(Device).where(Device.device_key == "race-phone")).one()
+    return Principal(user=admin, device=device, token=None, session=session)
+
+
 def test_two_desks_changing_one_version_at_once_cannot_both_pass(pg):
     """PostgreSQL: the first change holds the premises, uncommitted; the second, sent with the same If-Match,
     must be compared with the version the first one leaves, not the one it read before the lock."""
@@ -94,9 +101,7 @@ def test_two_desks_changing_one_version_at_once_cannot_both_pass(pg):
     update_place(held, None, place, PlaceUpdate(owner_phone="13900000008"), rules=pg.rules, now=NOW)
     held.flush()
     writer = pg.session()
-    admin = writer.exec(select(User).where(User.username == "admin")).one()
-    device = writer.exec(select(Device).where(Device.device_key == "race-phone")).one()
-    desk = Principal(user=admin, device=device, token=None, session=writer)
+    desk = admins_desk(writer)
 
     def second_desk():
         try:
