@@ -58,7 +58,7 @@ class BackupReport:
     photos_copied: int = 0
     photos_present: int = 0  # already in the backup from an earlier run
     photos_repaired: int = 0  # in the backup, but no longer matching their name (--verify): copied again
-    photos_damaged: list[str] = field(default_factory=list)  # in the store, not matching their name
+    photos_damaged: list[str] = field(default_factory=list)  # in the store, not matching their name or unreadable
     photos_lost: list[str] = field(default_factory=list)  # a row names them; in neither store nor backup
 
     @property
@@ -81,8 +81,7 @@ def backup(database_url: str, store_root: Path, out_dir: Path, now: datetime, *,
     """The whole run (see the module's docstring): the database (SQLite) as out_dir/firegrid-<time>.db, then
     the photos into out_dir/blobs; ``verify``: hash the photos already in the backup too."""
     db_file = sqlite_path(database_url)
-    if photos:
-        _check_places(store_root, out_dir)
+    _check_places(store_root, out_dir, photos)
     out_dir.mkdir(parents=True, exist_ok=True)
     report = BackupReport()
     with exclusive(out_dir):
@@ -107,8 +106,10 @@ def backup(database_url: str, store_root: Path, out_dir: Path, now: datetime, *,
     return report
 
 
-def _check_places(store_root: Path, out_dir: Path) -> None:
+def _check_places(store_root: Path, out_dir: Path, photos: bool) -> None:
     if not store_root.is_dir():
+        if not photos:
+            return
         raise BackupError(f"the photo store {store_root} does not exist (FIREGRID_STORAGE_DIR; the server makes it "
                           "at start-up): nothing to copy the photos from")
     store, out = store_root.resolve(), out_dir.resolve()
@@ -222,16 +223,46 @@ def _hash_of(path: Path) -> str:
     return h.hexdigest()
 
 
+class _Unreadable(Exception):
+    pass
+
+
+def _read_chunks(f) -> Iterator[bytes]:
+    """The file's chunks; a read error (EIO: a bad sector) is the photo's damage, not the run's failure."""
+    while True:
+        try:
+            chunk = f.read(_CHUNK)
+        except OSError as exc:
+            raise _Unreadable() from exc
+        if not chunk:
+            return
+        yield chunk
+
+
 def _copy_verified(src: Path, name: str, tmp: Path) -> bool:
-    """Copy src to tmp, fsynced, hashing on the way: False (and no tmp) if the bytes do not hash to name."""
+    """Copy src to tmp, fsynced, hashing on the way: False (and no tmp) if the bytes do not hash to name or
+    cannot be read. An error writing the copy (the backup volume full) is the run's: it is raised."""
     h = hashlib.sha256()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PHOTO_MODE)
-    with open(src, "rb") as fin, open(fd, "wb") as fout:
-        while chunk := fin.read(_CHUNK):
-            h.update(chunk)
-            fout.write(chunk)
-        fout.flush()
-        os.fsync(fout.fileno())
+    try:
+        fin = open(src, "rb")
+    except OSError:
+        return False
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _PHOTO_MODE)
+        with os.fdopen(fd, "wb") as fout:
+            for chunk in _read_chunks(fin):
+                h.update(chunk)
+                fout.write(chunk)
+            fout.flush()
+            os.fsync(fout.fileno())
+    except _Unreadable:
+        tmp.unlink(missing_ok=True)
+        return False
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    finally:
+        fin.close()
     if h.hexdigest() != name:
         tmp.unlink()
         return False

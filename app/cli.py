@@ -357,7 +357,7 @@ def backup(
         typer.echo(f"database: {report.database} ({report.database_bytes:,} bytes, revision "
                    f"{report.revision or 'none'}, checked)")
     for name in report.photos_damaged:
-        typer.echo(f"photo {name}: its bytes no longer hash to its name: damaged in the store, not copied",
+        typer.echo(f"photo {name}: its bytes no longer hash to its name, or cannot be read: damaged in the store, not copied",
                    err=True)
     for name in report.photos_lost:
         typer.echo(f"photo {name}: a record names it, but it is in neither the store nor the backup", err=True)

@@ -22,7 +22,8 @@ from app.db import Database, make_engine
 from app.demo import seed_demo
 from app.main import create_app
 from app.photos.storage import FilesystemBlobStore
-from app.sync.pull import RESEND_MARGIN, Cursor
+from app.sync.feed import RESEND_MARGIN
+from app.sync.pull import Cursor
 from tests.conftest import fresh_database_url, login
 from tests.helpers import hazard_data, op, push
 from tests.test_cli import env_db  # noqa: F401 (fixture)
@@ -261,5 +262,7 @@ def test_firegrid_restored_marks_a_database_restored_by_other_means(site):
     ok = CliRunner().invoke(cli, ["restored", "--taken-at", "2026-12-01T03:00:00+08:00"])
     assert ok.exit_code == 0, ok.output
     epoch, restored_from = conn.execute("SELECT epoch, restored_from FROM change_feed_state").fetchone()
-    assert epoch != before and json.loads(restored_from) == [[before, "2026-12-01T03:00:00+08:00"]]
+    [(copied, taken, restored_at)] = json.loads(restored_from)  # and when it was restored: now
+    assert epoch != before and (copied, taken) == (before, "2026-12-01T03:00:00+08:00")
+    assert datetime.fromisoformat(restored_at) <= datetime.now(timezone.utc)
     conn.close()

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
+import app.backup as backup_mod
 from app.cli import cli
 from app.config import Settings, get_settings
 from app.db import Database, make_engine
@@ -327,3 +328,102 @@ def test_a_photo_uploaded_after_the_snapshot_is_the_phones_again_after_the_resto
         shown = c.get(f"/api/v1/blobs/{name}", headers=worker)
     assert missing == [forged] and hazard["photos_pending"] == [forged], (missing, hazard["photos_pending"])
     assert shown.status_code == 200 and shown.content == body
+
+
+# -- a second review ----------------------------------------------------------------------------------
+
+
+def whole_pull(c, headers) -> str:
+    page = c.get("/api/v1/sync/pull", params={"limit": 1000}, headers=headers).json()
+    while page["more"]:
+        page = c.get("/api/v1/sync/pull", params={"cursor": page["cursor"], "limit": 1000}, headers=headers).json()
+    return page["cursor"]
+
+
+def test_a_second_restore_of_the_same_copy_does_not_tell_the_first_restores_phones(site, tmp_path):
+    """The same copy restored twice (the first restore is redone from the same file, a day later, or an older
+    copy restored after a newer one: both descend from the same live feed E0). The first restore gave the feed
+    epoch E1; phones pulled and pushed on it (worker-a1's report below, sent after the backup). The second
+    restore starts again from the copy, which knows only E0, and makes E2 with restored_from [[E0, t]]: the
+    phone's E1 cursor gets `410 other_feed`, not `restored`, so the phone starts over WITHOUT sending again the
+    report it pushed to the first restored server, which the second does not hold: lost for good, though both
+    restores descend from the same backup time t. The cursor should carry the epochs its feed descends from
+    (restored_from's, with their times), so a server that descends from one of them answers `restored` with
+    that backup's time."""
+    db_file, _, _ = site
+    found = datetime.now(timezone.utc)
+    with serving(db_file, tmp_path) as c:
+        login(c, "worker-a1", device="phone-1")
+    assert run_backup(tmp_path / "backup", "--no-photos").exit_code == 0
+    [copy] = (tmp_path / "backup").glob("firegrid-*.db")
+
+    restore(copy, db_file)  # the first restore: E1
+    with serving(db_file, tmp_path) as c:
+        a1 = login(c, "worker-a1", device="phone-1")
+        sent = op("hazard.report", hazard_data(first_place(c, a1), found))
+        assert push(c, a1, sent)[0]["status"] == "applied"
+        cursor = whole_pull(c, a1)
+
+    restore(copy, db_file)  # the same copy again: E2, what the first restored server took is gone
+    with serving(db_file, tmp_path) as c:
+        a1 = login(c, "worker-a1", device="phone-1")
+        r = c.get("/api/v1/sync/pull", params={"cursor": cursor}, headers=a1)
+        lost = c.get(f"/api/v1/hazards/{sent['data']['id']}", headers=a1).status_code == 404
+    assert lost  # the premise: the second restore does not hold the report
+    assert r.status_code == 410 and r.json()["error"]["reason"] == "restored", r.text
+
+
+def test_a_backup_of_a_restored_copy_not_yet_started_moves_its_backup_time_forward(site, tmp_path):
+    """A copy put in place (DEPLOY.md: copy, migrate, audit verify, start) is still marked with the time its
+    backup was taken (t1) until the server first starts. If the nightly cron `firegrid backup` runs in between
+    (the start delayed while the operator checks the restore), mark_backup_copy overwrites the mark in the new
+    copy with t2, while the copy still holds only what was there at t1. Restored from that copy, the phones
+    are told to send again what they sent since t2 (less 10 minutes): what they pushed between t1 and t2 to
+    the server that died is in neither copy and is never sent again. mark_backup_copy should keep an earlier
+    backup_taken_at (the copy is no newer than that)."""
+    db_file, _, _ = site
+    with serving(db_file, tmp_path) as c:
+        login(c, "worker-a1", device="phone-1")
+    assert run_backup(tmp_path / "b1", "--no-photos").exit_code == 0
+    [copy1] = (tmp_path / "b1").glob("firegrid-*.db")
+    (t1,) = sqlite3.connect(copy1).execute("SELECT backup_taken_at FROM change_feed_state").fetchone()
+    restore(copy1, db_file)  # in place, migrated, not started yet
+    assert run_backup(tmp_path / "b2", "--no-photos").exit_code == 0  # the cron, before the start
+    [copy2] = (tmp_path / "b2").glob("firegrid-*.db")
+    (t2,) = sqlite3.connect(copy2).execute("SELECT backup_taken_at FROM change_feed_state").fetchone()
+    assert t2 == t1, f"the second copy claims to be as of {t2}, but holds only what was there at {t1}"
+
+
+def test_a_photo_the_store_cannot_read_costs_the_whole_backup(site, tmp_path, monkeypatch):
+    """One photo file the store cannot read (EIO: a bad sector on the photo volume, the very damage a backup is
+    for) makes `_copy_verified` raise OSError: the run stops with `error: …` (exit 2) and leaves NO database
+    copy at all, and so does every later run, night after night, until someone repairs that one photo. A
+    photo whose bytes cannot be read is damaged in the store: it should be named as one (exit 1) while the
+    database copy and every other photo are still backed up (DEPLOY.md: a damaged photo is "named (exit 1)")."""
+    _, store_root, names = site
+    bad = store_root / names[1][:2] / names[1][2:4] / names[1]
+    real_open = open
+
+    def failing_open(path, *args, **kw):
+        if os.fspath(path) == os.fspath(bad):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), os.fspath(path))
+        return real_open(path, *args, **kw)
+
+    monkeypatch.setattr(backup_mod, "open", failing_open, raising=False)
+    out = tmp_path / "backup"
+    result = run_backup(out)
+    assert list(out.glob("firegrid-*.db")), f"no database copy because one photo is unreadable: {result.output}"
+    assert result.exit_code == 1 and names[1] in result.output, result.output
+    assert backed_up(out, names[0]).is_file() and backed_up(out, names[2]).is_file()
+
+
+def test_no_photos_backup_into_the_photo_store_is_not_refused(site, tmp_path):
+    """DEPLOY.md: "a `DIR` that contains the store, or lies inside it, is refused". With --no-photos it is not
+    (_check_places runs only when photos are copied): `firegrid backup --out $FIREGRID_STORAGE_DIR/db
+    --no-photos` (a database-only cron beside the photo one) writes the database copies, with their password
+    hashes and owners' phone numbers, inside the photo store, on the volume whose loss the backup is for.
+    The placement check should not depend on --no-photos (or DEPLOY.md say so)."""
+    _, store_root, _ = site
+    result = CliRunner().invoke(cli, ["backup", "--out", str(store_root / "db-backups"), "--no-photos"])
+    assert result.exit_code == 2 and "error: " in result.output, result.output
+

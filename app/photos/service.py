@@ -42,6 +42,7 @@ from app.photos.imaging import DISPLAY_SIDE, THUMB_SIDE, ImageInfo, ImageRejecte
 from app.photos.models import Blob, BlobHolder, PhotoRef, RecordKind
 from app.photos.schemas import BlobPublic
 from app.photos.storage import BlobStore, HashMismatch, InvalidName, PutResult, TooLarge, validate_sha256
+from app.sync.feed import RESEND_MARGIN, restore_window
 
 # Derivatives served by GET /blobs/{sha}/{kind}: made on first request, then cached on disk.
 DERIVATIVES: dict[str, int] = {"thumb": THUMB_SIDE, "display": DISPLAY_SIDE}
@@ -233,13 +234,21 @@ def missing(session: Session, shas: Sequence[str], store: BlobStore | None = Non
 
 def adopt_stored(db: Database, store: BlobStore, uploader: Uploader, shas: Sequence[str],
                  now: datetime | None = None) -> set[str]:
-    """Those of ``shas`` (missing for the uploader) whose file is in the store with no ``blobs`` row, and which a
-    record of the uploader's own names: given their row back, the uploader as theirs, and returned. A restored
-    backup lacks the rows of the photos uploaded after it, while their files stayed in the store; the phone
-    sends its records again when told to, and may no longer hold the photos to send (a crash between
-    publishing and the row leaves such a file too). The file is hashed against its name and checked as an
-    upload is; one that fails stays missing. Blocking (hashing, decoding): call from a worker thread."""
-    candidates = [s for s in _dedupe(shas) if store.path(s) is not None]
+    """Those of ``shas`` (missing for the uploader) whose file is in the store with no ``blobs`` row, written
+    between the backup this database was restored from and the restore, and which a record of the uploader's
+    own names: given their row back, the uploader as theirs, and returned. A restored backup lacks the rows of
+    the photos uploaded after it, while their files stayed in the store; the phone sends its records again
+    when told to, and may no longer hold the photos to send. Only in that window: anywhere else a file without
+    a row is an upload between publishing and its row, or one a crash cut there, which its uploader sends
+    again, and knowing a photo's name must not be enough to see it. The file is hashed against its name and
+    checked as an upload is; one that fails stays missing. Blocking (hashing, decoding): call from a worker
+    thread."""
+    with db.session() as session:
+        window = restore_window(session)
+    if window is None:
+        return set()
+    since, until = (window[0] - RESEND_MARGIN).timestamp(), window[1].timestamp()
+    candidates = [s for s in _dedupe(shas) if (p := store.path(s)) is not None and since <= p.stat().st_mtime <= until]
     if not candidates:
         return set()
     with db.session() as session:

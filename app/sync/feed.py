@@ -58,7 +58,7 @@ import uuid
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from types import SimpleNamespace
 from typing import Any
 
@@ -120,7 +120,7 @@ class ChangeFeedState(SQLModel, table=True):
     is refused instead of silently skipping. ``pruned_through``: every seq at or below it may be gone.
     ``backup_taken_at``: set in a copy made by `firegrid backup` until its first start (start_restored).
     ``restored_from``: the epochs this feed descends from through restores, oldest first, each with the time
-    the backup that ended it was taken: ``[[epoch, ISO-8601 time], ...]``.
+    the backup that ended it was taken and the time it was restored: ``[[epoch, taken ISO, restored ISO], ...]``.
     """
 
     __tablename__ = "change_feed_state"
@@ -615,14 +615,22 @@ def new_epoch() -> str:
 _STATE = sa.select(ChangeFeedState.epoch, ChangeFeedState.pruned_through).where(ChangeFeedState.id == 1)
 
 
+# A push whose answer's server_time (the time it began) is before a backup was taken may have committed after the
+# backup's snapshot began: phones send again what was answered since the backup's time less this (a push takes
+# seconds; a lock wait at most 10)
+RESEND_MARGIN = timedelta(minutes=10)
+
+
 def mark_backup_copy(conn: sa.Connection, taken_at: datetime) -> None:
     """In a backup's copy of the database: when it was taken. Its first start makes it a restored feed
     (start_restored); the copy itself stays as it is, so a second restore of the same file starts anew too."""
     state = ChangeFeedState.__table__
-    conn.execute(state.update().where(state.c.id == 1).values(backup_taken_at=taken_at))
+    # a copy of a copy not started yet holds only what the first held: its time, the earlier, stays
+    conn.execute(state.update().where(state.c.id == 1).values(
+        backup_taken_at=sa.func.coalesce(state.c.backup_taken_at, taken_at)))
 
 
-def start_restored(session: Session, taken_at: datetime | None = None) -> datetime | None:
+def start_restored(session: Session, taken_at: datetime | None = None, now: datetime | None = None) -> datetime | None:
     """Make a restored database's feed a new one: a new epoch, and the one it leaves kept in restored_from with
     the time the backup was taken (``taken_at``, else the mark of mark_backup_copy; neither: nothing to do).
     Every cursor of before is then refused: the seqs above the copy's newest change will be handed out again,
@@ -635,7 +643,8 @@ def start_restored(session: Session, taken_at: datetime | None = None) -> dateti
     taken_at = taken_at or state.backup_taken_at
     if taken_at is None:
         return None
-    state.restored_from = [*(state.restored_from or []), [state.epoch, taken_at.isoformat()]]
+    state.restored_from = [*(state.restored_from or []),
+                           [state.epoch, taken_at.isoformat(), (now or utcnow()).isoformat()]]
     state.epoch = new_epoch()
     state.backup_taken_at = None
     session.add(state)
@@ -657,13 +666,31 @@ def start_restored_copy(db: Database) -> datetime | None:
     return taken_at
 
 
-def restored_at(session: Session, cursor_epoch: str) -> datetime | None:
-    """When the backup was taken that ended the feed of ``cursor_epoch``, if this database descends from it."""
+def restored_at(session: Session, cursor_epochs: Iterable[str]) -> datetime | None:
+    """When the backup was taken that ended the feed of the first of ``cursor_epochs`` (a cursor's epoch, then
+    those it descends from) this database descends from too; None if none."""
     row = session.execute(sa.select(ChangeFeedState.restored_from).where(ChangeFeedState.id == 1)).first()
-    for epoch, taken_at in (row.restored_from or []) if row else ():
-        if epoch == cursor_epoch:
-            return datetime.fromisoformat(taken_at)
+    taken = {entry[0]: entry[1] for entry in (row.restored_from or [])} if row else {}
+    for epoch in cursor_epochs:
+        if epoch in taken:
+            return datetime.fromisoformat(taken[epoch])
     return None
+
+
+def restored_epochs(session: Session) -> list[str]:
+    """The epochs this feed descends from through restores (a new cursor carries them: Cursor.h)."""
+    row = session.execute(sa.select(ChangeFeedState.restored_from).where(ChangeFeedState.id == 1)).first()
+    return [entry[0] for entry in (row.restored_from or [])] if row else []
+
+
+def restore_window(session: Session) -> tuple[datetime, datetime] | None:
+    """(when the last backup this database was restored from was taken, when it was restored), or None if it
+    never was: the photos uploaded in between kept their files in the store but lost their rows."""
+    row = session.execute(sa.select(ChangeFeedState.restored_from).where(ChangeFeedState.id == 1)).first()
+    entries = [e for e in (row.restored_from or []) if len(e) > 2] if row else []
+    if not entries:
+        return None
+    return datetime.fromisoformat(entries[-1][1]), datetime.fromisoformat(entries[-1][2])
 
 
 def read_state(session: Session) -> tuple[str, int]:

@@ -37,7 +37,6 @@ import binascii
 import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
-from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -50,8 +49,8 @@ from app.hazards.models import Hazard
 from app.inspections.models import Inspection
 from app.places.models import PLACE_CLASS_NAMES, Place, key_unit_level
 from app.referrals.policy import Category, Policy
-from app.sync.feed import (Change, hazard_data, inspection_data, is_addressed_copy, place_data,
-                           read_head, read_state, restored_at)
+from app.sync.feed import (RESEND_MARGIN, Change, hazard_data, inspection_data, is_addressed_copy, place_data,
+                           read_head, read_state, restored_at, restored_epochs)
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
@@ -112,6 +111,9 @@ class Cursor:
     # pulls, so a cursor says what that device holds, not what another of the user's phones does. None: a
     # cursor from before this was kept, served as it was
     d: str | None = None
+    # the epochs the feed descended from through restores when the cursor was first made (feed.restored_at):
+    # restored from the same backup again, the server still knows the cursor's phone sent to a lost feed
+    h: list[str] | None = None
 
     def encode(self) -> str:
         raw = json.dumps(asdict(self), separators=(",", ":"), sort_keys=True).encode()
@@ -127,7 +129,8 @@ class Cursor:
             c = cls(**d)
             if not (_seq(c.a) and (c.u is None or _seq(c.u)) and c.m in (None, "s", "c")
                     and isinstance(c.e, str) and isinstance(c.f, str) and isinstance(c.r, str)
-                    and (c.d is None or isinstance(c.d, str))):
+                    and (c.d is None or isinstance(c.d, str))
+                    and (c.h is None or (isinstance(c.h, list) and all(isinstance(e, str) for e in c.h)))):
                 raise ValueError("bad field")
             if c.m is not None and (c.u is None or c.p not in (SNAPSHOT_PHASES if c.m == "s" else INCREMENTAL_PHASES)):
                 raise ValueError("bad phase")
@@ -238,21 +241,17 @@ def clamp_limit(limit: int | None) -> int:
     return max(1, min(int(limit or DEFAULT_LIMIT), MAX_LIMIT))
 
 
-# A push answered (its server_time) this long before the backup began may have committed after the snapshot: the
-# phones send again what was answered since the backup's time less this (a push takes seconds; lock waits 10 s)
-RESEND_MARGIN = timedelta(minutes=10)
-
-
-def _refuse_if_restored(session: Session, cursor_epoch: str) -> None:
+def _refuse_if_restored(session: Session, cursor_epochs: list[str]) -> None:
     """A cursor of a database this one was restored from: what the phone sent after that backup was taken may
     be gone. Its phone sends again every op answered since ``resend_since`` (each is applied once: those the
     copy holds answer duplicate), then starts over."""
-    taken_at = restored_at(session, cursor_epoch)
+    taken_at = restored_at(session, cursor_epochs)
     if taken_at is not None:
         since = (taken_at - RESEND_MARGIN).isoformat()
         raise CursorExpired(
             f"cursor: this server was restored from a backup taken at {taken_at.isoformat()}; send again every "
-            f"op answered since {since} (each is applied once), then start over with a pull without a cursor",
+            f"op whose answer's server_time is at or after {since} (each is applied once), then start over with a "
+            "pull without a cursor",
             reason="restored", backup_taken_at=taken_at.isoformat(), resend_since=since)
 
 
@@ -263,11 +262,12 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
     fp, dev = scope_fingerprint(scope), device_fingerprint(device_id)
     if cursor is None:
         upto = upto_now
-        c = Cursor(e=epoch, f=fp, r=policy.version, a=upto, u=upto, m="s", p=REF, k=None, d=dev)
+        c = Cursor(e=epoch, f=fp, r=policy.version, a=upto, u=upto, m="s", p=REF, k=None, d=dev,
+                   h=restored_epochs(session) or None)
     else:
         c = Cursor.decode(cursor)
         if c.e != epoch:
-            _refuse_if_restored(session, c.e)
+            _refuse_if_restored(session, [c.e, *(c.h or ())])
             raise CursorExpired("cursor: made by another database; start over with a pull without a cursor",
                                 reason="other_feed")
         if c.f != fp:
@@ -333,7 +333,7 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
     if c.p is None:  # this pull is complete: rest at its upper bound
         # with the reference data the device holds, not the policy of this page: a policy that changed
         # after the reference data was sent (a rolling restart) is sent on the next pull
-        c = Cursor(e=c.e, f=c.f, r=c.r, a=c.u, u=None, m=None, p=None, k=None, c=c.c, d=dev)
+        c = Cursor(e=c.e, f=c.f, r=c.r, a=c.u, u=None, m=None, p=None, k=None, c=c.c, d=dev, h=c.h)
         return PullPage(changes=out, cursor=c.encode(), more=False)
     return PullPage(changes=out, cursor=c.encode(), more=True)
 
