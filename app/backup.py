@@ -57,7 +57,7 @@ class BackupReport:
     revision: str | None = None
     photos_copied: int = 0
     photos_present: int = 0  # already in the backup from an earlier run
-    photos_repaired: int = 0  # in the backup, but no longer matching their name (--verify): copied again
+    photos_repaired: list[str] = field(default_factory=list)  # in the backup, not matching their name (--verify)
     photos_damaged: list[str] = field(default_factory=list)  # in the store, not matching their name or unreadable
     photos_lost: list[str] = field(default_factory=list)  # a row names them; in neither store nor backup
 
@@ -82,6 +82,10 @@ def backup(database_url: str, store_root: Path, out_dir: Path, now: datetime, *,
     the photos into out_dir/blobs; ``verify``: hash the photos already in the backup too."""
     db_file = sqlite_path(database_url)
     _check_places(store_root, out_dir, photos)
+    if db_file is not None and not db_file.is_file():  # before anything is made: a refused run leaves nothing
+        raise BackupError(f"the database {db_file} does not exist (run `firegrid migrate` first?)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BackupError(f"--out {out_dir}: not a directory")
     out_dir.mkdir(parents=True, exist_ok=True)
     report = BackupReport()
     with exclusive(out_dir):
@@ -303,7 +307,7 @@ def backup_photos(store_root: Path, out_dir: Path, report: BackupReport, *, veri
         tmp.replace(target)  # a copy cut short (another size) or found damaged (verify) is replaced whole
         to_sync.add(target.parent)
         if repair:
-            report.photos_repaired += 1
+            report.photos_repaired.append(name)
         else:
             report.photos_copied += 1
         if progress is not None and report.photos_copied % 1000 == 0:

@@ -359,10 +359,12 @@ def backup(
     for name in report.photos_damaged:
         typer.echo(f"photo {name}: its bytes no longer hash to its name, or cannot be read: damaged in the store, not copied",
                    err=True)
+    for name in report.photos_repaired:
+        typer.echo(f"photo {name}: its copy in the backup no longer hashed to its name: copied again", err=True)
     for name in report.photos_lost:
         typer.echo(f"photo {name}: a record names it, but it is in neither the store nor the backup", err=True)
     if photos:
-        repaired = f", {report.photos_repaired:,} copied again (damaged in the backup)" if verify else ""
+        repaired = f", {len(report.photos_repaired):,} copied again (damaged in the backup)" if verify else ""
         typer.echo(f"photos: {report.photos_copied:,} copied, {report.photos_present:,} already there{repaired}, "
                    f"{len(report.photos_damaged)} damaged, {len(report.photos_lost)} lost")
     if report.failed:
@@ -378,7 +380,8 @@ def restored(
     TAKEN_AT (a copy made by `firegrid backup` does this itself at its first start)."""
     from datetime import datetime
 
-    from app.sync.feed import start_restored
+    from app.db import utcnow
+    from app.sync.feed import RESEND_MARGIN, start_restored
 
     try:
         at = datetime.fromisoformat(taken_at)
@@ -387,12 +390,16 @@ def restored(
     if at is None or at.tzinfo is None:
         typer.echo(f"error: --taken-at {taken_at!r}: not an ISO-8601 time with its offset", err=True)
         raise typer.Exit(2)
+    if at > utcnow():  # a typo in the year: the phones would send again nothing they lost
+        typer.echo(f"error: --taken-at {taken_at}: in the future; give the time the backup was taken", err=True)
+        raise typer.Exit(2)
     with _db().session(write=True) as session:
         if start_restored(session, at) is None:
             typer.echo("error: the database has no change feed yet (run `firegrid migrate` first)", err=True)
             raise typer.Exit(2)
         session.commit()
-    typer.echo(f"the change feed starts anew; phones send again what they sent since {at.isoformat()}")
+    typer.echo(f"the change feed starts anew; phones send again every op answered since "
+               f"{(at - RESEND_MARGIN).isoformat()} (the backup's time less {RESEND_MARGIN})")
 
 
 audit_cli = typer.Typer(help="The hash-chained audit trail.", no_args_is_help=True)

@@ -1,7 +1,9 @@
 import time
+import warnings
 from contextlib import contextmanager
 from logging.config import fileConfig
 
+import sqlalchemy as sa
 from alembic import context
 
 from app.config import get_settings
@@ -9,6 +11,13 @@ from app.db import make_engine
 from app.models import metadata
 
 config = context.config
+
+# SQLite's batch copies reflect the users table, whose case-insensitive username index (an expression, 0011)
+# SQLAlchemy cannot reflect. No copy of that table comes after it, so the index stands at head (the tests of
+# tests/auth/test_login_followups.py hit it on a migrated database), and the warning on a fresh `firegrid
+# migrate` read to an operator as something wrong
+warnings.filterwarnings("ignore", message="Skipped unsupported reflection of expression-based index",
+                        category=sa.exc.SAWarning)
 if config.config_file_name is not None and not config.attributes.get("connection"):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 

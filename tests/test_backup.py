@@ -177,11 +177,22 @@ def test_postgresql_database_is_left_to_pg_dump_and_the_photos_copied(site, tmp_
         cleanup()
 
 
-def test_operator_errors_are_one_line_and_exit_2(site, tmp_path):
+def test_operator_errors_are_one_line_and_exit_2(site, tmp_path, monkeypatch):
     a_file = tmp_path / "not-a-dir"
     a_file.write_text("")
     bad = run_backup(a_file / "backup")
     assert bad.exit_code == 2 and bad.output.startswith("error: ")
+    bad = run_backup(a_file)
+    assert bad.exit_code == 2 and f"--out {a_file}: not a directory" in bad.output, bad.output
+
+    url = get_settings().database_url
+    monkeypatch.setenv("FIREGRID_DATABASE_URL", f"sqlite:///{tmp_path / 'no-such.db'}")
+    get_settings.cache_clear()
+    refused = run_backup(tmp_path / "never-made")
+    assert refused.exit_code == 2 and "does not exist" in refused.output
+    assert not (tmp_path / "never-made").exists()  # a refused run leaves nothing behind
+    monkeypatch.setenv("FIREGRID_DATABASE_URL", url)
+    get_settings.cache_clear()
 
     out = tmp_path / "backup"
     out.mkdir()
@@ -258,6 +269,8 @@ def test_firegrid_restored_marks_a_database_restored_by_other_means(site):
     (before,) = conn.execute("SELECT epoch FROM change_feed_state").fetchone()
     bad = CliRunner().invoke(cli, ["restored", "--taken-at", "2026-12-01 03:00"])  # no offset: which 3 o'clock?
     assert bad.exit_code == 2 and "with its offset" in bad.output
+    ahead = CliRunner().invoke(cli, ["restored", "--taken-at", "2096-12-01T03:00:00+08:00"])  # a typo in the year
+    assert ahead.exit_code == 2 and "in the future" in ahead.output
     assert conn.execute("SELECT epoch, restored_from FROM change_feed_state").fetchone() == (before, "[]")
     ok = CliRunner().invoke(cli, ["restored", "--taken-at", "2026-12-01T03:00:00+08:00"])
     assert ok.exit_code == 0, ok.output

@@ -3,6 +3,7 @@ before its fix."""
 
 import errno
 import hashlib
+import logging
 import os
 import shutil
 import sqlite3
@@ -266,6 +267,7 @@ def test_a_backup_copy_damaged_at_the_same_size_is_never_noticed(site, tmp_path)
     copy.write_bytes(bytes(data))
     again = run_backup(out, "--verify")
     assert again.exit_code == 0 and "1 copied again (damaged in the backup)" in again.output, again.output
+    assert f"photo {names[0]}: its copy in the backup no longer hashed to its name" in again.output
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == names[0]
 
 
@@ -427,3 +429,33 @@ def test_no_photos_backup_into_the_photo_store_is_not_refused(site, tmp_path):
     result = CliRunner().invoke(cli, ["backup", "--out", str(store_root / "db-backups"), "--no-photos"])
     assert result.exit_code == 2 and "error: " in result.output, result.output
 
+
+
+def test_a_cursor_past_the_feed_warns_the_operator(site, tmp_path):
+    """(An operator's walkthrough.) A database restored by pg_restore or a disk snapshot without `firegrid
+    restored` keeps its epoch: a phone's cursor past its newest change is refused (410) and the phone starts
+    over without sending again what the restore lost. The server says so in its log, naming the command."""
+    db_file, _, _ = site
+    with serving(db_file, tmp_path) as c:
+        worker = login(c, "worker-a1", device="phone-1")
+        place = first_place(c, worker)
+        assert run_backup(tmp_path / "b", "--no-photos").exit_code == 0
+        assert push(c, worker, op("hazard.report", hazard_data(place, datetime.now(timezone.utc))))[0]["status"] == "applied"
+        cursor = c.get("/api/v1/sync/pull", params={"limit": 1000}, headers=worker).json()["cursor"]
+    [copy] = (tmp_path / "b").glob("firegrid-*.db")
+    conn = sqlite3.connect(copy)  # as if restored by other means: no mark, the same epoch
+    conn.execute("UPDATE change_feed_state SET backup_taken_at = NULL")
+    conn.commit()
+    conn.close()
+    restore(copy, db_file)
+    said: list[logging.LogRecord] = []
+    heard = logging.Handler()
+    heard.emit = said.append  # the logger's own: `migrate` (alembic.ini) replaces the root's handlers
+    logging.getLogger("firegrid.sync").addHandler(heard)
+    try:
+        with serving(db_file, tmp_path) as c:
+            r = c.get("/api/v1/sync/pull", params={"cursor": cursor}, headers=login(c, "worker-a1", device="phone-1"))
+    finally:
+        logging.getLogger("firegrid.sync").removeHandler(heard)
+    assert r.status_code == 410 and r.json()["error"]["reason"] == "other_feed", r.text
+    assert any("firegrid restored --taken-at" in rec.getMessage() for rec in said), [r.getMessage() for r in said]

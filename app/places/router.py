@@ -83,15 +83,16 @@ def update_place(place_id: str, body: PlaceUpdate, p: CurrentPrincipal, session:
     """Change a premises. Moved to another town or police beat, its hazards pass to the bodies there
     (`relocated` on each one's timeline); reclassed to a class a higher tier supervises, those below that
     tier go up to it (`reclassified`); 422 `routing_failed` if the new location or class lacks a body that
-    must take an open one over. A police station or the brigade may change the class only; a class a
-    lower tier supervises only the body that supervises the premises now, one above it, or the admin
+    must take an open one over. A police station or the brigade may change the class only (403 `forbidden`); a
+    class a lower tier supervises only the body that supervises the premises now, one above it, or the admin
     (403 `not_allowed`)."""
     place = visible_place(session, p.scope, place_id)  # who may change what: service.update_place
-    expected = versions_named(if_match, _version_of)  # after the 404, whatever the header says
     try:
-        place = service.update_place(session, p.scope, place, body, rules=rules, now=now,
-                                     actor=Actor(p.user.id, p.user.org_unit_id, p.device.id), whole_position=True,
-                                     if_version=expected)
+        place = service.update_place(
+            session, p.scope, place, body, rules=rules, now=now, actor=Actor(p.user.id, p.user.org_unit_id, p.device.id),
+            whole_position=True,
+            # read after the 404 and the 403s, whatever the header says
+            if_version=None if if_match is None else lambda: versions_named(if_match, _version_of))
     except PreconditionFailed as exc:
         exc.extra["headers"] = {"ETag": _etag(place)}
         raise

@@ -6,7 +6,7 @@ import base64
 import csv
 import io
 import json
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -89,7 +89,7 @@ def create_place(session: Session, scope: Scope | None, data: PlaceCreate, *, no
 def update_place(session: Session, scope: Scope | None, place: Place, data: PlaceUpdate, *,
                  rules: Rules | None = None, actor: Actor | None = None, now: datetime | None = None,
                  offline_device_id: str | None = None, whole_position: bool = False,
-                 if_version: Collection[int] | None = None) -> Place:
+                 if_version: Callable[[], Collection[int] | None] | None = None) -> Place:
     """Change a premises. Moved to another town or community, its hazards go to the bodies
     whose jurisdiction it now lies in; reclassed, those below the tier the policy names for the new class
     go up to it (never down): both by referrals.service.relocate, planned before anything changes, which
@@ -97,8 +97,9 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     it may (a police station or the brigade the class alone; a class a lower tier supervises only the body
     that supervises the premises now, one above it, or the admin). ``actor``: who changed it, the system
     if None. ``offline_device_id``: the phone whose synced edit this is (Place.field_versions: a later edit
-    it made offline has seen this one); an edit at a desk, online, names none. ``if_version``: the versions
-    the caller's If-Match named (app/conditional.py): 412 if the premises, as locked, is at none of them."""
+    it made offline has seen this one); an edit at a desk, online, names none. ``if_version``: reads the
+    versions the caller's If-Match names (app/conditional.py; None: any), after the 403s, so that a malformed
+    header (422) does not outrank them either: 412 if the premises, as locked, is at none of them."""
     from app.referrals.service import plan_relocation, relocate
 
     postgres = session.get_bind().dialect.name == "postgresql"
@@ -131,7 +132,8 @@ def update_place(session: Session, scope: Scope | None, place: Place, data: Plac
     reclassed = new_class != place.place_class
     if reclassed and scope is not None:
         _may_reclass(session, scope, place, new_class, rules)
-    if if_version is not None and place.version not in if_version:
+    expected = if_version() if if_version is not None else None
+    if expected is not None and place.version not in expected:
         # after the 403s, whatever the header says; on the row as locked, before anything is written: a second
         # PATCH with the same If-Match waits for the first, then sees its version
         raise PreconditionFailed(f"place {place.id} has changed since you read it: it is at version {place.version} "

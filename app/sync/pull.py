@@ -36,6 +36,7 @@ import base64
 import binascii
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -51,6 +52,8 @@ from app.places.models import PLACE_CLASS_NAMES, Place, key_unit_level
 from app.referrals.policy import Category, Policy
 from app.sync.feed import (RESEND_MARGIN, Change, hazard_data, inspection_data, is_addressed_copy, place_data,
                            read_head, read_state, restored_at, restored_epochs)
+
+log = logging.getLogger("firegrid.sync")
 
 DEFAULT_LIMIT = 500
 MAX_LIMIT = 1000
@@ -241,6 +244,21 @@ def clamp_limit(limit: int | None) -> int:
     return max(1, min(int(limit or DEFAULT_LIMIT), MAX_LIMIT))
 
 
+_warned_ahead: set[str] = set()
+
+
+def _warn_ahead(epoch: str, cursor_seq: int, newest: int) -> None:
+    """A phone's cursor past the feed's newest change, of this very feed: the database lost changes it had, i.e.
+    it was restored from a backup by other means than `firegrid backup` and nobody ran `firegrid restored`.
+    The phone starts over without sending again what it lost: the operator must hear of it (once per feed in
+    this process, not at every such pull)."""
+    if epoch not in _warned_ahead:
+        _warned_ahead.add(epoch)
+        log.warning("a phone's cursor is past this server's change feed (change %d, the newest is %d): if the "
+                    "database was restored from a backup, run `firegrid restored --taken-at <when it was taken>` "
+                    "so that the phones send again what it lost", cursor_seq, newest)
+
+
 def _refuse_if_restored(session: Session, cursor_epochs: list[str]) -> None:
     """A cursor of a database this one was restored from: what the phone sent after that backup was taken may
     be gone. Its phone sends again every op answered since ``resend_since`` (each is applied once: those the
@@ -250,8 +268,8 @@ def _refuse_if_restored(session: Session, cursor_epochs: list[str]) -> None:
         since = (taken_at - RESEND_MARGIN).isoformat()
         raise CursorExpired(
             f"cursor: this server was restored from a backup taken at {taken_at.isoformat()}; send again every "
-            f"op whose answer's server_time is at or after {since} (each is applied once), then start over with a "
-            "pull without a cursor",
+            f"op of a push whose answer's server_time is at or after {since} (each is applied once), then start "
+            "over with a pull without a cursor",
             reason="restored", backup_taken_at=taken_at.isoformat(), resend_since=since)
 
 
@@ -279,6 +297,7 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
         if c.m is None:  # a new pull: fix its upper bound now
             upto = upto_now
             if c.a > upto:
+                _warn_ahead(epoch, c.a, upto)
                 raise CursorExpired("cursor: ahead of this server's feed; start over with a pull without a cursor",
                                     reason="other_feed")
             if c.c is None and c.r == policy.version:

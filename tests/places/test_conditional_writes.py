@@ -138,6 +138,8 @@ def test_a_stale_if_match_does_not_outrank_the_premises_403(client, place_id):
     assert patch(client, place_id, owner_phone="13900000001").status_code == 200  # another desk, meanwhile
     r = patch(client, place_id, "police-a", if_match=seen, name="改名的店")
     assert r.status_code == 403, r.text
+    r = patch(client, place_id, "police-a", if_match="garbage", name="改名的店")  # an operator's walkthrough
+    assert r.status_code == 403, r.text
 
 
 def test_if_match_sent_on_two_header_lines_is_one_list(client, place_id):
