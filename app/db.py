@@ -195,8 +195,13 @@ def make_engine(url: str, echo: bool = False, **kwargs: Any) -> Engine:
     kwargs = {"json_serializer": json_dumps, "json_deserializer": orjson.loads, **kwargs}
     if url.startswith("sqlite"):
         db_path = sa.engine.make_url(url).database
-        if db_path and db_path != ":memory:":
+        if db_path and db_path != ":memory:" and not db_path.startswith("file:"):
             Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+            try:  # made here, empty, readable by its owner only: it holds password hashes and phone numbers (SQLite
+                # gives its -wal and -shm the same mode); an existing file keeps the mode it has
+                os.close(os.open(db_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            except FileExistsError:
+                pass
         engine = sa.create_engine(url, echo=echo, connect_args={"check_same_thread": False, "timeout": 10}, **kwargs)
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; emit BEGIN IMMEDIATE ourselves so a

@@ -282,3 +282,23 @@ def test_connect_commits_on_success_rolls_back_on_error_and_holds_the_write_lock
         days = conn.execute(sa.text("SELECT day FROM workday_overrides WHERE day >= '2031-01-01'")).scalars().all()
     assert [str(d) for d in days] == ["2031-01-02"]
     db.engine.dispose()
+
+
+def test_a_new_sqlite_database_is_its_owners_only(tmp_path):
+    """It holds password hashes and owners' phone numbers: made 0600 (the umask's 0644 before), and SQLite gives
+    its WAL the same mode; a file that exists keeps its own (an operator's choice)."""
+    import stat
+
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("PRAGMA journal_mode=WAL")
+        conn.exec_driver_sql("CREATE TABLE t (x)")
+    for f in (tmp_path / "new.db", tmp_path / "new.db-wal"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    engine.dispose()
+    kept = tmp_path / "kept.db"
+    kept.touch(mode=0o640)
+    kept.chmod(0o640)
+    make_engine(f"sqlite:///{kept}").dispose()
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640
