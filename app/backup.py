@@ -25,7 +25,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import re
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -37,10 +36,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from app.photos.models import Blob
-from app.photos.storage import validate_sha256
+from app.photos.storage import FilesystemBlobStore, sha256_file
 from app.sync.feed import ChangeFeedState, mark_backup_copy
 
-_HEX2 = re.compile(r"[0-9a-f]{2}")
 _CHUNK = 1 << 20
 _DB_MODE = 0o600
 _PHOTO_MODE = 0o640  # as the store keeps them
@@ -201,32 +199,6 @@ def _revision(conn: sqlite3.Connection) -> str | None:
     return row[0] if row else None
 
 
-def _stored_photos(root: Path) -> Iterator[tuple[str, Path]]:
-    """(name, path) of every photo in a filesystem store: root/ab/cd/<sha256>. Symbolic links are followed, as
-    the server follows them (a part of the store moved to another disk)."""
-    for ab in sorted(os.scandir(root), key=lambda e: e.name):
-        if not (_HEX2.fullmatch(ab.name) and ab.is_dir()):
-            continue  # tmp/, derivatives/
-        for cd in sorted(os.scandir(ab.path), key=lambda e: e.name):
-            if not (_HEX2.fullmatch(cd.name) and cd.is_dir()):
-                continue
-            for f in os.scandir(cd.path):
-                try:
-                    validate_sha256(f.name)
-                except ValueError:
-                    continue
-                if f.name.startswith(ab.name + cd.name) and f.is_file():
-                    yield f.name, Path(f.path)
-
-
-def _hash_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class _Unreadable(Exception):
     pass
 
@@ -284,7 +256,7 @@ def backup_photos(store_root: Path, out_dir: Path, report: BackupReport, *, veri
     for left in tmp_dir.glob("*.part"):  # a run cut short: those copies never took their names
         left.unlink(missing_ok=True)
     to_sync: set[Path] = set()  # directories that got an entry: fsynced once each, at the end
-    for name, path in _stored_photos(store_root):
+    for name, path in FilesystemBlobStore(store_root).iter_blobs():
         target = dest_root / name[:2] / name[2:4] / name
         try:
             size = path.stat().st_size
@@ -292,7 +264,7 @@ def backup_photos(store_root: Path, out_dir: Path, report: BackupReport, *, veri
             continue
         repair = False
         if target.is_file() and target.stat().st_size == size:
-            if not verify or _hash_of(target) == name:
+            if not verify or sha256_file(target) == name:
                 report.photos_present += 1
                 continue
             repair = True
@@ -329,6 +301,9 @@ def _lost_photos(database_url: str, store_root: Path, out_dir: Path) -> list[str
                 rel = Path(name[:2], name[2:4], name)
                 if not (out_dir / "blobs" / rel).is_file() and not (store_root / rel).is_file():
                     lost.append(name)
+    except sa.exc.SQLAlchemyError as exc:  # PostgreSQL unreachable, say: the operator's to act on, in one line
+        first = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise BackupError(f"reading the photos' rows from the database: {first}") from exc
     finally:
         engine.dispose()
     return lost

@@ -31,7 +31,8 @@ def _problem(exc: Exception) -> str | None:
     if isinstance(exc, sa.exc.ArgumentError):
         return f"FIREGRID_DATABASE_URL: {first}"
     if isinstance(exc, (sa.exc.OperationalError, sa.exc.ProgrammingError)):
-        hint = " (run `firegrid migrate` first)" if "no such table" in first or "does not exist" in first else ""
+        hint = (" (run `firegrid migrate` first)" if any(w in first for w in ("no such table", "no such column",
+                                                                              "does not exist")) else "")
         return f"the database: {first}{hint}"
     return None
 

@@ -12,12 +12,6 @@ from app.models import metadata
 
 config = context.config
 
-# SQLite's batch copies reflect the users table, whose case-insensitive username index (an expression, 0011)
-# SQLAlchemy cannot reflect. No copy of that table comes after it, so the index stands at head (the tests of
-# tests/auth/test_login_followups.py hit it on a migrated database), and the warning on a fresh `firegrid
-# migrate` read to an operator as something wrong
-warnings.filterwarnings("ignore", message="Skipped unsupported reflection of expression-based index",
-                        category=sa.exc.SAWarning)
 if config.config_file_name is not None and not config.attributes.get("connection"):
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
@@ -51,7 +45,14 @@ def _configure(connection) -> None:
     try:
         with context.begin_transaction():
             heads = context.get_context().get_current_heads()
-            context.run_migrations()
+            with warnings.catch_warnings():
+                # SQLite's batch copies reflect the users table, whose case-insensitive username index (an
+                # expression, 0011) SQLAlchemy cannot reflect. No copy of that table comes after it, so the index
+                # stands at head (tests/auth/test_login_followups.py hits it on a migrated database), and the
+                # warning on a fresh `firegrid migrate` read to an operator as something wrong
+                warnings.filterwarnings("ignore", message="Skipped unsupported reflection of expression-based index",
+                                        category=sa.exc.SAWarning)
+                context.run_migrations()
             if sqlite and context.get_context().get_current_heads() != heads:
                 broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
                 if broken:

@@ -67,13 +67,13 @@ def add_blob_row(db_file, name):
 # -- `firegrid restored` ------------------------------------------------------------------------------
 
 
-def test_restored_run_twice_forgets_the_epoch_the_phones_hold(site, tmp_path):
-    """`firegrid restored` overwrites backup_of with the database's current epoch every time it runs. Run a
+def test_restored_run_twice_keeps_the_epoch_the_phones_hold(site, tmp_path):
+    """`firegrid restored` overwrote the copied epoch with the database's current epoch every time it ran. Run a
     second time (a retried runbook step, a script re-run, or run on a copy `firegrid backup` had already
     marked), it records the epoch the first run made up, which no phone ever held: the phones' cursors of the
     database that was backed up then get `410 other_feed` instead of `restored`, so they start over WITHOUT
     sending again what they sent after the backup, and those reports are lost for good. The first copied epoch
-    should be kept (only set backup_of when it is not set, or refuse a second run)."""
+    should be kept: every epoch a feed descends from is (restored_from)."""
     db_file, _, _ = site
     with serving(db_file, tmp_path) as c:
         worker = login(c, "worker-a1", device="phone-1")
@@ -90,7 +90,7 @@ def test_restored_run_twice_forgets_the_epoch_the_phones_hold(site, tmp_path):
 # -- the copy's feed epoch ------------------------------------------------------------------------------
 
 
-def test_restoring_the_same_copy_twice_lets_cursors_skip_changes(site, tmp_path):
+def test_restoring_the_same_copy_twice_refuses_the_first_restores_cursors(site, tmp_path):
     """The copy's new epoch is made once, when `firegrid backup` writes it, not when it is restored. Restore the
     same copy a second time (the first restore went wrong and is redone from the same file, a day later), and
     every cursor the phones got from the first restored server is of the same epoch again: it is accepted, the
@@ -130,7 +130,7 @@ def test_restoring_the_same_copy_twice_lets_cursors_skip_changes(site, tmp_path)
     assert r.status_code == 410 or news["data"]["id"] in got, r.text
 
 
-def test_a_backup_of_a_restored_server_forgets_the_first_restore(site, tmp_path):
+def test_a_backup_of_a_restored_server_keeps_the_first_restore(site, tmp_path):
     """Each copy keeps only the epoch it copied. Restored once (copy 1 of epoch E0: a phone offline for weeks
     still holds an E0 cursor and has not heard of the restore), then backed up (copy 2 keeps only E1) and
     restored again: that phone's cursor now gets `410 other_feed`, not `restored`, so it never sends again
@@ -143,10 +143,10 @@ def test_a_backup_of_a_restored_server_forgets_the_first_restore(site, tmp_path)
         old_cursor = c.get("/api/v1/sync/pull", headers=worker).json()["cursor"]  # epoch E0
     assert run_backup(tmp_path / "b1", "--no-photos").exit_code == 0
     [copy1] = (tmp_path / "b1").glob("firegrid-*.db")
-    restore(copy1, db_file)  # epoch E1, backup_of E0
+    restore(copy1, db_file)  # epoch E1, restored from E0
     assert run_backup(tmp_path / "b2", "--no-photos").exit_code == 0
     [copy2] = (tmp_path / "b2").glob("firegrid-*.db")
-    restore(copy2, db_file)  # epoch E2, backup_of E1: E0 forgotten
+    restore(copy2, db_file)  # epoch E2, restored from E1 (and E0 before it)
     with serving(db_file, tmp_path) as c:
         worker = login(c, "worker-a1", device="phone-1")
         r = c.get("/api/v1/sync/pull", params={"cursor": old_cursor}, headers=worker)
@@ -172,7 +172,7 @@ def test_out_whose_blobs_is_the_photo_store_is_refused(site, tmp_path, monkeypat
     assert says_error(result), result.output
 
 
-def test_a_symlinked_photo_is_silently_left_out(site, tmp_path):
+def test_a_symlinked_photo_is_backed_up(site, tmp_path):
     """A photo file (or a fan-out directory ab/ or ab/cd/) of the store that is a symlink, as an operator makes
     it when moving part of the photo volume to another disk, is served by the server (the store follows
     links) but skipped by the backup without a word (`is_file(follow_symlinks=False)`): exit 0, "0 damaged",
@@ -191,7 +191,7 @@ def test_a_symlinked_photo_is_silently_left_out(site, tmp_path):
     assert backed_up(out, name).is_file() or (result.exit_code != 0 and name in result.output), result.output
 
 
-def test_a_missing_photo_store_is_a_silent_success(site, tmp_path, monkeypatch):
+def test_a_missing_photo_store_is_refused(site, tmp_path, monkeypatch):
     """FIREGRID_STORAGE_DIR pointing where there is no store (unset in the cron's environment, a relative
     ./data/blobs run from another directory, an unmounted volume) while the database names photos: the backup
     prints "photos: 0 copied, 0 already there, 0 damaged" and exits 0, night after night, and no photo is ever
@@ -206,7 +206,7 @@ def test_a_missing_photo_store_is_a_silent_success(site, tmp_path, monkeypatch):
     assert says_error(result), result.output
 
 
-def test_a_photo_gone_from_the_store_is_not_named(site, tmp_path):
+def test_a_photo_gone_from_the_store_is_named(site, tmp_path):
     """DEPLOY.md: "every photo a row of the copy names is in the backup", and a damaged photo is named with
     exit 1. A photo whose file is gone from the store (deleted by hand, lost on the volume) while its `blobs`
     row is in the copy is neither copied nor named: exit 0, and the operator learns only at restore time that
@@ -225,7 +225,7 @@ def test_a_photo_gone_from_the_store_is_not_named(site, tmp_path):
 # -- failures part-way ------------------------------------------------------------------------------
 
 
-def test_a_run_that_fails_copying_photos_leaves_a_database_copy_that_looks_whole(site, tmp_path, monkeypatch):
+def test_a_run_that_fails_copying_photos_leaves_no_database_copy(site, tmp_path, monkeypatch):
     """The database copy takes its final name (firegrid-<time>.db) before any photo is copied. When the photo
     copy then fails (disk full on the backup volume, here simulated), the run says `error: …` and exit 2, but
     leaves a firegrid-*.db that looks like every other good backup while the photos its rows name are not in
@@ -251,7 +251,7 @@ def test_a_run_that_fails_copying_photos_leaves_a_database_copy_that_looks_whole
     assert not list(out.glob("firegrid-*.db")), "a database copy whose photos are not all in the backup"
 
 
-def test_a_backup_copy_damaged_at_the_same_size_is_never_noticed(site, tmp_path):
+def test_verify_copies_again_a_backup_copy_damaged_at_the_same_size(site, tmp_path):
     """A photo already in OUT/blobs is taken as present by its size alone. One damaged on the backup volume
     without changing size (a flipped bit, a sector remapped) is counted "already there" by every later run,
     never replaced from the good copy in the store and never named, though the code says "a damaged or
@@ -271,7 +271,7 @@ def test_a_backup_copy_damaged_at_the_same_size_is_never_noticed(site, tmp_path)
     assert hashlib.sha256(copy.read_bytes()).hexdigest() == names[0]
 
 
-def test_a_database_copy_left_by_a_crashed_run_is_never_removed(site, tmp_path):
+def test_a_database_copy_left_by_a_crashed_run_is_removed(site, tmp_path):
     """A run killed while copying the database (OOM, reboot, a cron timeout) leaves firegrid-<time>.db.part
     (the size of the database, with its password hashes and owners' phone numbers) and possibly its -wal. The
     next run only removes a .part of its own name, i.e. of the same second, so the leftovers pile up on the
@@ -342,7 +342,7 @@ def whole_pull(c, headers) -> str:
     return page["cursor"]
 
 
-def test_a_second_restore_of_the_same_copy_does_not_tell_the_first_restores_phones(site, tmp_path):
+def test_a_second_restore_of_the_same_copy_tells_the_first_restores_phones(site, tmp_path):
     """The same copy restored twice (the first restore is redone from the same file, a day later, or an older
     copy restored after a newer one: both descend from the same live feed E0). The first restore gave the feed
     epoch E1; phones pulled and pushed on it (worker-a1's report below, sent after the backup). The second
@@ -375,7 +375,7 @@ def test_a_second_restore_of_the_same_copy_does_not_tell_the_first_restores_phon
     assert r.status_code == 410 and r.json()["error"]["reason"] == "restored", r.text
 
 
-def test_a_backup_of_a_restored_copy_not_yet_started_moves_its_backup_time_forward(site, tmp_path):
+def test_a_backup_of_a_restored_copy_not_yet_started_keeps_its_backup_time(site, tmp_path):
     """A copy put in place (DEPLOY.md: copy, migrate, audit verify, start) is still marked with the time its
     backup was taken (t1) until the server first starts. If the nightly cron `firegrid backup` runs in between
     (the start delayed while the operator checks the restore), mark_backup_copy overwrites the mark in the new
@@ -396,7 +396,7 @@ def test_a_backup_of_a_restored_copy_not_yet_started_moves_its_backup_time_forwa
     assert t2 == t1, f"the second copy claims to be as of {t2}, but holds only what was there at {t1}"
 
 
-def test_a_photo_the_store_cannot_read_costs_the_whole_backup(site, tmp_path, monkeypatch):
+def test_a_photo_the_store_cannot_read_is_named_and_the_rest_backed_up(site, tmp_path, monkeypatch):
     """One photo file the store cannot read (EIO: a bad sector on the photo volume, the very damage a backup is
     for) makes `_copy_verified` raise OSError: the run stops with `error: …` (exit 2) and leaves NO database
     copy at all, and so does every later run, night after night, until someone repairs that one photo. A
@@ -419,7 +419,7 @@ def test_a_photo_the_store_cannot_read_costs_the_whole_backup(site, tmp_path, mo
     assert backed_up(out, names[0]).is_file() and backed_up(out, names[2]).is_file()
 
 
-def test_no_photos_backup_into_the_photo_store_is_not_refused(site, tmp_path):
+def test_a_no_photos_backup_into_the_photo_store_is_refused(site, tmp_path):
     """DEPLOY.md: "a `DIR` that contains the store, or lies inside it, is refused". With --no-photos it is not
     (_check_places runs only when photos are copied): `firegrid backup --out $FIREGRID_STORAGE_DIR/db
     --no-photos` (a database-only cron beside the photo one) writes the database copies, with their password

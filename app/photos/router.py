@@ -20,6 +20,7 @@ from app.auth import service as auth_service
 from app.auth.deps import bearer, require_bearer
 from app.auth.models import User
 from app.auth.scope import scope_for
+from app.conditional import not_modified
 from app.errors import NotFound, error_body
 from app.org.models import OrgUnit
 from app.photos import service
@@ -150,10 +151,7 @@ def _cache_headers(etag: str) -> dict[str, str]:
 
 
 def _not_modified(request: Request, etag: str) -> bool:
-    header = request.headers.get("if-none-match")
-    if not header:
-        return False
-    return any(t.strip() == "*" or t.strip().removeprefix("W/") == etag for t in header.split(","))
+    return not_modified(request.headers.getlist("if-none-match") or None, etag)
 
 
 # HEAD as GET (HTTP requires it wherever GET is; a cache or a phone checks a photo without fetching it):

@@ -17,7 +17,7 @@ phone: the phone that named it is told it is missing and must send the bytes.
 from __future__ import annotations
 
 import functools
-import hashlib
+import logging
 import os
 import threading
 import zlib
@@ -41,8 +41,10 @@ from app.hazards.models import Hazard
 from app.photos.imaging import DISPLAY_SIDE, THUMB_SIDE, ImageInfo, ImageRejected, inspect_image, make_derivative
 from app.photos.models import Blob, BlobHolder, PhotoRef, RecordKind
 from app.photos.schemas import BlobPublic
-from app.photos.storage import BlobStore, HashMismatch, InvalidName, PutResult, TooLarge, validate_sha256
-from app.sync.feed import RESEND_MARGIN, restore_window
+from app.photos.storage import BlobStore, HashMismatch, InvalidName, PutResult, TooLarge, sha256_file, validate_sha256
+from app.sync.feed import RESEND_MARGIN, restore_windows
+
+log = logging.getLogger("firegrid")
 
 # Derivatives served by GET /blobs/{sha}/{kind}: made on first request, then cached on disk.
 DERIVATIVES: dict[str, int] = {"thumb": THUMB_SIDE, "display": DISPLAY_SIDE}
@@ -244,11 +246,12 @@ def adopt_stored(db: Database, store: BlobStore, uploader: Uploader, shas: Seque
     checked as an upload is; one that fails stays missing. Blocking (hashing, decoding): call from a worker
     thread."""
     with db.session() as session:
-        window = restore_window(session)
-    if window is None:
+        windows = [((taken - RESEND_MARGIN).timestamp(), restored.timestamp())
+                   for taken, restored in restore_windows(session)]
+    if not windows:
         return set()
-    since, until = (window[0] - RESEND_MARGIN).timestamp(), window[1].timestamp()
-    candidates = [s for s in _dedupe(shas) if (p := store.path(s)) is not None and since <= p.stat().st_mtime <= until]
+    candidates = [s for s in _dedupe(shas) if (m := _written_at(store, s)) is not None
+                  and any(since <= m <= until for since, until in windows)]
     if not candidates:
         return set()
     with db.session() as session:
@@ -259,24 +262,27 @@ def adopt_stored(db: Database, store: BlobStore, uploader: Uploader, shas: Seque
     adopted: set[str] = set()
     for sha in candidates:
         path = store.path(sha)
-        if sha not in own or path is None or _file_sha256(path) != sha:
-            continue
         try:
+            if sha not in own or path is None or sha256_file(path) != sha:
+                continue
             info = _validate(path)
+            size = path.stat().st_size
         except ImageRejected:
             continue
-        _record_blob(db, PutResult(sha256=sha, size=path.stat().st_size, created=False, info=info), uploader,
-                     now or utcnow())
+        except OSError as exc:  # a bad sector under one photo: it stays missing, the answer is still given
+            log.warning("photo %s: its file in the store cannot be read: %s", sha, exc)
+            continue
+        _record_blob(db, PutResult(sha256=sha, size=size, created=False, info=info), uploader, now or utcnow())
         adopted.add(sha)
     return adopted
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+def _written_at(store: BlobStore, sha: str) -> float | None:
+    path = store.path(sha)
+    try:
+        return path.stat().st_mtime if path is not None else None
+    except OSError:  # gone meanwhile
+        return None
 
 
 def hold_seen(db: Database, user_id: str, shas: Iterable[str]) -> None:

@@ -31,7 +31,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Generic, Protocol, TypeVar, runtime_checkable
@@ -42,6 +42,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_HEX2 = re.compile(r"[0-9a-f]{2}")
 _KIND_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
 
 TMP_MAX_AGE_SECONDS = 3600
@@ -312,6 +313,22 @@ class FilesystemBlobStore:
         p = self._derivative_path(sha256, kind)
         return p if p.is_file() else None
 
+    def iter_blobs(self) -> Iterator[tuple[str, Path]]:
+        """(name, path) of every photo stored: root/ab/cd/<sha256> (for a backup). Symbolic links are followed, as
+        the reads above follow them (a part of the store moved to another disk)."""
+        if not self.root.is_dir():
+            return
+        for ab in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if not (_HEX2.fullmatch(ab.name) and ab.is_dir()):
+                continue  # tmp/, derivatives/
+            for cd in sorted(os.scandir(ab.path), key=lambda e: e.name):
+                if not (_HEX2.fullmatch(cd.name) and cd.is_dir()):
+                    continue
+                for f in os.scandir(cd.path):
+                    if (_SHA256_RE.fullmatch(f.name) and f.name.startswith(ab.name + cd.name)
+                            and f.is_file()):
+                        yield f.name, Path(f.path)
+
     # ------------------------------------------------------------------ writes
 
     def _make_fan_out_durable(self, sha256: str) -> None:
@@ -508,6 +525,15 @@ def _as_async(chunks: AsyncIterable[bytes] | Iterable[bytes]) -> AsyncIterable[b
         for chunk in chunks:
             yield chunk
     return each()
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read a MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(READ_BYTES):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def sha256_hex(data: bytes) -> str:

@@ -668,7 +668,7 @@ def start_restored_copy(db: Database) -> datetime | None:
 
 def restored_at(session: Session, cursor_epochs: Iterable[str]) -> datetime | None:
     """When the backup was taken that ended the feed of the first of ``cursor_epochs`` (a cursor's epoch, then
-    those it descends from) this database descends from too; None if none."""
+    those it descends from, nearest first) this database descends from too; None if none."""
     row = session.execute(sa.select(ChangeFeedState.restored_from).where(ChangeFeedState.id == 1)).first()
     taken = {entry[0]: entry[1] for entry in (row.restored_from or [])} if row else {}
     for epoch in cursor_epochs:
@@ -683,14 +683,11 @@ def restored_epochs(session: Session) -> list[str]:
     return [entry[0] for entry in (row.restored_from or [])] if row else []
 
 
-def restore_window(session: Session) -> tuple[datetime, datetime] | None:
-    """(when the last backup this database was restored from was taken, when it was restored), or None if it
-    never was: the photos uploaded in between kept their files in the store but lost their rows."""
+def restore_windows(session: Session) -> list[tuple[datetime, datetime]]:
+    """For each restore this database went through: (when the backup was taken, when it was restored). The
+    photos uploaded in between kept their files in the store but lost their rows."""
     row = session.execute(sa.select(ChangeFeedState.restored_from).where(ChangeFeedState.id == 1)).first()
-    entries = [e for e in (row.restored_from or []) if len(e) > 2] if row else []
-    if not entries:
-        return None
-    return datetime.fromisoformat(entries[-1][1]), datetime.fromisoformat(entries[-1][2])
+    return [(datetime.fromisoformat(e[1]), datetime.fromisoformat(e[2])) for e in (row.restored_from or [])] if row else []
 
 
 def read_state(session: Session) -> tuple[str, int]:

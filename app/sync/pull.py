@@ -285,7 +285,7 @@ def pull(session: Session, scope: Scope, policy: Policy, *, device_id: str | Non
     else:
         c = Cursor.decode(cursor)
         if c.e != epoch:
-            _refuse_if_restored(session, [c.e, *(c.h or ())])
+            _refuse_if_restored(session, [c.e, *reversed(c.h or ())])  # the nearest restore first
             raise CursorExpired("cursor: made by another database; start over with a pull without a cursor",
                                 reason="other_feed")
         if c.f != fp:

@@ -183,7 +183,7 @@ def test_a_malformed_if_match_does_not_outrank_the_hazards_404_or_403(clocked_cl
     Fix: parse the header after visible_hazard / require_may_act (keep the parsed value for the compare)."""
     c = clocked_client
     before = as_seen(c, hazard)
-    r = act_on(c, hazard, "office-b", if_match='W/"h-1"', action="accept")
+    r = act_on(c, hazard, "office-b", if_match='"h-one"', action="accept")
     assert r.status_code == 404, r.text
     r = act_on(c, hazard, "police-a", if_match='"h-one"', action="escalate", reason="需派出所处理")
     assert r.status_code == 403, r.text

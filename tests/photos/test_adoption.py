@@ -4,6 +4,9 @@ row was given to whoever named it."""
 
 from __future__ import annotations
 
+import errno
+import os
+import uuid
 from datetime import datetime, timedelta, timezone
 
 import sqlalchemy as sa
@@ -12,6 +15,7 @@ from app.auth.models import User
 from app.photos import service
 from app.photos.models import Blob
 from app.photos.storage import sha256_hex
+from app.sync.feed import ChangeFeedState
 from tests.conftest import login
 from tests.helpers import place_of, report
 from tests.photos.conftest import exif_block, jpeg_bytes, two_tone
@@ -32,7 +36,7 @@ def _evidence_photo() -> bytes:
     return jpeg_bytes(two_tone(80, 40), quality=90, exif=exif_block(1).tobytes())
 
 
-def test_a_photo_left_without_its_row_by_a_crash_is_given_to_anyone_who_names_it(client, session, units, monkeypatch):
+def test_a_photo_left_without_its_row_by_a_crash_is_not_given_to_who_names_it(client, session, units, monkeypatch):
     """On a server that was never restored: worker-a1 uploads a town-A photo and the process dies between
     publishing the file and inserting its `blobs` row (as the store's docstring allows: "a file left on disk by a
     crash between publishing and the insert"). worker-b1 of town B, who never had the photo, learns its sha256
@@ -67,7 +71,7 @@ def test_a_photo_left_without_its_row_by_a_crash_is_given_to_anyone_who_names_it
     assert missing.json()["missing"] == [sha]
 
 
-def test_an_upload_in_progress_is_adopted_by_whoever_asks_in_between(client, session, units, monkeypatch):
+def test_an_upload_in_progress_is_not_adopted_by_who_asks_in_between(client, session, units, monkeypatch):
     """An upload publishes its file and only then inserts its row, in a second transaction. A POST /blobs/missing
     of another user that names the photo in between (a colleague's phone that was sent the hash, a second
     device re-sending a shared report; here worker-a2 of the same town) adopts the file: the `blobs` row, made
@@ -100,3 +104,55 @@ def test_an_upload_in_progress_is_adopted_by_whoever_asks_in_between(client, ses
     uploader = session.execute(sa.select(Blob.uploaded_by_user_id).where(Blob.sha256 == sha)).scalar_one()
     assert uploader == _user_id(session, "worker-a1"), (
         f"the photo worker-a1 sent is recorded as uploaded by someone else (asked in between: {asked})")
+
+
+def _stored_without_row(client, colour):
+    data = jpeg_bytes(two_tone(80, 40), quality=80 + colour)
+    sha = sha256_hex(data)
+    client.app.state.blob_store.put_stream(sha, [data], 1 << 20)  # the file, no `blobs` row (lost by a restore)
+    return sha
+
+
+def _set_restores(session, *windows):
+    state = session.get(ChangeFeedState, 1)
+    state.restored_from = [[uuid.uuid4().hex, t.isoformat(), r.isoformat()] for t, r in windows]
+    session.add(state)
+    session.flush()
+
+
+def test_a_photo_of_an_earlier_restores_window_is_adopted_too(client, session, units):
+    """(A code review.) Adopted in any restore's window: a phone offline through the first restore is told of it
+    after the second, and sends its records again."""
+    now = datetime.now(timezone.utc)
+    t1, r1 = now - timedelta(days=30), now - timedelta(days=29)  # first restore: lost what came in t1..r1
+    t2, r2 = now - timedelta(days=2), now - timedelta(days=1)    # a second, unrelated restore later
+    sha = _stored_without_row(client, 1)
+    path = client.app.state.blob_store.path(sha)
+    at = (t1 + timedelta(hours=3)).timestamp()
+    os.utime(path, (at, at))  # uploaded in the first window; its phone was offline for weeks
+    _set_restores(session, (t1, r1), (t2, r2))
+    worker = login(client, "worker-a1", device="phone-1")
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    report(client, worker, place.id, now - timedelta(hours=1), photos=[sha])  # its report sent again, as told
+    missing = client.post(f"{URL}/missing", json={"sha256": [sha]}, headers=worker).json()["missing"]
+    assert missing == [], "a photo the first restore lost is still asked of a phone that may have freed it"
+
+
+# -- 2. One unreadable file in the store (EIO) makes every POST /blobs/missing that names it a 500: the phone
+#       can never learn which of its photos are missing. backup.py treats the same EIO as the photo's damage.
+
+def test_an_unreadable_stored_file_is_missing_not_a_500(client, session, units, monkeypatch):
+    """(A code review.) A bad sector under one photo: it stays missing, and the phone still gets its answer."""
+    now = datetime.now(timezone.utc)
+    sha = _stored_without_row(client, 2)
+    _set_restores(session, (now - timedelta(hours=2), now + timedelta(minutes=1)))
+    worker = login(client, "worker-a1", device="phone-1")
+    place = place_of(session, units, "grid-a-1-1", "rental")
+    report(client, worker, place.id, now - timedelta(hours=1), photos=[sha])
+
+    def eio(path):
+        raise OSError(errno.EIO, os.strerror(errno.EIO), str(path))
+
+    monkeypatch.setattr(service, "sha256_file", eio)  # a bad sector under that one photo
+    r = client.post(f"{URL}/missing", json={"sha256": [sha]}, headers=worker)
+    assert r.status_code == 200 and r.json()["missing"] == [sha], (r.status_code, r.text[:300])
