@@ -76,9 +76,8 @@ def fresh_database_url(backend: str, tmp_path: Path) -> tuple[str, object]:
 
 
 @contextmanager
-def fresh_migrated_engine(backend: str, tmp_path: Path) -> Iterator[sa.Engine]:
-    """An empty database of the given backend, migrated to head; dropped afterwards (skips without PostgreSQL)."""
-    url, cleanup = fresh_database_url(backend, tmp_path)
+def migrated_engine_at(url: str, cleanup) -> Iterator[sa.Engine]:
+    """The database at ``url`` migrated to head, its engine; ``cleanup()`` afterwards, whatever happened."""
     engine = None
     try:
         migrate.upgrade(url)
@@ -88,6 +87,14 @@ def fresh_migrated_engine(backend: str, tmp_path: Path) -> Iterator[sa.Engine]:
         if engine is not None:
             engine.dispose()
         cleanup()
+
+
+@contextmanager
+def fresh_migrated_engine(backend: str, tmp_path: Path) -> Iterator[sa.Engine]:
+    """An empty database of the given backend, migrated to head; dropped afterwards (skips without PostgreSQL)."""
+    url, cleanup = fresh_database_url(backend, tmp_path)
+    with migrated_engine_at(url, cleanup) as engine:
+        yield engine
 
 
 @pytest.fixture(scope="session", params=["sqlite", "postgresql"])

@@ -666,11 +666,14 @@ def start_restored_copy(db: Database) -> datetime | None:
     return taken_at
 
 
+def _restored_from(session: Session) -> list:
+    return session.execute(sa.select(ChangeFeedState.restored_from).where(ChangeFeedState.id == 1)).scalar() or []
+
+
 def restored_at(session: Session, cursor_epochs: Iterable[str]) -> datetime | None:
     """When the backup was taken that ended the feed of the first of ``cursor_epochs`` (a cursor's epoch, then
     those it descends from, nearest first) this database descends from too; None if none."""
-    row = session.execute(sa.select(ChangeFeedState.restored_from).where(ChangeFeedState.id == 1)).first()
-    taken = {entry[0]: entry[1] for entry in (row.restored_from or [])} if row else {}
+    taken = {entry[0]: entry[1] for entry in _restored_from(session)}
     for epoch in cursor_epochs:
         if epoch in taken:
             return datetime.fromisoformat(taken[epoch])
@@ -679,15 +682,13 @@ def restored_at(session: Session, cursor_epochs: Iterable[str]) -> datetime | No
 
 def restored_epochs(session: Session) -> list[str]:
     """The epochs this feed descends from through restores (a new cursor carries them: Cursor.h)."""
-    row = session.execute(sa.select(ChangeFeedState.restored_from).where(ChangeFeedState.id == 1)).first()
-    return [entry[0] for entry in (row.restored_from or [])] if row else []
+    return [entry[0] for entry in _restored_from(session)]
 
 
 def restore_windows(session: Session) -> list[tuple[datetime, datetime]]:
     """For each restore this database went through: (when the backup was taken, when it was restored). The
     photos uploaded in between kept their files in the store but lost their rows."""
-    row = session.execute(sa.select(ChangeFeedState.restored_from).where(ChangeFeedState.id == 1)).first()
-    return [(datetime.fromisoformat(e[1]), datetime.fromisoformat(e[2])) for e in (row.restored_from or [])] if row else []
+    return [(datetime.fromisoformat(e[1]), datetime.fromisoformat(e[2])) for e in _restored_from(session)]
 
 
 def read_state(session: Session) -> tuple[str, int]:

@@ -14,8 +14,7 @@ from app.referrals.lifecycle import Action, ActionParams
 from app.referrals.service import act, lock_hazard
 from tests.conftest import login
 from tests.hazards.test_actions import at, hazard  # noqa: F401  (hazard: a fixture)
-from tests.helpers import race_behind_lock
-from tests.places.test_conditional_writes import admins_desk
+from tests.places.test_conditional_writes import admins_desk, second_desk_behind
 from tests.referrals.test_relocation import NOW
 from tests.referrals.test_relocation_races import pg  # noqa: F401  (fixture: a fresh PostgreSQL, two writers)
 
@@ -156,19 +155,9 @@ def test_two_desks_acting_on_one_version_at_once_cannot_both_pass(pg):
     held.flush()
     writer = pg.session()
     desk = admins_desk(writer)
-
-    def second_desk():
-        try:
-            return post_action(hid, ActionRequest(action="escalate", reason="需派出所处理"), desk, writer, NOW,
-                               pg.rules, Response(), if_match=[seen])
-        except PreconditionFailed as exc:
-            return exc
-
-    try:
-        out = race_behind_lock(pg.engine, held, writer, second_desk)
-    finally:
-        held.close()
-        writer.close()
+    out = second_desk_behind(pg, held, writer, lambda: post_action(
+        hid, ActionRequest(action="escalate", reason="需派出所处理"), desk, writer, NOW, pg.rules, Response(),
+        if_match=[seen]))
     assert isinstance(out, PreconditionFailed) and out.extra["current_version"] == 2, out
     with Session(pg.engine) as s:
         assert s.get(Hazard, hid).status == "accepted"

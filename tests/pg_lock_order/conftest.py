@@ -25,9 +25,7 @@ from app.hazards.models import Hazard
 from app.main import create_app
 from app.org.models import OrgUnit
 from app.places.models import Place
-from app import migrate
-from app.db import make_engine
-from tests.conftest import PG_URL, login, require_pg
+from tests.conftest import PG_URL, login, migrated_engine_at, require_pg
 from tests.helpers import hazard_data, op, uid
 
 NOW = datetime.now(timezone.utc).replace(microsecond=0)
@@ -107,17 +105,14 @@ def own_database() -> Iterator[sa.Engine]:
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = PG_URL.rsplit("/", 1)[0] + "/" + name
-    engine = None
-    try:
-        migrate.upgrade(url)
-        engine = make_engine(url)
-        yield engine
-    finally:
-        if engine is not None:
-            engine.dispose()
+
+    def drop() -> None:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         admin.dispose()
+
+    with migrated_engine_at(url, drop) as engine:
+        yield engine
 
 
 @pytest.fixture

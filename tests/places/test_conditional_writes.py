@@ -92,6 +92,22 @@ def admins_desk(session: Session) -> Principal:
     return Principal(user=admin, device=device, token=None, session=session)
 
 
+def second_desk_behind(pg, held: Session, writer: Session, write) -> object:
+    """``write()`` on ``writer`` while ``held`` holds the row (race_behind_lock): what it returned, or the
+    PreconditionFailed it raised; both sessions closed after."""
+    def attempt():
+        try:
+            return write()
+        except PreconditionFailed as exc:
+            return exc
+
+    try:
+        return race_behind_lock(pg.engine, held, writer, attempt)
+    finally:
+        held.close()
+        writer.close()
+
+
 def test_two_desks_changing_one_version_at_once_cannot_both_pass(pg):
     """PostgreSQL: the first change holds the premises, uncommitted; the second, sent with the same If-Match,
     must be compared with the version the first one leaves, not the one it read before the lock."""
@@ -102,19 +118,8 @@ def test_two_desks_changing_one_version_at_once_cannot_both_pass(pg):
     held.flush()
     writer = pg.session()
     desk = admins_desk(writer)
-
-    def second_desk():
-        try:
-            return patch_place(pg.place_id, PlaceUpdate(owner_phone="13900000009"), desk, writer, NOW, pg.rules,
-                               Response(), if_match=[seen])
-        except PreconditionFailed as exc:
-            return exc
-
-    try:
-        out = race_behind_lock(pg.engine, held, writer, second_desk)
-    finally:
-        held.close()
-        writer.close()
+    out = second_desk_behind(pg, held, writer, lambda: patch_place(
+        pg.place_id, PlaceUpdate(owner_phone="13900000009"), desk, writer, NOW, pg.rules, Response(), if_match=[seen]))
     assert isinstance(out, PreconditionFailed), out
     with Session(pg.engine) as s:
         assert s.get(Place, pg.place_id).owner_phone == "13900000008"

@@ -1,23 +1,11 @@
 """Found by a review against DOMAIN.md and the seed papers: each test here failed on the code before its fix,
 because the behaviour disagreed with a line of those documents (quoted in the docstring)."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 
-from app.referrals.policy import load_policy
-from app.referrals.service import Rules, load_calendar, sweep
 from tests.conftest import login
 from tests.helpers import hazard_data, op, place_of, push, uid
-
-UTC = timezone.utc
-CN = timezone(timedelta(hours=8))
-
-
-def at(s: str) -> datetime:
-    return datetime.fromisoformat(s).replace(tzinfo=CN)
-
-
-def run_sweep(session, now):
-    return sweep(session, Rules(load_policy(), load_calendar(session)), now)
+from tests.referrals.test_chain_e2e import at, run_sweep
 
 
 def zulu(s: str) -> datetime:
